@@ -1,0 +1,1 @@
+"""Shared by both sides of the split: models, split, codec, wire format, checkpoints."""

@@ -1,0 +1,223 @@
+"""Convert between tensors / detections and the protobuf messages of ``proto/splitdet.proto``.
+
+Decoding trusts nothing: every field of a received frame is checked against the declared shape and the
+receiver's limits before any allocation, and a bad frame raises :class:`FrameError` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch import Tensor
+
+from common import codec
+from common.split import BatchMeta, bottleneck_shape
+from proto import splitdet_pb2 as pb
+
+FORMAT_VERSION = 1
+MASK_THRESHOLD = 0.5
+
+QUANTIZATION_TO_PB = {
+    "none": pb.NONE,
+    "per_tensor": pb.PER_TENSOR,
+    "per_channel": pb.PER_CHANNEL,
+    "float16": pb.HALF,
+}
+PB_TO_QUANTIZATION = {v: k for k, v in QUANTIZATION_TO_PB.items()}
+QUANTIZATION_DTYPE = {"none": "float32", "per_tensor": "uint8", "per_channel": "uint8", "float16": "float16"}
+DTYPE_TO_PB = {"uint8": pb.UINT8, "float16": pb.FLOAT16, "float32": pb.FLOAT32}
+PB_TO_DTYPE = {v: k for k, v in DTYPE_TO_PB.items()}
+COMPRESSION_TO_PB = {"raw": pb.RAW, "zstd": pb.ZSTD}
+PB_TO_COMPRESSION = {v: k for k, v in COMPRESSION_TO_PB.items()}
+
+
+class FrameError(ValueError):
+    """A received frame is malformed; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    """How the head encodes a bottleneck for the wire."""
+
+    quantization: str = "per_tensor"
+    compression: str = "zstd"
+    level: int = 3
+
+    def __post_init__(self) -> None:
+        if self.quantization not in QUANTIZATION_TO_PB:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_TO_PB)}, got {self.quantization!r}")
+        if self.compression not in COMPRESSION_TO_PB:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSION_TO_PB)}, got {self.compression!r}")
+        if not 1 <= self.level <= 22:
+            raise ValueError(f"zstd level must be in 1..22, got {self.level}")
+
+
+@dataclass(frozen=True)
+class FrameLimits:
+    """What a receiver accepts; anything beyond is refused before allocating."""
+
+    channels: int | None = None
+    max_images: int = 32
+    max_side: int = 8192
+    max_elements: int = 64 * 1024 * 1024
+
+
+def _size(pair: tuple[int, int]) -> pb.ImageSize:
+    return pb.ImageSize(height=int(pair[0]), width=int(pair[1]))
+
+
+def encode_frame(
+    bottleneck: Tensor,
+    meta: BatchMeta,
+    settings: CodecSettings = CodecSettings(),
+    fingerprint: str = "",
+    frame_id: int = 0,
+) -> pb.BottleneckFrame:
+    """Quantize and compress a head's bottleneck into a wire frame."""
+    if bottleneck.dim() != 4 or bottleneck.shape[0] != len(meta.image_sizes):
+        raise ValueError(f"bottleneck must be [N, C, H, W] with N = {len(meta.image_sizes)} images")
+    enc = codec.quantize(bottleneck.detach().cpu(), settings.quantization)
+    raw = codec.tensor_bytes(enc.values)
+    payload = codec.compress(raw, settings.level) if settings.compression == "zstd" else raw
+    return pb.BottleneckFrame(
+        format_version=FORMAT_VERSION,
+        fingerprint=fingerprint,
+        shape=list(bottleneck.shape),
+        dtype=DTYPE_TO_PB[QUANTIZATION_DTYPE[settings.quantization]],
+        quantization=QUANTIZATION_TO_PB[settings.quantization],
+        scale=enc.scale.tolist(),
+        zero_point=enc.zero_point.tolist(),
+        compression=COMPRESSION_TO_PB[settings.compression],
+        payload=payload,
+        original_sizes=[_size(s) for s in meta.original_sizes],
+        image_sizes=[_size(s) for s in meta.image_sizes],
+        batch_shape=_size(meta.batch_shape),
+        frame_id=frame_id,
+    )
+
+
+def _sizes(field: str, sizes, max_side: int) -> list[tuple[int, int]]:
+    out = []
+    for s in sizes:
+        if not (0 < s.height <= max_side and 0 < s.width <= max_side):
+            raise FrameError(f"{field}: {s.height}x{s.width} is outside 1..{max_side} pixels per side")
+        out.append((int(s.height), int(s.width)))
+    return out
+
+
+def decode_frame(frame: pb.BottleneckFrame, limits: FrameLimits = FrameLimits()) -> tuple[Tensor, BatchMeta]:
+    """Validate a wire frame and return the dequantized float32 bottleneck and its :class:`BatchMeta`."""
+    if frame.format_version != FORMAT_VERSION:
+        raise FrameError(f"unsupported format_version {frame.format_version} (this side speaks {FORMAT_VERSION})")
+    shape = tuple(int(d) for d in frame.shape)
+    if len(shape) != 4 or min(shape) <= 0:
+        raise FrameError(f"shape must be 4 positive dimensions [N, C, H, W], got {list(shape)}")
+    n, c, h, w = shape
+    if n > limits.max_images:
+        raise FrameError(f"frame holds {n} images, at most {limits.max_images} are accepted")
+    if limits.channels is not None and c != limits.channels:
+        raise FrameError(f"bottleneck has {c} channels, this model expects {limits.channels}")
+    if math.prod(shape) > limits.max_elements:
+        raise FrameError(f"shape {list(shape)} exceeds the limit of {limits.max_elements} elements")
+    if len(frame.original_sizes) != n or len(frame.image_sizes) != n:
+        raise FrameError(
+            f"frame declares {n} images but carries {len(frame.original_sizes)} original and "
+            f"{len(frame.image_sizes)} resized sizes"
+        )
+    if not frame.HasField("batch_shape"):
+        raise FrameError("batch_shape is missing")
+    original = _sizes("original_sizes", frame.original_sizes, limits.max_side)
+    resized = _sizes("image_sizes", frame.image_sizes, limits.max_side)
+    (batch_shape,) = _sizes("batch_shape", [frame.batch_shape], limits.max_side)
+    if (c, h, w) != bottleneck_shape(c, batch_shape):
+        raise FrameError(
+            f"shape {list(shape)} does not match batch_shape {batch_shape[0]}x{batch_shape[1]} "
+            f"(expected spatial size {bottleneck_shape(c, batch_shape)[1:]})"
+        )
+    try:
+        meta = BatchMeta(original, resized, batch_shape)
+    except ValueError as e:
+        raise FrameError(str(e)) from None
+
+    quantization = PB_TO_QUANTIZATION.get(frame.quantization)
+    if quantization is None:
+        raise FrameError(f"unknown quantization {frame.quantization}")
+    dtype = PB_TO_DTYPE.get(frame.dtype)
+    if dtype != QUANTIZATION_DTYPE[quantization]:
+        raise FrameError(f"dtype {dtype} does not go with quantization {quantization}")
+    n_params = {"per_tensor": 1, "per_channel": c}.get(quantization, 0)
+    if len(frame.scale) != n_params or len(frame.zero_point) != n_params:
+        raise FrameError(
+            f"{quantization} needs {n_params} scale and zero_point values, got "
+            f"{len(frame.scale)} and {len(frame.zero_point)}"
+        )
+    scale = torch.tensor(list(frame.scale), dtype=torch.float32)
+    zero_point = torch.tensor(list(frame.zero_point), dtype=torch.float32)
+    if not (torch.isfinite(scale).all() and torch.isfinite(zero_point).all()) or (scale <= 0).any():
+        raise FrameError("scale must be finite and positive and zero_point finite")
+
+    compression = PB_TO_COMPRESSION.get(frame.compression)
+    if compression is None:
+        raise FrameError(f"unknown compression {frame.compression}")
+    expected = math.prod(shape) * np.dtype(codec.NUMPY_DTYPES[dtype]).itemsize
+    try:
+        raw = codec.decompress(frame.payload, expected) if compression == "zstd" else frame.payload
+        values = codec.tensor_from_bytes(raw, dtype, shape)
+    except codec.CodecError as e:
+        raise FrameError(str(e)) from None
+    x = codec.dequantize(codec.Encoded(values, quantization, scale, zero_point))
+    if not torch.isfinite(x).all():
+        raise FrameError("payload holds NaN or infinite values")
+    return x, meta
+
+
+def encode_detections(det: dict[str, Tensor]) -> pb.ImageDetections:
+    """Pack one image's torchvision detections; masks become COCO RLE at ``MASK_THRESHOLD``."""
+    boxes = det["boxes"].detach().cpu().float().numpy()
+    msg = pb.ImageDetections(
+        count=len(boxes),
+        boxes=boxes.astype("<f4").tobytes(),
+        scores=det["scores"].detach().cpu().numpy().astype("<f4").tobytes(),
+        labels=det["labels"].detach().cpu().numpy().astype("<i4").tobytes(),
+    )
+    if "masks" in det:
+        binary = (det["masks"].detach().cpu()[:, 0] >= MASK_THRESHOLD).numpy().astype(np.uint8)
+        for rle in mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0))) if len(binary) else []:
+            h, w = rle["size"]
+            msg.masks.add(height=h, width=w, counts=rle["counts"])
+    if "keypoints" in det:
+        kps = det["keypoints"].detach().cpu().float().numpy()
+        msg.num_keypoints = kps.shape[1] if kps.ndim == 3 else 0
+        msg.keypoints = kps.astype("<f4").tobytes()
+        msg.keypoint_scores = det["keypoints_scores"].detach().cpu().float().numpy().astype("<f4").tobytes()
+    return msg
+
+
+def _array(data: bytes, dtype: str, shape: tuple[int, ...], field: str) -> np.ndarray:
+    need = math.prod(shape) * np.dtype(dtype).itemsize
+    if len(data) != need:
+        raise FrameError(f"detections.{field} holds {len(data)} bytes, {need} expected")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+
+def decode_detections(msg: pb.ImageDetections) -> dict[str, object]:
+    """Unpack :func:`encode_detections`: numpy arrays, masks as COCO RLE dicts (``size``, ``counts`` str)."""
+    n = msg.count
+    out: dict[str, object] = {
+        "boxes": _array(msg.boxes, "<f4", (n, 4), "boxes"),
+        "scores": _array(msg.scores, "<f4", (n,), "scores"),
+        "labels": _array(msg.labels, "<i4", (n,), "labels"),
+    }
+    if msg.masks:
+        if len(msg.masks) != n:
+            raise FrameError(f"detections carry {len(msg.masks)} masks for {n} boxes")
+        out["masks"] = [{"size": [m.height, m.width], "counts": m.counts.decode("ascii")} for m in msg.masks]
+    if msg.num_keypoints:
+        k = msg.num_keypoints
+        out["keypoints"] = _array(msg.keypoints, "<f4", (n, k, 3), "keypoints")
+        out["keypoint_scores"] = _array(msg.keypoint_scores, "<f4", (n, k), "keypoint_scores")
+    return out

@@ -1,0 +1,1 @@
+"""The wire format (splitdet.proto) and its generated Python code; regenerate with ``python -m proto.generate``."""

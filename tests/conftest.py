@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny models and inputs so the suite stays fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.models import build_student
+
+torch.set_num_threads(2)
+
+TINY = dict(min_size=64, max_size=96, fpn_channels=32, box_representation_size=64)
+
+
+def tiny_student(arch: str = "faster_rcnn", channels: int = 3, seed: int = 0, **overrides):
+    """A small ResNet-18 student in eval mode, with its BatchNorm statistics made non-trivial."""
+    torch.manual_seed(seed)
+    options = {**TINY, "num_classes": 4, "num_keypoints": 5, **overrides}
+    model = build_student(arch, "resnet18", channels, **options)
+    # Random BN running stats so eval-mode BN is not the identity (a stronger equivalence check).
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    # Low score threshold so random weights still yield detections to compare.
+    model.roi_heads.score_thresh = 0.0
+    return model.eval()
+
+
+@pytest.fixture
+def images() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(3, 70, 90, generator=g), torch.rand(3, 80, 60, generator=g)]

@@ -1,0 +1,98 @@
+"""Quantization error bounds and bounded, validating zstd decompression."""
+
+from __future__ import annotations
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+import torch
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.codec import (
+    CodecError,
+    compress,
+    decompress,
+    dequantize,
+    quantize,
+    tensor_bytes,
+    tensor_from_bytes,
+)
+
+finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
+bottlenecks = hnp.arrays(np.float32, hnp.array_shapes(min_dims=4, max_dims=4, min_side=1, max_side=6), elements=finite)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bottlenecks, st.sampled_from(["per_tensor", "per_channel"]))
+def test_quantization_error_at_most_half_a_step(x, quantization):
+    t = torch.from_numpy(x)
+    enc = quantize(t, quantization)
+    assert enc.values.dtype == torch.uint8
+    view = (1, -1, 1, 1) if quantization == "per_channel" else (1, 1, 1, 1)
+    err = (dequantize(enc) - t).abs()
+    # half a step, plus float32 rounding of values up to 1e4
+    assert (err <= enc.scale.view(view) / 2 + 1e-3).all()
+
+
+def test_range_away_from_zero_keeps_bound():
+    """The seed clamped its zero point to [0, 255]; ranges like [10, 11] then broke the bound."""
+    t = torch.linspace(10, 11, 300).reshape(1, 3, 10, 10)
+    enc = quantize(t)
+    assert (dequantize(enc) - t).abs().max() <= enc.scale[0] / 2 + 1e-6
+
+
+def test_constant_tensor_round_trips_exactly():
+    t = torch.full((1, 2, 3, 3), 4.25)
+    assert torch.equal(dequantize(quantize(t, "per_channel")), t)
+
+
+def test_float16_and_none():
+    t = torch.randn(1, 3, 8, 8)
+    assert quantize(t, "float16").values.dtype == torch.float16
+    torch.testing.assert_close(dequantize(quantize(t, "float16")), t, atol=1e-2, rtol=1e-3)
+    assert torch.equal(dequantize(quantize(t, "none")), t)
+
+
+def test_non_finite_and_unknown_mode_rejected():
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        quantize(torch.tensor([[[[float("nan")]]]]))
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        quantize(torch.zeros(1, 1, 1, 1), "int4")
+
+
+def test_zstd_round_trip_and_levels():
+    data = tensor_bytes(quantize(torch.randn(1, 3, 50, 50)).values)
+    for level in (1, 3, 19):
+        assert decompress(compress(data, level), len(data)) == data
+    with pytest.raises(ValueError, match="level"):
+        compress(data, 0)
+
+
+def test_decompression_bomb_rejected_without_expanding():
+    bomb = zstandard.ZstdCompressor().compress(bytes(50_000_000))
+    with pytest.raises(CodecError, match="declares 50000000 bytes"):
+        decompress(bomb, 1000)
+    # A bomb that hides its size in the header is cut at the expected size + 1.
+    streamed = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+    hidden = streamed.compress(bytes(50_000_000)) + streamed.flush()
+    with pytest.raises(CodecError, match="more than 1001 bytes"):
+        decompress(hidden, 1000)
+
+
+def test_truncated_and_garbled_payloads_rejected():
+    data = bytes(range(256)) * 20
+    frame = compress(data)
+    with pytest.raises(CodecError):
+        decompress(frame[: len(frame) // 2], len(data))
+    with pytest.raises(CodecError, match="not a zstd frame"):
+        decompress(b"definitely not zstd", len(data))
+    with pytest.raises(CodecError):
+        decompress(frame, len(data) + 1)
+
+
+def test_tensor_from_bytes_checks_size():
+    with pytest.raises(CodecError, match="needs 12"):
+        tensor_from_bytes(b"\0" * 11, "uint8", (1, 3, 2, 2))
+    assert tensor_from_bytes(b"\0" * 24, "float16", (1, 3, 2, 2)).dtype == torch.float16
