@@ -1,0 +1,1 @@
+"""Distillation / training of bottleneck-injected detectors."""
