@@ -1,0 +1,161 @@
+"""The model side of the server: load a checkpoint once, pick the device, run batches of bottlenecks or images."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+from common.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from common.split import BatchMeta, Tail, bottleneck_shape, split
+from common.wire import FrameLimits
+
+MAX_IMAGES_PER_FRAME = 32
+MAX_IMAGE_PIXELS = 50_000_000
+SIZE_DIVISIBLE = 32  # torchvision's GeneralizedRCNNTransform pads batches to multiples of this
+
+Detections = dict[str, Tensor]
+
+
+class DeviceError(ValueError):
+    """The requested device does not exist on this machine."""
+
+
+class ImageError(ValueError):
+    """Image bytes that cannot be decoded or are too large."""
+
+
+class BatchKey(NamedTuple):
+    """Requests with equal keys are batched together: same kind and same tensor shape."""
+
+    kind: str  # "bottleneck" or "image"
+    shape: tuple[int, ...]
+
+    @classmethod
+    def for_bottleneck(cls, bottleneck: Tensor, meta: BatchMeta) -> BatchKey:
+        """Channels and padded batch shape (which fixes the bottleneck's spatial size and the anchors)."""
+        return cls("bottleneck", (int(bottleneck.shape[1]), *meta.batch_shape))
+
+    @classmethod
+    def for_image(cls, image: Tensor) -> BatchKey:
+        """Images of one size are resized and padded alike, so batching them changes nothing."""
+        return cls("image", tuple(image.shape))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """``cpu`` or e.g. ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
+    """JPEG or PNG bytes -> float RGB tensor ``[3, H, W]`` in [0, 1]; :class:`ImageError` when it cannot be."""
+    if not data:
+        raise ImageError("the image frame carries no image bytes")
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG", "PNG"]) as im:
+            if im.width * im.height > max_pixels:
+                raise ImageError(f"image of {im.width}x{im.height} pixels exceeds the limit of {max_pixels} pixels")
+            rgb = np.array(im.convert("RGB"))
+    except ImageError:
+        raise
+    except Exception as e:  # PIL raises many types on bad input; all mean "not a decodable image"
+        raise ImageError(f"cannot decode the image (JPEG or PNG expected): {e}") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)
+
+
+def _to_cpu(detections: list[Detections]) -> list[Detections]:
+    return [{k: v.cpu() for k, v in d.items()} for d in detections]
+
+
+@dataclass
+class Engine:
+    """One checkpoint on one device: the tail for bottleneck frames, the whole model for images (shared weights)."""
+
+    checkpoint: Checkpoint
+    model: GeneralizedRCNN
+    tail: Tail
+    device: torch.device
+    fingerprint: str
+    limits: FrameLimits
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Engine:
+        """Load ``path`` (a bottleneck student) onto ``device``; raises CheckpointError or DeviceError."""
+        target = resolve_device(device)
+        ckpt = load_checkpoint(path)
+        if not ckpt.config.is_student:
+            raise CheckpointError(f"{path} holds a teacher; the edge server needs a bottleneck-injected student")
+        model = ckpt.build_model()
+        _, tail = split(model, ckpt.filter_threshold)
+        fingerprint = ckpt.side_fingerprint(tail=tail)
+        model.to(target)
+        return cls(ckpt, model, tail, target, fingerprint, frame_limits(ckpt))
+
+    @property
+    def description(self) -> str:
+        return describe_device(self.device)
+
+    def run_batch(self, key: BatchKey, items: list[Any]) -> list[list[Detections]]:
+        """The batcher's entry point: each item's detections (a list with one dict per image)."""
+        if key.kind == "bottleneck":
+            return self.infer_bottlenecks(items)
+        return [[d] for d in self.infer_images(items)]
+
+    def infer_bottlenecks(self, frames: list[tuple[Tensor, BatchMeta]]) -> list[list[Detections]]:
+        """One tail call for frames of one bottleneck shape and batch shape; each frame's detections."""
+        meta = BatchMeta(
+            [s for _, m in frames for s in m.original_sizes],
+            [s for _, m in frames for s in m.image_sizes],
+            frames[0][1].batch_shape,
+        )
+        with torch.inference_mode():
+            x = torch.cat([b for b, _ in frames]).to(self.device)
+            detections = _to_cpu(self.tail(x, meta))
+        out, start = [], 0
+        for _, m in frames:
+            out.append(detections[start : start + len(m.image_sizes)])
+            start += len(m.image_sizes)
+        return out
+
+    def infer_images(self, images: list[Tensor]) -> list[Detections]:
+        """The whole model (pure offloading) on decoded images; one detections dict per image."""
+        with torch.inference_mode():
+            return _to_cpu(self.model([im.to(self.device) for im in images]))
+
+
+def frame_limits(ckpt: Checkpoint) -> FrameLimits:
+    """Refuse frames bigger than any head of this checkpoint makes: at most ``max_size`` pixels per padded side."""
+    channels = ckpt.config.bottleneck_channels
+    side = -(-ckpt.config.max_size // SIZE_DIVISIBLE) * SIZE_DIVISIBLE
+    c, h, w = bottleneck_shape(channels, (side, side))
+    return FrameLimits(
+        channels=channels, max_images=MAX_IMAGES_PER_FRAME, max_elements=MAX_IMAGES_PER_FRAME * c * h * w
+    )

@@ -1,0 +1,132 @@
+"""Build and start the gRPC server: engine, batcher, servicer, health service, optional TLS and token."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from edge_server.auth import TokenInterceptor
+from edge_server.batching import Batcher
+from edge_server.engine import DeviceError, Engine
+from edge_server.servicer import SERVICE_NAME, Servicer
+from edge_server.stats import Stats
+from proto import splitdet_pb2_grpc
+
+QUEUE_PER_SLOT = 4  # queued frames allowed per (batch slot x worker) before RESOURCE_EXHAUSTED
+
+
+class ServerError(RuntimeError):
+    """The server cannot start (bad option, TLS files, device, address); the message is one line."""
+
+
+class RunningServer:
+    """A started server. ``port`` is the bound port (the real one when 0 was asked for)."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        engine: Engine,
+        batcher: Batcher,
+        stats: Stats,
+        health_servicer: health.HealthServicer,
+    ) -> None:
+        self.port = port
+        self.engine = engine
+        self.batcher = batcher
+        self.stats = stats
+        self._server = server
+        self._health = health_servicer
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish for up to ``grace`` seconds."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        self.batcher.close()
+
+    def wait(self) -> None:
+        """Block until the server has stopped."""
+        self._server.wait_for_termination()
+
+
+def _tls_credentials(cert: str | Path | None, key: str | Path | None) -> grpc.ServerCredentials | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ServerError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except FileNotFoundError as e:
+        raise ServerError(f"TLS file not found: {e.filename}") from None
+    except (ssl.SSLError, OSError) as e:
+        raise ServerError(f"bad TLS certificate {cert} or key {key}: {e}") from None
+    return grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve(
+    ckpt_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    device: str = "auto",
+    workers: int = 4,
+    max_batch: int = 1,
+    max_batch_delay_ms: float = 5.0,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    token: str | None = None,
+    max_message_mb: float = 16,
+) -> RunningServer:
+    """Load the checkpoint and start serving; raises CheckpointError or :class:`ServerError`."""
+    if workers < 1 or max_batch < 1 or max_batch_delay_ms < 0 or max_message_mb <= 0:
+        raise ServerError("need workers >= 1, max_batch >= 1, max_batch_delay_ms >= 0 and max_message_mb > 0")
+    if token is not None and not token:
+        raise ServerError("the token is empty")
+    credentials = _tls_credentials(tls_cert, tls_key)
+    try:
+        engine = Engine.load(ckpt_path, device)
+    except DeviceError as e:
+        raise ServerError(str(e)) from None
+    stats = Stats()
+    batcher = Batcher(
+        engine.run_batch, max_batch, max_batch_delay_ms / 1000, max_queue=QUEUE_PER_SLOT * max_batch * workers
+    )
+    max_bytes = int(max_message_mb * 1024 * 1024)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-rpc"),
+        interceptors=[TokenInterceptor(token, stats)] if token else None,
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+        ],
+    )
+    splitdet_pb2_grpc.add_SplitDetectionServicer_to_server(Servicer(engine, batcher, stats, max_bytes), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = _address(host, port)
+    try:
+        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        batcher.close()
+        raise ServerError(f"cannot listen on {address}: the port is in use or the address is not available")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, bound, engine, batcher, stats, health_servicer)

@@ -1,0 +1,202 @@
+"""The gRPC servicer: a thin layer from requests to the engine and back.
+
+Split path, top to bottom in :meth:`Servicer.split_frame`: check the fingerprint -> ``common.wire.decode_frame``
+-> tail (through the batcher) -> ``common.wire.encode_detections``. The offload path in
+:meth:`Servicer.image_frame` is the same with the image decoder and the whole model.
+
+Every failure becomes a gRPC status with a message and the server keeps serving. In a stream, a bad frame ends
+the stream with that frame's status (frames before it were already answered); the client opens a new stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from importlib import metadata
+
+import grpc
+from google.protobuf.message import Message
+
+from common.wire import (
+    COMPRESSION_TO_PB,
+    FORMAT_VERSION,
+    QUANTIZATION_TO_PB,
+    FrameError,
+    decode_frame,
+    encode_detections,
+)
+from edge_server.batching import Batcher, Closed, Done, Expired, QueueFull
+from edge_server.engine import BatchKey, Engine, ImageError, decode_image
+from edge_server.stats import Stats
+from proto import splitdet_pb2 as pb
+from proto import splitdet_pb2_grpc
+
+log = logging.getLogger("edge_server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitDetection"].full_name
+BOTTLENECK_SHAPE_RULE = "C x (H/4+4) x (W/4+4) of the padded batch"
+
+ERROR_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (FrameError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ImageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Expired, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Closed, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+class Refused(Exception):
+    """A request refused with a chosen status code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def server_version() -> str:
+    try:
+        return metadata.version("splitdet")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _alive(context: grpc.ServicerContext) -> Callable[[], bool]:
+    return lambda: context.is_active() and context.time_remaining() > 0
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000
+
+
+class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
+    """``SplitDetection`` over one :class:`Engine`, its :class:`Batcher` and :class:`Stats`."""
+
+    def __init__(self, engine: Engine, batcher: Batcher, stats: Stats, max_message_bytes: int) -> None:
+        self.engine = engine
+        self.batcher = batcher
+        self.stats = stats
+        self.max_message_bytes = max_message_bytes
+
+    # ---- RPCs ----
+
+    def GetModelInfo(self, request: pb.ModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
+        ckpt, config = self.engine.checkpoint, self.engine.checkpoint.config
+        return pb.ModelInfo(
+            format_version=FORMAT_VERSION,
+            server_version=server_version(),
+            arch=config.arch,
+            backbone=config.backbone,
+            bottleneck_channels=config.bottleneck_channels,
+            bottleneck_shape_rule=BOTTLENECK_SHAPE_RULE,
+            class_names=ckpt.class_names,
+            keypoint_names=ckpt.keypoint_names,
+            default_quantization=QUANTIZATION_TO_PB[ckpt.codec.quantization],
+            quantizations=list(QUANTIZATION_TO_PB.values()),
+            compressions=list(COMPRESSION_TO_PB.values()),
+            fingerprint=self.engine.fingerprint,
+            device=self.engine.description,
+            min_size=config.min_size,
+            max_size=config.max_size,
+            max_message_bytes=self.max_message_bytes,
+            max_batch=self.batcher.max_batch,
+        )
+
+    def GetStats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.Stats:
+        return self.stats.snapshot()
+
+    def Infer(self, request: pb.BottleneckFrame, context: grpc.ServicerContext) -> pb.InferResponse:
+        return self._answer("Infer", request, context, self.split_frame)
+
+    def InferStream(
+        self, requests: Iterator[pb.BottleneckFrame], context: grpc.ServicerContext
+    ) -> Iterator[pb.InferResponse]:
+        for request in requests:
+            yield self._answer("InferStream", request, context, self.split_frame)
+
+    def InferImage(self, request: pb.ImageFrame, context: grpc.ServicerContext) -> pb.InferResponse:
+        return self._answer("InferImage", request, context, self.image_frame)
+
+    def InferImageStream(
+        self, requests: Iterator[pb.ImageFrame], context: grpc.ServicerContext
+    ) -> Iterator[pb.InferResponse]:
+        for request in requests:
+            yield self._answer("InferImageStream", request, context, self.image_frame)
+
+    # ---- data path ----
+
+    def split_frame(self, frame: pb.BottleneckFrame, context: grpc.ServicerContext) -> pb.InferResponse:
+        """Bottleneck frame -> detections with the tail."""
+        if not frame.fingerprint:
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "frame carries no fingerprint")
+        if frame.fingerprint != self.engine.fingerprint:
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"frame fingerprint {frame.fingerprint} does not match this server's checkpoint "
+                f"{self.engine.fingerprint}",
+            )
+        start = time.perf_counter()
+        bottleneck, meta = decode_frame(frame, self.engine.limits)
+        decode_ms = _ms(start)
+        key = BatchKey.for_bottleneck(bottleneck, meta)
+        done = self.batcher.submit(key, (bottleneck, meta), _alive(context)).result()
+        return self._respond(frame.frame_id, done, decode_ms)
+
+    def image_frame(self, frame: pb.ImageFrame, context: grpc.ServicerContext) -> pb.InferResponse:
+        """Encoded image -> detections with the whole model (the pure offloading baseline)."""
+        start = time.perf_counter()
+        image = decode_image(frame.jpeg)
+        decode_ms = _ms(start)
+        done = self.batcher.submit(BatchKey.for_image(image), image, _alive(context)).result()
+        return self._respond(frame.frame_id, done, decode_ms)
+
+    def _respond(self, frame_id: int, done: Done, decode_ms: float) -> pb.InferResponse:
+        start = time.perf_counter()
+        images = [encode_detections(d) for d in done.value]
+        timings = pb.ServerTimings(
+            queue_ms=done.queue_ms, decode_ms=decode_ms, tail_ms=done.run_ms, encode_ms=_ms(start)
+        )
+        return pb.InferResponse(frame_id=frame_id, images=images, timings=timings)
+
+    # ---- errors, counters, logging ----
+
+    def _answer(
+        self,
+        method: str,
+        request: Message,
+        context: grpc.ServicerContext,
+        handle: Callable[[Message, grpc.ServicerContext], pb.InferResponse],
+    ) -> pb.InferResponse:
+        """Run ``handle``; count and log the frame; turn any exception into a status (``context.abort``)."""
+        self.stats.begin()
+        start = time.perf_counter()
+        bytes_in = request.ByteSize()
+        response, code, message = None, grpc.StatusCode.OK, ""
+        try:
+            response = handle(request, context)
+        except Exception as e:
+            code, message = _status(method, e)
+        total_ms = _ms(start)
+        self.stats.end(bytes_in, response, total_ms, None if response is not None else code.name)
+        log.debug(
+            "method=%s frame_id=%d images=%d bytes_in=%d status=%s ms=%.2f",
+            method,
+            request.frame_id,
+            len(response.images) if response is not None else 0,
+            bytes_in,
+            code.name,
+            total_ms,
+        )
+        if response is None:
+            context.abort(code, message)
+        return response
+
+
+def _status(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(error, Refused):
+        return error.code, str(error)
+    for kind, code in ERROR_CODES:
+        if isinstance(error, kind):
+            return code, str(error)
+    log.exception("%s failed", method)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
