@@ -1,0 +1,1 @@
+"""The mobile side of the split-computing runtime: ``mobile-client`` and ``split-demo``."""

@@ -1,0 +1,3 @@
+from mobile_client.cli import main
+
+raise SystemExit(main())

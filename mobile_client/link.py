@@ -1,0 +1,291 @@
+"""The gRPC link to the edge server: channel (TLS, bearer token, load balancing), retries, deadlines.
+
+A frame waits for the server to be reachable (``wait_for_ready``; the channel reconnects with exponential
+backoff, 0.1 s growing to 1 s) until its deadline. A call or stream that ends with ``UNAVAILABLE`` (the server
+stopped or restarted under it) or ``RESOURCE_EXHAUSTED`` (its queue is full) is retried with exponential backoff,
+at most ``attempts`` times per frame. A frame that is not answered by then is failed, never dropped.
+
+:class:`StreamLink` keeps one bidirectional stream open, matches responses to frames by ``frame_id``, and
+re-opens the stream when it breaks, re-sending the frames that were on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from proto import splitdet_pb2 as pb
+from proto import splitdet_pb2_grpc
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+class LinkError(RuntimeError):
+    """A call or frame that failed; ``code`` is the gRPC status name (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def from_rpc(cls, error: grpc.RpcError, attempts: int = 1) -> LinkError:
+        suffix = f" (after {attempts} attempts)" if attempts > 1 else ""
+        return cls(error.code().name, f"{error.details() or 'no details'}{suffix}")
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Where the server is and how to talk to it."""
+
+    target: str
+    tls_ca: Path | None = None
+    token: str | None = None
+    timeout_s: float = 10.0
+    attempts: int = 5
+    backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    max_message_mb: int = 16
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+@dataclass
+class Reply:
+    """A server response with the client-side send and receive times (``time.monotonic`` seconds).
+
+    On a stream, ``sent_at`` is when the request left or when the previous answer arrived, whichever is later.
+    """
+
+    response: pb.InferResponse
+    sent_at: float
+    received_at: float
+
+
+def channel_options(target: str, max_message_mb: int) -> list[tuple[str, int | str]]:
+    """Message limits, fast reconnects, and round-robin over every address of a ``dns:///`` target."""
+    limit = max_message_mb * 1024 * 1024
+    options: list[tuple[str, int | str]] = [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+    if target.startswith("dns:"):
+        options.append(("grpc.service_config", ROUND_ROBIN))
+    return options
+
+
+def open_channel(config: LinkConfig) -> grpc.Channel:
+    """A TLS channel when ``tls_ca`` is set (the server's certificate must chain to it), else plaintext."""
+    options = channel_options(config.target, config.max_message_mb)
+    if config.tls_ca is None:
+        return grpc.insecure_channel(config.target, options=options)
+    credentials = grpc.ssl_channel_credentials(root_certificates=Path(config.tls_ca).read_bytes())
+    return grpc.secure_channel(config.target, credentials, options=options)
+
+
+class Link:
+    """Channel and stub to one edge server (or a load-balanced group of replicas)."""
+
+    def __init__(self, config: LinkConfig) -> None:
+        self.config = config
+        self.channel = open_channel(config)
+        self.stub = splitdet_pb2_grpc.SplitDetectionStub(self.channel)
+
+    def deadline(self) -> float:
+        """The monotonic time by which a frame started now must have its answer."""
+        return time.monotonic() + self.config.timeout_s
+
+    def deadline_error(self) -> LinkError:
+        return LinkError("DEADLINE_EXCEEDED", f"no reply within {self.config.timeout_s:g} s")
+
+    def model_info(self) -> pb.ModelInfo:
+        """The GetModelInfo handshake; fails fast (after its retries) when no server is there."""
+        return self.call(self.stub.GetModelInfo, pb.ModelInfoRequest(), self.deadline(), wait_for_ready=False).response
+
+    def call(self, method: Callable, request, deadline: float, wait_for_ready: bool = True) -> Reply:
+        """A unary call, retried with exponential backoff on a :data:`RETRYABLE` status until ``deadline``."""
+        backoff = self.config.backoff_s
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self.deadline_error()
+            sent_at = time.monotonic()
+            try:
+                response = method(
+                    request, timeout=remaining, metadata=self.config.metadata, wait_for_ready=wait_for_ready
+                )
+                return Reply(response, sent_at, time.monotonic())
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise self.deadline_error() from None
+                if e.code() not in RETRYABLE or attempt >= self.config.attempts:
+                    raise LinkError.from_rpc(e, attempt) from None
+            time.sleep(max(0.0, min(backoff, deadline - time.monotonic())))
+            backoff = min(backoff * 2, self.config.max_backoff_s)
+
+    def stream(self, method: Callable) -> StreamLink:
+        """A :class:`StreamLink` over a bidirectional streaming method of the stub."""
+        return StreamLink(method, self.config)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@dataclass
+class _Item:
+    frame_id: int
+    request: object
+    future: Future = field(default_factory=Future)
+    attempts: int = 0
+    sent_at: float = 0.0
+
+
+class StreamLink:
+    """One bidirectional stream shared by many frames, re-opened with backoff whenever it breaks.
+
+    :meth:`submit` queues a request and returns a future of its :class:`Reply`; the future fails with
+    :class:`LinkError` once the frame was on the wire of ``attempts`` broken streams, or on a non-retryable error.
+    The caller enforces each frame's deadline and calls :meth:`cancel` when it gives up on a frame.
+    """
+
+    def __init__(self, method: Callable, config: LinkConfig) -> None:
+        self._method = method
+        self._config = config
+        self._cond = threading.Condition()
+        self._pending: deque[_Item] = deque()
+        self._inflight: dict[int, _Item] = {}
+        self._generation = 0
+        self._closing = False
+        self._call = None
+        self._last_received = 0.0
+        self._thread = threading.Thread(target=self._run, name="stream-link", daemon=True)
+        self._thread.start()
+
+    def submit(self, frame_id: int, request) -> Future:
+        item = _Item(frame_id, request)
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("stream link is closed")
+            self._pending.append(item)
+            self._cond.notify_all()
+        return item.future
+
+    def cancel(self, frame_id: int, error: LinkError) -> None:
+        """Forget a frame (its deadline passed): it is not sent again and a late response is ignored."""
+        with self._cond:
+            item = self._inflight.pop(frame_id, None)
+            for queued in self._pending:
+                if queued.frame_id == frame_id:
+                    item = queued
+                    self._pending.remove(queued)
+                    break
+        if item is not None and not item.future.done():
+            item.future.set_exception(error)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            call = self._call
+        if call is not None:
+            call.cancel()
+        self._thread.join(timeout=5)
+
+    def _requests(self, generation: int) -> Iterator:
+        """The request iterator of one stream; it ends when the stream is replaced or the link closes."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closing or self._generation != generation)
+                if self._closing or self._generation != generation:
+                    return
+                item = self._pending.popleft()
+                item.sent_at = time.monotonic()
+                self._inflight[item.frame_id] = item
+            yield item.request
+
+    def _run(self) -> None:
+        backoff = self._config.backoff_s
+        while (call := self._open()) is not None:
+            error: grpc.RpcError | None = None
+            try:
+                for response in call:
+                    self._resolve(response, time.monotonic())
+                    backoff = self._config.backoff_s
+            except grpc.RpcError as e:
+                error = e
+            if self._recover(error):
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closing, timeout=backoff)
+                backoff = min(backoff * 2, self._config.max_backoff_s)
+
+    def _open(self) -> Iterator[pb.InferResponse] | None:
+        """A new stream once there is something to send; None when the link closes."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending or self._closing)
+            if self._closing:
+                self._fail_all(LinkError("CANCELLED", "the client is shutting down"))
+                return None
+            requests = self._requests(self._generation)
+            self._last_received = 0.0
+            self._call = self._method(requests, metadata=self._config.metadata, wait_for_ready=True)
+            return self._call
+
+    def _resolve(self, response: pb.InferResponse, received_at: float) -> None:
+        with self._cond:
+            item = self._inflight.pop(response.frame_id, None)
+        if item is not None and not item.future.done():
+            # The server answers a stream in order: until the previous answer came back, this frame was
+            # queued behind it on the server, which is not network time.
+            item.future.set_result(Reply(response, max(item.sent_at, self._last_received), received_at))
+        self._last_received = received_at
+
+    def _recover(self, rpc_error: grpc.RpcError | None) -> bool:
+        """After a stream ended: fail or re-queue its unanswered frames; True when the next stream should wait."""
+        with self._cond:
+            self._generation += 1
+            self._call = None
+            self._cond.notify_all()
+            stranded = sorted(self._inflight.values(), key=lambda i: i.frame_id)
+            self._inflight.clear()
+            if rpc_error is not None:
+                error, retryable = LinkError.from_rpc(rpc_error), rpc_error.code() in RETRYABLE
+            elif stranded:
+                error, retryable = LinkError("UNAVAILABLE", "the server ended the stream before answering"), True
+            else:
+                return False
+            if stranded and not retryable:
+                # The server answers a stream in order and ends it at the first frame it refuses.
+                refused = stranded.pop(0)
+                if not refused.future.done():
+                    refused.future.set_exception(error)
+            for item in reversed(stranded):
+                item.attempts += 1
+                if item.attempts < self._config.attempts and not self._closing:
+                    self._pending.appendleft(item)
+                elif not item.future.done():
+                    suffix = f" (after {item.attempts} attempts)" if item.attempts > 1 else ""
+                    item.future.set_exception(LinkError(error.code, error.message + suffix))
+            return retryable
+
+    def _fail_all(self, error: LinkError) -> None:
+        for item in [*self._pending, *self._inflight.values()]:
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._pending.clear()
+        self._inflight.clear()

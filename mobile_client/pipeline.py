@@ -1,0 +1,343 @@
+"""The client's data path, top to bottom: frame -> head -> filter -> codec -> link -> detections.
+
+Per frame, :meth:`Pipeline.prepare` runs the device's share of the work for the frame's mode:
+
+* ``split``: preprocess + stem + encoder (the head), the neural filter, quantize + zstd into a
+  ``BottleneckFrame``; a frame the filter rejects is finished here as skipped and never sent;
+* ``offload``: JPEG-encode the image into an ``ImageFrame`` (the server runs the whole model);
+* ``local``: head, filter and the tail on the device, no server at all.
+
+:meth:`Pipeline.complete` turns the server's ``InferResponse`` into a :class:`FrameResult`.
+
+With ``window == 1`` frames go one at a time over unary calls. With a larger window the run is pipelined:
+a head thread prepares frame n+1 while frame n is on the wire or on the server, and hands requests to a
+bidirectional stream (:class:`mobile_client.link.StreamLink`); the main thread waits for the answers in
+frame order. A semaphore of ``window`` slots bounds the frames between the source and the report, so
+memory stays flat however slow the link is.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from common.checkpoint import Checkpoint, load_checkpoint
+from common.filter import DEFAULT_THRESHOLD
+from common.split import Head, Tail, split
+from common.wire import CodecSettings, decode_detections, encode_detections, encode_frame
+from mobile_client.link import Link, LinkError, Reply, StreamLink
+from mobile_client.sources import Frame
+from proto import splitdet_pb2 as pb
+
+MODES = ("split", "offload", "local", "auto")
+STAGES = ("head", "filter", "encode", "network", "server_decode", "tail", "total")
+
+
+class SetupError(RuntimeError):
+    """The client cannot start; the message is one line for the user."""
+
+
+@dataclass
+class ClientModel:
+    """The checkpoint as the device holds it: the head, and the tail for ``local`` mode."""
+
+    checkpoint: Checkpoint
+    head: Head
+    tail: Tail
+    fingerprint: str  #: what this head presents to the server: its live weights + the recorded tail digest
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClientModel:
+        checkpoint = load_checkpoint(path)
+        if not checkpoint.config.is_student:
+            raise SetupError(f"{path} holds a teacher; the client needs a bottleneck-injected student")
+        head, tail = split(checkpoint.build_model(), checkpoint.filter_threshold)
+        return cls(checkpoint, head, tail, checkpoint.side_fingerprint(head=head))
+
+    @property
+    def has_filter(self) -> bool:
+        return self.head.neural_filter is not None
+
+
+@dataclass(frozen=True)
+class Options:
+    mode: str = "split"
+    use_filter: bool = False
+    filter_threshold: float = DEFAULT_THRESHOLD
+    codec: CodecSettings = field(default_factory=CodecSettings)
+    jpeg_quality: int = 95
+    score_threshold: float = 0.5
+    window: int = 4
+
+
+@dataclass
+class FrameResult:
+    """What the client reports for one frame; ``image`` and ``server_ms`` are not part of the JSON line."""
+
+    index: int
+    source: str
+    mode: str
+    skipped: bool = False
+    sent_bytes: int = 0
+    detections: list[dict] = field(default_factory=list)
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    image: np.ndarray | None = None
+    server_ms: float | None = None
+
+
+@dataclass
+class _Work:
+    """A frame between :meth:`Pipeline.prepare` and its result."""
+
+    frame: Frame
+    mode: str
+    started_at: float
+    timing: dict[str, float] = field(default_factory=dict)
+    request: pb.BottleneckFrame | pb.ImageFrame | None = None
+    result: FrameResult | None = None
+    future: Future | None = None
+    deadline: float = 0.0
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """RGB uint8 ``H x W x 3`` -> float ``3 x H x W`` in [0, 1], as torchvision detection models take."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+def detections_json(det: dict, class_names: list[str], score_threshold: float) -> list[dict]:
+    """Detections (as :func:`common.wire.decode_detections` returns them) at or above the score threshold."""
+    out = []
+    for i, score in enumerate(det["scores"].tolist()):
+        if score < score_threshold:
+            continue
+        label = int(det["labels"][i])
+        item: dict = {
+            "box": [round(float(v), 2) for v in det["boxes"][i]],
+            "label": class_names[label] if 0 <= label < len(class_names) else str(label),
+            "score": round(score, 4),
+        }
+        if "masks" in det:
+            item["mask_rle"] = det["masks"][i]
+        if "keypoints" in det:
+            item["keypoints"] = [[round(float(v), 2) for v in kp] for kp in det["keypoints"][i]]
+        out.append(item)
+    return out
+
+
+class Pipeline:
+    """Runs frames through the chosen mode; ``choose_mode`` (the auto policy) may pick the mode per frame."""
+
+    def __init__(
+        self,
+        options: Options,
+        class_names: list[str],
+        model: ClientModel | None = None,
+        link: Link | None = None,
+        choose_mode: Callable[[int], str] | None = None,
+        observe: Callable[[FrameResult], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.class_names = class_names
+        self.model = model
+        self.link = link
+        self.choose_mode = choose_mode
+        self.observe = observe
+
+    # ---- one frame, top to bottom ----
+
+    def prepare(self, frame: Frame) -> _Work:
+        """The device's share of one frame: ends with a request to send or an already final result."""
+        mode = self.choose_mode(frame.index) if self.choose_mode else self.options.mode
+        work = _Work(frame, mode, time.monotonic())
+        if frame.error is not None:
+            work.result = self._result(work, error=frame.error)
+            return work
+        try:
+            if mode == "offload":
+                self._encode_jpeg(work)
+            else:
+                with torch.inference_mode():
+                    self._run_head(work)
+        except Exception as e:  # one bad frame is reported as failed; the run goes on
+            work.request = None
+            work.result = self._result(work, error=f"{type(e).__name__}: {e}")
+        return work
+
+    def _encode_jpeg(self, work: _Work) -> None:
+        t0 = time.perf_counter()
+        bgr = cv2.cvtColor(work.frame.image, cv2.COLOR_RGB2BGR)
+        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality])
+        if not ok:
+            work.result = self._result(work, error="JPEG encoding failed")
+            return
+        work.timing["encode"] = _ms(time.perf_counter() - t0)
+        work.request = pb.ImageFrame(frame_id=work.frame.index, jpeg=jpeg.tobytes())
+
+    def _run_head(self, work: _Work) -> None:
+        head = self.model.head
+        t0 = time.perf_counter()
+        batch, meta = head.preprocess([to_tensor(work.frame.image)])
+        stem = head.stem(batch)
+        head_s = time.perf_counter() - t0
+        if self.options.use_filter:
+            t0 = time.perf_counter()
+            object_prob = float(head.object_probability(stem)[0])
+            work.timing["filter"] = _ms(time.perf_counter() - t0)
+            if object_prob < self.options.filter_threshold:
+                work.timing["head"] = _ms(head_s)
+                work.result = self._result(work, skipped=True)
+                return
+        t0 = time.perf_counter()
+        bottleneck = head.encoder(stem)
+        work.timing["head"] = _ms(head_s + time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        if work.mode == "local":
+            detections = self.model.tail(bottleneck, meta)[0]
+            work.timing["tail"] = _ms(time.perf_counter() - t0)
+            work.result = self._result(work, detections=self._json(decode_detections(encode_detections(detections))))
+            return
+        work.request = encode_frame(
+            bottleneck, meta, self.options.codec, fingerprint=self.model.fingerprint, frame_id=work.frame.index
+        )
+        work.timing["encode"] = _ms(time.perf_counter() - t0)
+
+    def complete(self, work: _Work, reply: Reply | None = None, error: Exception | None = None) -> FrameResult:
+        """The result of a sent frame from the server's reply (or the error that ended its delivery)."""
+        if error is not None:
+            return self._result(work, error=str(error))
+        response = reply.response
+        if len(response.images) != 1:
+            return self._result(work, error=f"server answered with {len(response.images)} images for 1")
+        t = response.timings
+        server_ms = t.queue_ms + t.decode_ms + t.tail_ms + t.encode_ms
+        work.timing["network"] = _ms(max(0.0, reply.received_at - reply.sent_at - server_ms / 1000.0))
+        work.timing["server_decode"] = round(t.decode_ms, 3)
+        work.timing["tail"] = round(t.tail_ms, 3)
+        try:
+            det = decode_detections(response.images[0])
+        except ValueError as e:
+            return self._result(work, error=f"bad detections from the server: {e}")
+        result = self._result(work, detections=self._json(det))
+        result.timing_ms["total"] = _ms(reply.received_at - work.started_at)
+        result.server_ms = round(server_ms, 3)
+        return result
+
+    def _json(self, det: dict) -> list[dict]:
+        return detections_json(det, self.class_names, self.options.score_threshold)
+
+    def _result(self, work: _Work, skipped: bool = False, detections=None, error: str | None = None) -> FrameResult:
+        timing = {stage: work.timing[stage] for stage in STAGES if stage in work.timing}
+        timing["total"] = _ms(time.monotonic() - work.started_at)
+        sent = work.request.ByteSize() if work.request is not None and error is None else 0
+        return FrameResult(
+            index=work.frame.index,
+            source=work.frame.source,
+            mode=work.mode,
+            skipped=skipped,
+            sent_bytes=sent,
+            detections=detections or [],
+            timing_ms=timing,
+            error=error,
+            image=work.frame.image,
+        )
+
+    # ---- many frames ----
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+
+    def run(self, frames: Iterable[Frame]) -> Iterator[FrameResult]:
+        """Results in frame order; every frame yields exactly one result (failed frames carry ``error``)."""
+        path = self._run_sequential if self.options.window == 1 else self._run_pipelined
+        for result in path(frames):
+            if self.observe is not None:
+                self.observe(result)
+            yield result
+
+    def _unary(self, mode: str) -> Callable:
+        return self.link.stub.Infer if mode == "split" else self.link.stub.InferImage
+
+    def _run_sequential(self, frames: Iterable[Frame]) -> Iterator[FrameResult]:
+        for frame in frames:
+            work = self.prepare(frame)
+            if work.result is not None:
+                yield work.result
+                continue
+            try:
+                reply = self.link.call(self._unary(work.mode), work.request, self.link.deadline())
+            except LinkError as e:
+                yield self.complete(work, error=e)
+                continue
+            yield self.complete(work, reply=reply)
+
+    def _run_pipelined(self, frames: Iterable[Frame]) -> Iterator[FrameResult]:
+        methods = {"split": "InferStream", "offload": "InferImageStream"}
+        remote = methods.keys() if self.options.mode == "auto" else {self.options.mode} & methods.keys()
+        streams = {mode: self.link.stream(getattr(self.link.stub, methods[mode])) for mode in remote}
+        slots = threading.Semaphore(self.options.window)
+        handoff: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            source = iter(frames)
+            try:
+                while True:
+                    # Take a slot before reading the frame, so a camera frame is fresh when the head gets it.
+                    while not slots.acquire(timeout=0.1):
+                        if stop.is_set():
+                            return
+                    frame = next(source, None)
+                    if frame is None or stop.is_set():
+                        return
+                    work = self.prepare(frame)
+                    if work.result is None:
+                        work.deadline = self.link.deadline()
+                        work.future = streams[work.mode].submit(frame.index, work.request)
+                    handoff.put(work)
+            except BaseException as e:  # re-raised in the main thread
+                handoff.put(e)
+            finally:
+                handoff.put(done)
+
+        producer = threading.Thread(target=produce, name="head", daemon=True)
+        producer.start()
+        try:
+            while (work := handoff.get()) is not done:
+                if isinstance(work, BaseException):
+                    raise work
+                yield self._await(work, streams)
+                slots.release()
+        finally:
+            stop.set()
+            for stream in streams.values():
+                stream.close()
+            producer.join(timeout=5)
+
+    def _await(self, work: _Work, streams: dict[str, StreamLink]) -> FrameResult:
+        if work.future is None:
+            return work.result
+        try:
+            reply = work.future.result(timeout=max(0.0, work.deadline - time.monotonic()))
+        except TimeoutError:
+            error = self.link.deadline_error()
+            streams[work.mode].cancel(work.frame.index, error)
+            return self.complete(work, error=error)
+        except LinkError as e:
+            return self.complete(work, error=e)
+        return self.complete(work, reply=reply)

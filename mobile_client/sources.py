@@ -1,0 +1,117 @@
+"""Frame sources: camera, video file, images (file, directory or glob) and the synthetic video.
+
+Each :class:`Source` yields :class:`Frame` objects holding an RGB uint8 ``H x W x 3`` array; an image that
+cannot be read is yielded with ``error`` set so that it is reported as a failed frame instead of vanishing.
+A source that cannot be opened raises :class:`SourceError` when it is created, before any frame is read.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from common.synthetic import SyntheticVideo
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened; the message is one line for the user."""
+
+
+@dataclass
+class Frame:
+    index: int
+    source: str
+    image: np.ndarray | None
+    error: str | None = None
+
+
+@dataclass
+class Source:
+    """Frames plus their number when it is known in advance (None for a camera)."""
+
+    frames: Iterator[Frame]
+    total: int | None
+
+
+def _capture(target: int | str, name: str, label: str) -> Source:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # OpenCV's own warnings are not for users
+    cap = cv2.VideoCapture(target)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"cannot open {name}")
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    return Source(_read_capture(cap, label), count if count > 0 and isinstance(target, str) else None)
+
+
+def _read_capture(cap: cv2.VideoCapture, label: str) -> Iterator[Frame]:
+    try:
+        index = 0
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                return
+            yield Frame(index, f"{label}#{index}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            index += 1
+    finally:
+        cap.release()
+
+
+def camera(device: int) -> Source:
+    """Frames of camera ``device`` (OpenCV index) until the camera stops delivering."""
+    return _capture(device, f"camera {device}", f"camera:{device}")
+
+
+def video(path: str | Path) -> Source:
+    """Frames of a video file."""
+    if not Path(path).is_file():
+        raise SourceError(f"video file not found: {path}")
+    return _capture(str(path), f"video {path}", str(path))
+
+
+def image_paths(spec: str) -> list[Path]:
+    """The image files named by ``spec``: one file, every image file of a directory, or a glob pattern."""
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            raise SourceError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in directory {spec}")
+        return found
+    found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+    if not found:
+        raise SourceError(f"no images match {spec}")
+    return found
+
+
+def _read_images(paths: list[Path]) -> Iterator[Frame]:
+    for index, path in enumerate(paths):
+        try:
+            with Image.open(path) as im:
+                image = np.array(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as e:
+            yield Frame(index, str(path), None, f"cannot read image: {e}")
+            continue
+        yield Frame(index, str(path), image)
+
+
+def images(spec: str) -> Source:
+    """The files of :func:`image_paths`, in sorted order; an unreadable file yields a frame with ``error``."""
+    paths = image_paths(spec)
+    return Source(_read_images(paths), len(paths))
+
+
+def synthetic(num_frames: int, seed: int = 0) -> Source:
+    """:class:`common.synthetic.SyntheticVideo`: moving objects with stretches of empty frames."""
+    if num_frames < 1:
+        raise SourceError(f"--synthetic needs at least 1 frame, got {num_frames}")
+    frames = SyntheticVideo(num_frames, seed=seed)
+    return Source((Frame(i, f"synthetic:{seed}#{i}", im) for i, (im, _) in enumerate(frames)), num_frames)
