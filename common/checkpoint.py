@@ -34,8 +34,10 @@ class CheckpointError(ValueError):
 
 def fingerprint(config: ModelConfig, class_names: list[str], head_digest: str, tail_digest: str) -> str:
     """16 hex digits identifying a (head, tail) pair."""
+    # Fields that do not change what the head sends or the tail computes stay out of the fingerprint.
+    wire = {k: v for k, v in config.to_dict().items() if k not in ("with_filter", "box_batch_size_per_image")}
     blob = json.dumps(
-        {"config": config.to_dict(), "class_names": class_names, "head": head_digest, "tail": tail_digest},
+        {"config": wire, "class_names": class_names, "head": head_digest, "tail": tail_digest},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

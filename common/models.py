@@ -51,6 +51,7 @@ class ModelConfig:
     max_size: int = 1333
     fpn_channels: int = 256
     box_representation_size: int = 1024
+    box_batch_size_per_image: int = 512
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     norm_layer: str = "frozen_bn"
     with_filter: bool = False
@@ -125,6 +126,7 @@ def build_model(config: ModelConfig) -> GeneralizedRCNN:
         ),
         box_head=TwoMLPHead(config.fpn_channels * 7 * 7, rep),
         box_predictor=FastRCNNPredictor(rep, config.num_classes),
+        box_batch_size_per_image=config.box_batch_size_per_image,
     )
     if config.arch == "faster_rcnn":
         model = FasterRCNN(backbone, **common)
@@ -156,6 +158,18 @@ def coco_weights_path(arch: str) -> Path:
     """Where torchvision keeps the COCO_V1 weights of ``arch`` (ResNet-50 FPN) in the torch hub cache."""
     url = COCO_WEIGHTS[arch].url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def coco_class_names(config: ModelConfig) -> tuple[list[str], list[str]]:
+    """Class and keypoint names of torchvision's COCO models (labels are COCO category ids), else generic ones."""
+    if config.arch == "keypoint_rcnn" and config.num_classes == 2:
+        meta = KeypointRCNN_ResNet50_FPN_Weights.COCO_V1.meta
+        keypoints = list(meta["keypoint_names"]) if config.num_keypoints == len(meta["keypoint_names"]) else []
+        return ["__background__", *meta["categories"][1:]], keypoints
+    coco = list(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+    if config.num_classes == len(coco):
+        return coco, []
+    return ["__background__"] + [f"class_{i}" for i in range(1, config.num_classes)], []
 
 
 def build_teacher(

@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights
-from torchvision.models.detection.faster_rcnn import FasterRCNN_ResNet50_FPN_Weights
 
 from common.checkpoint import Checkpoint, CheckpointError, read_checkpoint_file, save_checkpoint
 from common.filter import DEFAULT_THRESHOLD
-from common.models import LAYER1_CHANNELS, ModelConfig, build_model
+from common.models import LAYER1_CHANNELS, ModelConfig, build_model, coco_class_names
 
 SEED_PREFIXES = (
     ("backbone.body.layer1.encoder.ext_classifier.", "neural_filter."),
@@ -84,17 +82,6 @@ def seed_state_to_config(state: dict[str, torch.Tensor], seed_config: Any = None
     )
 
 
-def _default_names(config: ModelConfig) -> tuple[list[str], list[str]]:
-    if config.arch == "keypoint_rcnn" and config.num_classes == 2:
-        meta = KeypointRCNN_ResNet50_FPN_Weights.COCO_V1.meta
-        names = ["__background__", *meta["categories"][1:]]
-        return names, list(meta["keypoint_names"]) if config.num_keypoints == len(meta["keypoint_names"]) else []
-    coco = list(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
-    if config.num_classes == len(coco):
-        return coco, []
-    return ["__background__"] + [f"class_{i}" for i in range(1, config.num_classes)], []
-
-
 def import_seed(path: str | Path, out: str | Path) -> Checkpoint:
     """Convert a seed checkpoint to this project's format at ``out`` and return it."""
     # The seed stored its argparse.Namespace beside the weights: allow exactly that class, nothing else.
@@ -116,7 +103,7 @@ def import_seed(path: str | Path, out: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"seed weights do not fit the inferred {config.arch}/{config.backbone}: {str(e).splitlines()[0]}"
         ) from None
-    class_names, keypoint_names = _default_names(config)
+    class_names, keypoint_names = coco_class_names(config)
     threshold = _dig(blob.get("config"), "ext_model", "threshold", default=DEFAULT_THRESHOLD)
     return save_checkpoint(
         model.eval(),

@@ -1,0 +1,1 @@
+"""Benchmarks; their outputs live under ``benchmarks/results/``."""

@@ -1,0 +1,42 @@
+"""``split-distill``: train a teacher, an HND/GHND student or a neural filter from a YAML config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from common.checkpoint import CheckpointError
+from distill.config import ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="split-distill", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="YAML file, e.g. configs/ghnd/...yaml")
+    parser.add_argument("--output", type=Path, help="write checkpoints here instead of the config's output")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt when it exists")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.output is not None:
+            config = replace(config, output=args.output)
+        from distill.train import run  # heavy imports only once the config is known to be valid
+
+        final = run(config, resume=args.resume)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"split-distill: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("split-distill: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    print(f"wrote {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

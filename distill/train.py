@@ -1,0 +1,282 @@
+"""Training runs: the teacher (from scratch, torchvision's detection losses), HND/GHND students, the neural filter.
+
+One loop serves all three; each method supplies a module whose ``forward(images, targets)`` returns a dict of
+losses. Runs on CPU or GPU, and under ``torchrun`` with DistributedDataParallel. A checkpoint in the project's
+format is written after every epoch (``last.pt``, with the optimizer state for ``--resume``) and at the end
+(``final.pt``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.models import ModelConfig, build_model, build_teacher, coco_class_names, init_student_from_teacher
+from common.split import Head
+from distill.config import ConfigError, TrainConfig
+from distill.dataset_config import DatasetInfo, build_dataset
+from distill.datasets import collate_detection, has_object_label
+from distill.mimic import HeadMimic
+
+
+@dataclass
+class Task:
+    """What one method trains: the loss module, the model saved in checkpoints, and how to save it."""
+
+    module: nn.Module
+    model: nn.Module
+    info: DatasetInfo
+    checkpoint_kwargs: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class DetectionTraining(nn.Module):
+    """Teacher training: torchvision's own detection losses."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        return self.model(images, targets)
+
+
+class FilterTraining(nn.Module):
+    """Neural filter on the frozen stem: cross-entropy on "holds an object of interest"."""
+
+    def __init__(self, student: nn.Module, positive_labels: list[int] | None) -> None:
+        super().__init__()
+        self.head = Head(student)
+        self.neural_filter = student.neural_filter
+        self.positive_labels = positive_labels
+        for p in self.head.parameters():
+            p.requires_grad_(False)
+        for p in self.neural_filter.parameters():
+            p.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> FilterTraining:
+        super().train(False)
+        self.neural_filter.train(mode)
+        return self
+
+    def logits(self, images: list[Tensor]) -> Tensor:
+        with torch.no_grad():
+            x, _ = self.head.preprocess(images)
+            stem = self.head.stem(x)
+        return self.neural_filter(stem)
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        labels = torch.tensor(
+            [int(has_object_label(t, self.positive_labels)) for t in targets], device=images[0].device
+        )
+        return {"filter": nn.functional.cross_entropy(self.logits(images), labels)}
+
+
+def _teacher_from(section: dict[str, Any], info: DatasetInfo) -> tuple[nn.Module, dict[str, list[str]]]:
+    """The frozen teacher and its class/keypoint names (a student predicts what its teacher predicts)."""
+    if "ckpt" in section:
+        ckpt = load_checkpoint(section["ckpt"])
+        if ckpt.config.is_student:
+            raise ConfigError(f"teacher.ckpt {section['ckpt']} holds a student, not a teacher")
+        return ckpt.build_model(), {"class_names": ckpt.class_names, "keypoint_names": ckpt.keypoint_names}
+    arch = section.get("arch", "faster_rcnn")
+    options = {k: v for k, v in section.items() if k not in ("arch", "backbone", "weights")}
+    if str(section.get("weights", "")).upper() == "COCO":
+        # torchvision's COCO models label by COCO category id: 91 classes (2 for keypoints), not the dataset's.
+        options["num_classes"] = 2 if arch == "keypoint_rcnn" else 91
+    else:
+        options.setdefault("num_classes", info.num_classes)
+    teacher = build_teacher(arch, section.get("backbone", "resnet50"), weights=section.get("weights"), **options)
+    if options["num_classes"] == info.num_classes:
+        names = {"class_names": info.class_names, "keypoint_names": info.keypoint_names}
+    else:
+        class_names, keypoint_names = coco_class_names(teacher.config)
+        names = {"class_names": class_names, "keypoint_names": keypoint_names}
+    return teacher.eval(), names
+
+
+def build_task(config: TrainConfig, info: DatasetInfo) -> Task:
+    """Build the model(s) and loss module for ``config.method``."""
+    names = {"class_names": info.class_names, "keypoint_names": info.keypoint_names}
+    if config.method == "teacher":
+        model_cfg = ModelConfig.from_dict(
+            {
+                "norm_layer": "bn",
+                **config.model,
+                "bottleneck_channels": None,
+                "num_classes": info.num_classes,
+                "num_keypoints": max(len(info.keypoint_names), 1),
+            }
+        )
+        model = build_model(model_cfg)
+        return Task(DetectionTraining(model), model, info, names)
+    if config.method in ("hnd", "ghnd"):
+        teacher, names = _teacher_from(config.teacher, info)
+        student_cfg = teacher.config.replace(
+            bottleneck_channels=int(config.student["bottleneck_channels"]), norm_layer="frozen_bn", with_filter=False
+        )
+        student = build_model(student_cfg)
+        init_student_from_teacher(student, teacher)
+        module = HeadMimic(student, teacher, config.terms, config.reduction, config.detection_loss)
+        return Task(module, student, info, names)
+    ckpt = load_checkpoint(config.student["ckpt"])
+    if not ckpt.config.is_student:
+        raise ConfigError(f"student.ckpt {config.student['ckpt']} holds a teacher; the filter needs a student")
+    model = build_model(ckpt.config.replace(with_filter=True))
+    own = model.state_dict()
+    model.load_state_dict({**own, **{k: v for k, v in ckpt.state_dict.items() if not k.startswith("neural_filter.")}})
+    model.eval()
+    positive = [info.class_names.index("person")] if ckpt.config.arch == "keypoint_rcnn" else None
+    kwargs = {
+        "class_names": ckpt.class_names,
+        "keypoint_names": ckpt.keypoint_names,
+        "codec": ckpt.codec,
+    }
+    return Task(FilterTraining(model, positive), model, info, kwargs, dict(ckpt.metrics))
+
+
+def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    opts = {k: v for k, v in config.optimizer.items() if k != "type"}
+    kind = config.optimizer.get("type", "Adam")
+    return getattr(torch.optim, kind)(params, **opts)
+
+
+def _init_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def _to(device: torch.device, images: list[Tensor], targets: list[dict[str, Tensor]]):
+    return [im.to(device) for im in images], [
+        {k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets
+    ]
+
+
+def choose_threshold(probs: np.ndarray, positive: np.ndarray, target_recall: float) -> float:
+    """Largest threshold that keeps at least ``target_recall`` of the positive frames."""
+    pos = np.sort(probs[positive])
+    if len(pos) == 0:
+        return 0.0
+    allowed = math.floor((1.0 - target_recall) * len(pos) + 1e-9)
+    return float(pos[min(allowed, len(pos) - 1)])
+
+
+@torch.no_grad()
+def evaluate_filter(
+    module: FilterTraining, dataset: Dataset, batch_size: int, device: torch.device, target_recall: float
+) -> dict[str, float]:
+    """Pick the threshold on ``dataset`` and report skip rates at it."""
+    module.eval()
+    probs, positive = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection)
+    for images, targets in loader:
+        images, targets = _to(device, images, targets)
+        probs.append(torch.softmax(module.logits(images), 1)[:, 1].cpu())
+        positive += [has_object_label(t, module.positive_labels) for t in targets]
+    p = torch.cat(probs).numpy()
+    pos = np.array(positive, dtype=bool)
+    threshold = choose_threshold(p, pos, target_recall)
+    skipped = p < threshold
+    return {
+        "filter_threshold": threshold,
+        "empty_frames_skipped": float(skipped[~pos].mean()) if (~pos).any() else float("nan"),
+        "object_frames_wrongly_skipped": float(skipped[pos].mean()) if pos.any() else float("nan"),
+        "val_frames": len(p),
+    }
+
+
+def run(config: TrainConfig, resume: bool = False) -> Path:
+    """Train as ``config`` says; return the path of the final checkpoint."""
+    rank, world, device = _init_distributed()
+    torch.manual_seed(config.seed + rank)
+    train_set, info = build_dataset(config.dataset, "train", detector=config.method == "teacher")
+    task = build_task(config, info)
+    task.module.to(device)
+    params = [p for p in task.module.parameters() if p.requires_grad]
+    optimizer = _optimizer(config, params)
+    out = Path(config.output)
+    start_epoch = 0
+    if resume and (out / "last.pt").is_file():
+        state = load_checkpoint(out / "last.pt")
+        task.model.load_state_dict(state.state_dict)
+        optimizer.load_state_dict(state.training["optimizer"])
+        start_epoch = int(state.training["epoch"])
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
+    scheduler.last_epoch = start_epoch
+    module: nn.Module = task.module
+    if world > 1:
+        module = DistributedDataParallel(task.module, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = DistributedSampler(train_set, seed=config.seed) if world > 1 else None
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate_detection,
+        generator=torch.Generator().manual_seed(config.seed),
+        drop_last=True,
+    )
+    metrics: dict[str, Any] = dict(task.metrics)
+    for epoch in range(start_epoch, config.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        module.train()
+        bar = tqdm(
+            loader, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}", disable=rank != 0, dynamic_ncols=True
+        )
+        running = 0.0
+        for step, (images, targets) in enumerate(bar):
+            images, targets = _to(device, images, targets)
+            losses = module(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"loss is {float(loss)} at epoch {epoch + 1} step {step}: lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
+            if step % config.log_every == 0:
+                bar.set_postfix(loss=f"{running:.4g}", **{k: f"{v.item():.3g}" for k, v in losses.items()})
+        scheduler.step()
+        metrics["train_loss"] = running
+        if rank == 0:
+            training = {
+                "epoch": epoch + 1,
+                "optimizer": optimizer.state_dict(),
+                "method": config.method,
+                "config": str(config.source or ""),
+            }
+            save_checkpoint(task.model, out / "last.pt", training=training, metrics=metrics, **task.checkpoint_kwargs)
+    final_kwargs = dict(task.checkpoint_kwargs)
+    if config.method == "filter" and rank == 0:
+        val_set, _ = build_dataset(config.dataset, "val", detector=False)
+        metrics["filter"] = evaluate_filter(task.module, val_set, config.batch_size, device, config.target_recall)
+        final_kwargs["filter_threshold"] = metrics["filter"]["filter_threshold"]
+    final = out / "final.pt"
+    if rank == 0:
+        training = {"epoch": config.epochs, "method": config.method}
+        save_checkpoint(task.model, final, training=training, metrics=metrics, **final_kwargs)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final

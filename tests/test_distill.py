@@ -1,0 +1,237 @@
+"""HND/GHND steps, frozen parts, neural-filter training, configs and the split-distill command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from common.checkpoint import load_checkpoint
+from common.models import build_student, build_teacher, init_student_from_teacher
+from distill.cli import main
+from distill.config import ConfigError, Term, load_config, parse_config
+from distill.mimic import HeadMimic
+from distill.train import choose_threshold
+
+SMALL = dict(min_size=64, max_size=64, fpn_channels=32, box_representation_size=32, anchor_sizes=(8, 16, 32, 64, 128))
+
+
+def pair(seed: int = 0):
+    torch.manual_seed(seed)
+    teacher = build_teacher("faster_rcnn", "resnet18", num_classes=3, norm_layer="bn", **SMALL).eval()
+    for m in teacher.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 1.5)
+    student = build_student("faster_rcnn", "resnet18", 3, num_classes=3, **SMALL)
+    init_student_from_teacher(student, teacher)
+    return student, teacher
+
+
+def terms(*layers):
+    return [Term(f"backbone.body.layer{i}", f"backbone.body.layer{i}") for i in layers]
+
+
+@pytest.mark.parametrize("layers", [(1,), (1, 2, 3, 4)], ids=["hnd", "ghnd"])
+def test_a_step_lowers_the_loss_and_leaves_frozen_parts_untouched(layers):
+    student, teacher = pair()
+    mimic = HeadMimic(student, teacher, terms(*layers)).train()
+    frozen = {k: v.clone() for k, v in student.state_dict().items() if not k.startswith("backbone.body.layer1.")}
+    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    images = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    optimizer = torch.optim.Adam([p for p in mimic.parameters() if p.requires_grad], lr=1e-3)
+    before = sum(mimic(images).values()).item()
+    for _ in range(3):
+        loss = sum(mimic(images).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = sum(mimic(images).values()).item()
+    assert after < before
+    for k, v in student.state_dict().items():
+        if k in frozen:
+            assert torch.equal(v, frozen[k]), k
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, teacher_state[k]), k
+    assert set(mimic(images)) == {f"layer{i}" for i in layers}
+
+
+def test_only_the_backbone_runs_during_distillation():
+    student, teacher = pair()
+    mimic = HeadMimic(student, teacher, terms(1))
+    called = []
+    for model in (student, teacher):
+        for name in ("rpn", "roi_heads"):
+            getattr(model, name).register_forward_hook(lambda *a, n=name: called.append(n))
+        model.backbone.body.layer2.register_forward_hook(lambda *a: called.append("layer2"))
+    mimic([torch.rand(3, 64, 64)])
+    assert called == []
+
+
+def test_choose_threshold_meets_target_recall():
+    import numpy as np
+
+    probs = np.array([0.05, 0.2, 0.3, 0.6, 0.9, 0.01, 0.02, 0.5])
+    positive = np.array([False, True, True, True, True, False, False, True])
+    t = choose_threshold(probs, positive, 0.8)
+    assert (probs[positive] >= t).mean() >= 0.8 and t == 0.3
+
+
+def base_config(tmp_path, **changes):
+    raw = {
+        "method": "ghnd",
+        "output": str(tmp_path / "out"),
+        "dataset": {
+            "type": "synthetic",
+            "task": "bbox",
+            "scene": {"height": 64, "width": 64},
+            "train": {"num_images": 4, "seed": 1},
+            "val": {"num_images": 4, "seed": 2},
+        },
+        "teacher": {"ckpt": str(tmp_path / "teacher.pt")},
+        "student": {"bottleneck_channels": 3},
+        "train": {
+            "epochs": 1,
+            "batch_size": 2,
+            "optimizer": {"type": "Adam", "lr": 0.001},
+            "criterion": {"terms": [{"student": "backbone.body.layer1", "factor": 1.0}]},
+        },
+    }
+    for key, value in changes.items():
+        raw[key] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"method": "magic"}, "method must be one of"),
+        ({"output": None}, None),
+        ({"train": {"criterion": {"terms": [{"student": "backbone.fpn"}]}}}, "is not backbone.body.layer1..4"),
+        ({"train": {"criterion": {"terms": []}}}, "needs train.criterion.terms"),
+        ({"method": "hnd", "train": {"criterion": {"terms": [{"student": "backbone.body.layer3"}]}}}, "layer1 only"),
+        (
+            {"train": {"optimizer": {"type": "Lion"}, "criterion": {"terms": [{"student": "backbone.body.layer1"}]}}},
+            "optimizer.type",
+        ),
+        ({"dataset": {"type": "imagenet"}}, "dataset.type"),
+        ({"dataset": {"type": "coco"}}, "missing key 'coco_root'"),
+        ({"student": {}}, "bottleneck_channels"),
+    ],
+)
+def test_config_errors_are_one_clear_line(tmp_path, changes, message):
+    raw = base_config(tmp_path, **changes)
+    if raw["output"] is None:
+        del raw["output"]
+        message = "missing key 'output'"
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_config(raw)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_config_errors_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: [unclosed\n")
+    for args in (["--config", str(bad)], ["--config", str(tmp_path / "missing.yaml")]):
+        proc = subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("split-distill: error:")
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    configs = sorted(Path("configs").rglob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)
+
+
+def test_teacher_then_ghnd_then_filter_runs_end_to_end(tmp_path):
+    """A few steps of each method on tiny synthetic data: checkpoints every epoch, resume, a filter threshold."""
+    teacher_cfg = {
+        "method": "teacher",
+        "output": str(tmp_path / "teacher"),
+        "dataset": base_config(tmp_path)["dataset"],
+        "model": {
+            "arch": "faster_rcnn",
+            "backbone": "resnet18",
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()},
+        },
+        "train": {"epochs": 1, "batch_size": 2, "optimizer": {"type": "SGD", "lr": 0.001}},
+    }
+    paths = {}
+    for name, raw in (("teacher", teacher_cfg),):
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(paths["teacher"])]) == 0
+    teacher = load_checkpoint(tmp_path / "teacher" / "final.pt")
+    assert not teacher.config.is_student and teacher.class_names[0] == "__background__"
+    assert (tmp_path / "teacher" / "last.pt").is_file()
+
+    ghnd = base_config(tmp_path, teacher={"ckpt": str(tmp_path / "teacher" / "final.pt")})
+    ghnd["train"]["epochs"] = 2
+    (tmp_path / "ghnd.yaml").write_text(yaml.safe_dump(ghnd))
+    assert main(["--config", str(tmp_path / "ghnd.yaml")]) == 0
+    student = load_checkpoint(tmp_path / "out" / "final.pt")
+    assert student.config.bottleneck_channels == 3 and student.training["epoch"] == 2
+    assert main(["--config", str(tmp_path / "ghnd.yaml"), "--resume"]) == 0  # nothing left to do
+
+    filt = {
+        "method": "filter",
+        "output": str(tmp_path / "filter"),
+        "dataset": {
+            **ghnd["dataset"],
+            "scene": {"height": 64, "width": 64, "empty_ratio": 0.5},
+            "train": {"num_images": 32, "seed": 3},
+            "val": {"num_images": 16, "seed": 4},
+        },
+        "student": {"ckpt": str(tmp_path / "out" / "final.pt")},
+        "train": {"epochs": 1, "batch_size": 8, "optimizer": {"type": "Adam", "lr": 0.01}, "target_recall": 0.9},
+    }
+    (tmp_path / "filter.yaml").write_text(yaml.safe_dump(filt))
+    assert main(["--config", str(tmp_path / "filter.yaml")]) == 0
+    with_filter = load_checkpoint(tmp_path / "filter" / "final.pt")
+    assert with_filter.config.with_filter and 0.0 <= with_filter.filter_threshold <= 1.0
+    assert with_filter.metrics["filter"]["object_frames_wrongly_skipped"] <= 0.1 + 1e-9
+    # the filter never changes what the server sees: same fingerprint as the student it was trained on
+    assert with_filter.fingerprint == student.fingerprint
+
+
+def test_filter_learns_above_chance():
+    """On a tiny synthetic set the filter separates empty from object frames better than chance."""
+    from common.synthetic import SceneConfig
+    from distill.datasets import SyntheticCoco, collate_detection
+    from distill.train import FilterTraining, evaluate_filter
+
+    torch.manual_seed(0)
+    student = build_student("faster_rcnn", "resnet18", 3, num_classes=7, with_filter=True, **SMALL).eval()
+    scene = SceneConfig(
+        height=64,
+        width=64,
+        empty_ratio=0.5,
+        min_size_frac=0.5,
+        max_size_frac=0.9,
+        min_distractors=0,
+        max_distractors=0,
+        front_distractor_prob=0.0,
+        low_contrast_prob=0.0,
+    )
+    train = SyntheticCoco(96, 5, scene)
+    val = SyntheticCoco(48, 6, scene)
+    module = FilterTraining(student, None)
+    optimizer = torch.optim.Adam(student.neural_filter.parameters(), lr=3e-3)
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=16, shuffle=True, collate_fn=collate_detection, generator=torch.Generator().manual_seed(0)
+    )
+    for _ in range(8):
+        module.train()
+        for images, targets in loader:
+            loss = module(images, targets)["filter"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    found = evaluate_filter(module, val, 16, torch.device("cpu"), target_recall=0.9)
+    assert found["empty_frames_skipped"] > 0.1  # at 90 % recall, chance would skip ~10 % of empty frames
