@@ -96,6 +96,23 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"tail MACs      {tail_macs / 1e9:.3f} G")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    ckpt = load_checkpoint(args.path)
+    exported = save_checkpoint(
+        ckpt.build_model(),
+        args.out,
+        class_names=ckpt.class_names,
+        keypoint_names=ckpt.keypoint_names,
+        filter_threshold=ckpt.filter_threshold,
+        codec=ckpt.codec,
+        half=args.half,
+        training={"exported_from": str(args.path), "epoch": ckpt.training.get("epoch")},
+        metrics=ckpt.metrics,
+    )
+    size = args.out.stat().st_size / 1e6
+    print(f"wrote {args.out} ({size:.1f} MB{', float16' if args.half else ''}, fingerprint {exported.fingerprint})")
+
+
 def cmd_import_seed(args: argparse.Namespace) -> None:
     ckpt = import_seed(args.seed, args.out)
     cfg = ckpt.config
@@ -124,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path)
     p.add_argument("--input-size", type=_parse_size, help="HxW: report bottleneck shape, bytes and MACs")
     p.set_defaults(run=cmd_info)
+    p = sub.add_parser("export", help="copy a checkpoint for deployment: no optimizer state, optionally float16")
+    p.add_argument("path", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
+    p.set_defaults(run=cmd_export)
     p = sub.add_parser("import-seed", help="convert a checkpoint of the seed's published zips")
     p.add_argument("seed", type=Path)
     p.add_argument("--out", type=Path, required=True)

@@ -70,3 +70,16 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
             assert e.code == 2
     assert main(["init", "--arch", "faster_rcnn", "--channels", "99", "--out", str(tmp_path / "x.pt")]) == 2
     assert "channels must be in 1..64" in capsys.readouterr().err
+
+
+def test_export_half_drops_training_state(tmp_path, capsys):
+    from common.checkpoint import load_checkpoint, save_checkpoint
+    from tests.conftest import tiny_student
+
+    src = tmp_path / "src.pt"
+    save_checkpoint(tiny_student(), src, ["__background__", "a", "b", "c"], training={"optimizer": {"lr": 1.0}})
+    assert main(["export", str(src), "--out", str(tmp_path / "out.pt"), "--half"]) == 0
+    out = load_checkpoint(tmp_path / "out.pt")
+    assert "optimizer" not in out.training and out.class_names[1] == "a"
+    assert (tmp_path / "out.pt").stat().st_size < 0.6 * src.stat().st_size
+    assert "float16" in capsys.readouterr().out

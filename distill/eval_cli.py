@@ -1,0 +1,83 @@
+"""``split-eval``: COCO AP, teacher fidelity, bytes per frame and filter statistics of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common.checkpoint import CheckpointError
+from distill.config import ConfigError, load_config
+from distill.dataset_config import build_dataset
+from distill.evaluate import evaluate, format_markdown
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _qualities(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"JPEG qualities must be integers, got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="split-eval", description=__doc__)
+    p.add_argument("--ckpt", required=True, help="checkpoint to evaluate (student or teacher)")
+    p.add_argument("--config", required=True, help="training config whose dataset section names the data")
+    p.add_argument("--teacher", help="teacher checkpoint: also score against its detections (fidelity)")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="dataset split (default val)")
+    p.add_argument("--quantization", type=_csv, default=["none", "per_tensor"], help="comma list for split runs")
+    p.add_argument("--no-filter", action="store_true", help="do not use the neural filter in split runs")
+    p.add_argument("--jpeg", type=_qualities, default=[], help="comma list of JPEG qualities to compare bytes")
+    p.add_argument("--teacher-score", type=float, default=0.5, help="teacher detections kept as ground truth")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", dest="json_out", help="write the report as JSON")
+    p.add_argument("--md", dest="md_out", help="write the markdown table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        for q in args.quantization:
+            if q not in ("none", "per_tensor", "per_channel", "float16"):
+                raise ConfigError(f"--quantization: unknown {q!r} (none, per_tensor, per_channel, float16)")
+        if not Path(args.ckpt).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {args.ckpt}")
+        if args.teacher is not None and not Path(args.teacher).is_file():
+            raise FileNotFoundError(f"teacher checkpoint not found: {args.teacher}")
+        cfg = load_config(args.config)
+        dataset, _ = build_dataset(cfg.dataset, args.split)
+        report = evaluate(
+            args.ckpt,
+            dataset,
+            teacher_ckpt=args.teacher,
+            quantizations=args.quantization,
+            use_filter=not args.no_filter,
+            jpeg_qualities=args.jpeg,
+            teacher_score_threshold=args.teacher_score,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+        table = format_markdown(report)
+        print(table, end="")
+        if args.json_out:
+            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+        if args.md_out:
+            Path(args.md_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.md_out).write_text(table)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"split-eval: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,458 @@
+"""Evaluate a (split) detector on a COCO-format dataset: COCO AP, distillation fidelity, bytes per frame, filter.
+
+* :func:`predict` runs a model over a dataset, whole or split (head -> wire frame -> tail, no network, one image
+  per frame), and returns COCO-format results plus per-image byte and filter statistics.
+* :func:`coco_eval` scores results with pycocotools' COCOeval (AP, AP50, AP75, AR100).
+* :func:`teacher_as_ground_truth` turns a teacher's detections into ground truth, to score a student against it.
+* :func:`jpeg_bytes` gives the JPEG size of every image, the baseline for bytes per frame.
+* :func:`evaluate` puts it together into one report (see :func:`format_markdown`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import Tensor
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from tqdm import tqdm
+
+from common.checkpoint import Checkpoint, load_checkpoint
+from common.filter import DEFAULT_THRESHOLD
+from common.split import split
+from common.wire import MASK_THRESHOLD, CodecSettings, decode_frame, encode_frame
+from distill.datasets import coco_from_dict, has_object_label
+
+__all__ = [
+    "IOU_TYPES_BY_ARCH",
+    "ImageStats",
+    "Predictions",
+    "coco_eval",
+    "evaluate",
+    "format_markdown",
+    "iou_types",
+    "jpeg_bytes",
+    "object_labels",
+    "predict",
+    "teacher_as_ground_truth",
+]
+
+IOU_TYPES_BY_ARCH: dict[str, tuple[str, ...]] = {
+    "faster_rcnn": ("bbox",),
+    "mask_rcnn": ("bbox", "segm"),
+    "keypoint_rcnn": ("bbox", "keypoints"),
+}
+METRICS = ("AP", "AP50", "AP75", "AR100")
+#: COCOeval ``stats`` index of each metric (same layout for bbox/segm; keypoints has its own)
+_STATS_INDEX = {
+    "bbox": {"AP": 0, "AP50": 1, "AP75": 2, "AR100": 8},
+    "segm": {"AP": 0, "AP50": 1, "AP75": 2, "AR100": 8},
+    "keypoints": {"AP": 0, "AP50": 1, "AP75": 2, "AR100": 5},
+}
+#: OKS sigma used for every keypoint when a dataset does not have COCO's 17 person keypoints
+DEFAULT_OKS_SIGMA = 0.07
+EIGHT_BIT = ("per_tensor", "per_channel")
+
+
+@dataclass
+class ImageStats:
+    """Per-image statistics of one prediction run. Byte counts are ``None`` in whole mode or for skipped frames."""
+
+    image_id: int
+    has_object: bool
+    raw_bytes: int | None = None  #: float32 bottleneck, C*h*w*4
+    uint8_bytes: int | None = None  #: 8-bit bottleneck, C*h*w
+    zstd_bytes: int | None = None  #: 8-bit + zstd wire payload
+    payload_bytes: int | None = None  #: payload of the frame actually sent (the run's quantization)
+    object_prob: float | None = None
+    skipped: bool = False
+
+
+@dataclass
+class Predictions:
+    """COCO-format results (``image_id``, ``category_id``, ``bbox`` xywh, ``score``, optional
+    ``segmentation`` RLE / ``keypoints``) and per-image statistics, in dataset order."""
+
+    mode: str
+    quantization: str | None
+    results: list[dict[str, Any]] = field(default_factory=list)
+    images: list[ImageStats] = field(default_factory=list)
+
+    def mean_bytes(self) -> dict[str, float] | None:
+        """Mean bytes per transmitted frame (raw float32, 8-bit, 8-bit+zstd, sent payload); ``None`` if none."""
+        sent = [s for s in self.images if s.raw_bytes is not None]
+        if not sent:
+            return None
+        keys = ("raw_bytes", "uint8_bytes", "zstd_bytes", "payload_bytes")
+        out = {k.removesuffix("_bytes"): float(np.mean([getattr(s, k) for s in sent])) for k in keys}
+        out["frames_sent"] = len(sent)
+        return out
+
+    def filter_stats(self) -> dict[str, float] | None:
+        """Share of empty frames skipped and of frames with objects wrongly skipped; ``None`` without filter."""
+        if not any(s.object_prob is not None for s in self.images):
+            return None
+        empty = [s for s in self.images if not s.has_object]
+        full = [s for s in self.images if s.has_object]
+        return {
+            "empty_frames": len(empty),
+            "frames_with_objects": len(full),
+            "empty_skipped": sum(s.skipped for s in empty) / len(empty) if empty else 0.0,
+            "objects_skipped": sum(s.skipped for s in full) / len(full) if full else 0.0,
+            "skipped": sum(s.skipped for s in self.images) / len(self.images),
+        }
+
+
+def iou_types(arch: str) -> tuple[str, ...]:
+    """The COCO iou types a model of ``arch`` can be scored on."""
+    return IOU_TYPES_BY_ARCH[arch]
+
+
+def object_labels(arch: str, class_names: list[str]) -> list[int] | None:
+    """Labels that make a frame non-empty: every label, or only the person class for keypoint R-CNN."""
+    if arch != "keypoint_rcnn":
+        return None
+    people = [i for i, name in enumerate(class_names) if name == "person"]
+    return people or [1]
+
+
+def _results_for_image(det: dict[str, Tensor], image_id: int, label_to_cat_id: dict[int, int]) -> list[dict]:
+    boxes = det["boxes"].detach().cpu().float()
+    if len(boxes) == 0:
+        return []
+    xywh = boxes.clone()
+    xywh[:, 2:] -= xywh[:, :2]
+    scores = det["scores"].detach().cpu().tolist()
+    labels = det["labels"].detach().cpu().tolist()
+    rles: list[dict] | None = None
+    if "masks" in det:
+        binary = (det["masks"].detach().cpu()[:, 0] >= MASK_THRESHOLD).numpy().astype(np.uint8)
+        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    kps = kp_scores = None
+    if "keypoints" in det:
+        kps = det["keypoints"].detach().cpu().float().numpy()
+        kp_scores = det["keypoints_scores"].detach().cpu().float().numpy()
+    out = []
+    for i, (label, score) in enumerate(zip(labels, scores, strict=True)):
+        if int(label) not in label_to_cat_id:
+            continue  # a label the dataset does not know (model trained on other classes)
+        r: dict[str, Any] = {
+            "image_id": int(image_id),
+            "category_id": int(label_to_cat_id[int(label)]),
+            "bbox": [round(float(v), 3) for v in xywh[i].tolist()],
+            "score": float(score),
+        }
+        if rles is not None:
+            rle = rles[i]
+            r["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        if kps is not None:
+            vis = np.where(kp_scores[i] > 0, 2.0, 1.0)
+            r["keypoints"] = [round(float(v), 3) for v in np.column_stack([kps[i, :, :2], vis]).reshape(-1)]
+        out.append(r)
+    return out
+
+
+def _as_model(checkpoint_or_model: Checkpoint | GeneralizedRCNN | str | Path) -> tuple[GeneralizedRCNN, float]:
+    if isinstance(checkpoint_or_model, str | Path):
+        checkpoint_or_model = load_checkpoint(checkpoint_or_model)
+    if isinstance(checkpoint_or_model, Checkpoint):
+        return checkpoint_or_model.build_model(), checkpoint_or_model.filter_threshold
+    return checkpoint_or_model, DEFAULT_THRESHOLD
+
+
+def predict(
+    checkpoint_or_model: Checkpoint | GeneralizedRCNN | str | Path,
+    dataset,
+    mode: str = "whole",
+    quantization: str = "per_tensor",
+    use_filter: bool = False,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    filter_threshold: float | None = None,
+    progress: bool = True,
+) -> Predictions:
+    """Run a model over ``dataset`` ("whole" or "split": head -> encode_frame -> decode_frame -> tail, one image per
+    frame). ``filter_threshold`` overrides the checkpoint's (or the default) neural-filter threshold."""
+    if mode not in ("whole", "split"):
+        raise ValueError(f"mode must be 'whole' or 'split', got {mode!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model, threshold = _as_model(checkpoint_or_model)
+    threshold = threshold if filter_threshold is None else filter_threshold
+    model = model.to(device).eval()
+    head = tail = None
+    settings = zstd8 = None
+    if mode == "split":
+        head, tail = split(model, threshold)
+        if use_filter and head.neural_filter is None:
+            raise ValueError("use_filter: this model has no neural filter")
+        settings = CodecSettings(quantization=quantization, compression="zstd")
+        zstd8 = settings if quantization in EIGHT_BIT else CodecSettings(quantization="per_tensor")
+    elif use_filter:
+        raise ValueError("use_filter needs mode 'split'")
+    arch = model.config.arch if hasattr(model, "config") else "faster_rcnn"
+    wanted = object_labels(arch, list(dataset.class_names))
+    preds = Predictions(mode, quantization if mode == "split" else None)
+    indices = list(range(len(dataset)))
+    bar = tqdm(total=len(indices), desc=f"{mode}{'/' + quantization if mode == 'split' else ''}", disable=not progress)
+    with torch.inference_mode(), bar:
+        for start in range(0, len(indices), batch_size):
+            items = [dataset[i] for i in indices[start : start + batch_size]]
+            images = [im.to(device) for im, _ in items]
+            targets = [t for _, t in items]
+            stats = [ImageStats(int(t["image_id"]), has_object_label(t, wanted)) for t in targets]
+            if mode == "whole":
+                dets: list[dict[str, Tensor] | None] = list(model(images))
+            else:
+                out = head(images, use_filter=use_filter)
+                dets = [None] * len(images)
+                for pos, i in enumerate(out.kept):
+                    bottleneck, meta = out.bottleneck[pos : pos + 1], out.meta.select([pos])
+                    frame = encode_frame(bottleneck, meta, settings)
+                    c, h, w = bottleneck.shape[1:]
+                    stats[i].raw_bytes = c * h * w * 4
+                    stats[i].uint8_bytes = c * h * w
+                    stats[i].payload_bytes = len(frame.payload)
+                    if zstd8 is settings:
+                        stats[i].zstd_bytes = len(frame.payload)
+                    else:
+                        stats[i].zstd_bytes = len(encode_frame(bottleneck, meta, zstd8).payload)
+                    x, meta2 = decode_frame(frame)
+                    dets[i] = tail(x.to(device), meta2)[0]
+                for i, skipped in enumerate(out.skipped):
+                    stats[i].skipped = skipped
+                    if out.object_prob is not None:
+                        stats[i].object_prob = float(out.object_prob[i])
+            for s, det in zip(stats, dets, strict=True):
+                if det is not None:
+                    preds.results.extend(_results_for_image(det, s.image_id, dataset.label_to_cat_id))
+            preds.images.extend(stats)
+            bar.update(len(items))
+    return preds
+
+
+def coco_eval(
+    coco_gt: COCO, results: list[dict[str, Any]], iou_type: str = "bbox", cat_ids: list[int] | None = None
+) -> dict[str, float]:
+    """AP, AP50, AP75 and AR100 of ``results`` against ``coco_gt`` (COCOeval over all ground-truth images and the
+    ``cat_ids`` categories, by default all). No results give zeros; undefined values (-1, e.g. no ground truth at
+    all) are reported as 0.0."""
+    if iou_type not in _STATS_INDEX:
+        raise ValueError(f"iou_type must be one of {', '.join(_STATS_INDEX)}, got {iou_type!r}")
+    if iou_type == "keypoints" and cat_ids is None:
+        cat_ids = [c["id"] for c in coco_gt.loadCats(coco_gt.getCatIds()) if c.get("keypoints")]
+    key = {"segm": "segmentation", "keypoints": "keypoints"}.get(iou_type)
+    results = [r for r in results if key is None or key in r]
+    if not results or not coco_gt.getAnnIds():
+        return dict.fromkeys(METRICS, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results))  # loadRes mutates the dicts (area, id, bbox)
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        if cat_ids is not None:
+            ev.params.catIds = sorted(cat_ids)
+        if iou_type == "keypoints":
+            k = len(results[0]["keypoints"]) // 3
+            if k != 17:
+                ev.params.kpt_oks_sigmas = np.full(k, DEFAULT_OKS_SIGMA)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {m: max(0.0, float(ev.stats[i])) for m, i in _STATS_INDEX[iou_type].items()}
+
+
+def teacher_as_ground_truth(coco_gt: COCO, teacher_results: list[dict[str, Any]], score_threshold: float = 0.5) -> COCO:
+    """A COCO index whose annotations are the teacher's detections scoring ``>= score_threshold`` (same images and
+    categories as ``coco_gt``; area from the box; iscrowd 0), to score a student against its teacher."""
+    anns = []
+    for r in teacher_results:
+        if r["score"] < score_threshold:
+            continue
+        x, y, w, h = (float(v) for v in r["bbox"])
+        ann: dict[str, Any] = {
+            "id": len(anns) + 1,
+            "image_id": int(r["image_id"]),
+            "category_id": int(r["category_id"]),
+            "bbox": [x, y, w, h],
+            "area": w * h,
+            "iscrowd": 0,
+        }
+        if "segmentation" in r:
+            ann["segmentation"] = r["segmentation"]
+        else:
+            ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+        if "keypoints" in r:
+            kps = [float(v) for v in r["keypoints"]]
+            visible = [2.0 if v > 1 else 0.0 for v in kps[2::3]]  # only keypoints the teacher was sure of
+            kps[2::3] = visible
+            ann["keypoints"] = kps
+            ann["num_keypoints"] = int(sum(v > 0 for v in visible))
+        anns.append(ann)
+    d = {
+        "info": dict(coco_gt.dataset.get("info", {})),
+        "images": list(coco_gt.dataset.get("images", [])),
+        "categories": list(coco_gt.dataset.get("categories", [])),
+        "annotations": anns,
+    }
+    return coco_from_dict(d)
+
+
+def jpeg_bytes(dataset, quality: int) -> list[int]:
+    """Bytes of every image of ``dataset`` when JPEG-encoded by PIL at ``quality`` (dataset order)."""
+    if not (isinstance(quality, int) and 1 <= quality <= 100):
+        raise ValueError(f"JPEG quality must be an int in [1, 100], got {quality!r}")
+    out = []
+    for i in range(len(dataset)):
+        image = dataset[i][0]
+        arr = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+        out.append(buf.tell())
+    return out
+
+
+def _scores(
+    coco_gt: COCO, results: list[dict], types: tuple[str, ...], cat_ids: list[int] | None = None
+) -> dict[str, dict[str, float]]:
+    return {t: coco_eval(coco_gt, results, t, cat_ids) for t in types}
+
+
+def evaluate(
+    ckpt_path: str | Path,
+    dataset,
+    *,
+    teacher_ckpt: str | Path | None = None,
+    quantizations: tuple[str, ...] | list[str] = ("none", "per_tensor"),
+    use_filter: bool = True,
+    jpeg_qualities: tuple[int, ...] | list[int] = (),
+    teacher_score_threshold: float = 0.5,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """A report over ``dataset``: for a student, mode "whole" and mode "split" per quantization (the filter, when
+    the model has one and ``use_filter``, at the checkpoint's threshold); for a teacher, mode "whole" only. Each run
+    has AP per iou type against ground truth and, with ``teacher_ckpt``, against the teacher's detections
+    (``fidelity``); split runs add mean bytes per frame and filter statistics. ``batch_size`` 1 (the default)
+    makes every frame carry only its own image's padding."""
+    ckpt = load_checkpoint(ckpt_path)
+    model = ckpt.build_model()
+    arch = ckpt.config.arch
+    # keypoints need keypoint ground truth; segm uses the annotation files' segmentation whatever the task
+    types = tuple(t for t in iou_types(arch) if t != "keypoints" or dataset.task == "keypoints")
+    cat_ids = sorted(dataset.label_to_cat_id.values())
+    report: dict[str, Any] = {
+        "checkpoint": str(ckpt_path),
+        "arch": arch,
+        "student": ckpt.config.is_student,
+        "num_images": len(dataset),
+        "iou_types": list(types),
+        "filter_threshold": ckpt.filter_threshold if ckpt.config.with_filter else None,
+        "runs": [],
+        "jpeg": {},
+    }
+    teacher_gt = None
+    if teacher_ckpt is not None:
+        teacher = load_checkpoint(teacher_ckpt)
+        t_preds = predict(teacher, dataset, "whole", batch_size=batch_size, device=device, progress=progress)
+        teacher_gt = teacher_as_ground_truth(dataset.coco, t_preds.results, teacher_score_threshold)
+        t_types = tuple(t for t in iou_types(teacher.config.arch) if t in types)
+        report["teacher"] = {
+            "checkpoint": str(teacher_ckpt),
+            "arch": teacher.config.arch,
+            "score_threshold": teacher_score_threshold,
+            "ap": _scores(dataset.coco, t_preds.results, t_types, cat_ids),
+        }
+        types_fid = t_types
+    else:
+        types_fid = ()
+
+    def add_run(preds: Predictions) -> None:
+        run: dict[str, Any] = {
+            "mode": preds.mode,
+            "quantization": preds.quantization,
+            "ap": _scores(dataset.coco, preds.results, types, cat_ids),
+            "bytes": preds.mean_bytes(),
+            "filter": preds.filter_stats(),
+            "num_detections": len(preds.results),
+        }
+        if teacher_gt is not None:
+            run["fidelity"] = _scores(teacher_gt, preds.results, types_fid, cat_ids)
+        report["runs"].append(run)
+
+    add_run(predict(model, dataset, "whole", batch_size=batch_size, device=device, progress=progress))
+    if ckpt.config.is_student:
+        with_filter = use_filter and ckpt.config.with_filter
+        for q in quantizations:
+            preds = predict(
+                model,
+                dataset,
+                "split",
+                quantization=q,
+                use_filter=with_filter,
+                batch_size=batch_size,
+                device=device,
+                filter_threshold=ckpt.filter_threshold,
+                progress=progress,
+            )
+            add_run(preds)
+    for quality in jpeg_qualities:
+        sizes = jpeg_bytes(dataset, quality)
+        report["jpeg"][str(quality)] = float(np.mean(sizes)) if sizes else 0.0
+    return report
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The report as a markdown table: one row per run (and the teacher, and one per JPEG quality)."""
+    types = report["iou_types"]
+    fid = "teacher" in report
+    cols = ["model", "mode", "quant."]
+    cols += [f"{t} AP" for t in types] + [f"{t} AP50" for t in types]
+    cols += [f"{t} fidelity AP" for t in types] if fid else []
+    cols += ["raw B", "8-bit B", "8-bit+zstd B", "empty skipped", "objects skipped"]
+    lines = [
+        f"Evaluation of `{report['checkpoint']}` ({report['arch']}) on {report['num_images']} images",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
+
+    def row(name: str, run: dict[str, Any]) -> None:
+        ap = run.get("ap", {})
+        cells = [name, run.get("mode") or "-", run.get("quantization") or "-"]
+        cells += [_fmt(ap[t]["AP"]) if t in ap else "-" for t in types]
+        cells += [_fmt(ap[t]["AP50"]) if t in ap else "-" for t in types]
+        if fid:
+            f = run.get("fidelity") or {}
+            cells += [_fmt(f[t]["AP"]) if t in f else "-" for t in types]
+        b = run.get("bytes") or {}
+        cells += [_fmt(b.get("raw"), 0), _fmt(b.get("uint8"), 0), _fmt(b.get("zstd"), 0)]
+        fs = run.get("filter") or {}
+        cells += [_fmt(fs.get("empty_skipped"), 2), _fmt(fs.get("objects_skipped"), 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    if fid:
+        row("teacher", {"mode": "whole", **report["teacher"]})
+    for run in report["runs"]:
+        row("student" if report["student"] else "model", run)
+    for quality, size in report.get("jpeg", {}).items():
+        row(f"JPEG q{quality}", {"mode": "image", "bytes": {"zstd": size}})
+    if report.get("jpeg"):
+        lines += ["", "JPEG rows: mean bytes per image in the 8-bit+zstd column."]
+    return "\n".join(lines) + "\n"
