@@ -12,6 +12,7 @@ import torch
 
 from common.checkpoint import CheckpointError
 from common.demo import demo_checkpoint
+from common.token_file import TokenFileError, read_token
 from edge_server.server import ServerError, serve
 
 log = logging.getLogger("edge_server")
@@ -57,17 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_token(path: str) -> str:
-    """The token in ``path``, stripped; :class:`ServerError` when unreadable or empty."""
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as e:
-        raise ServerError(f"cannot read the token file {path}: {e.strerror}") from None
-    if not token:
-        raise ServerError(f"the token file {path} is empty")
-    return token
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -94,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             token=token,
             max_message_mb=args.max_message_mb,
         )
-    except (CheckpointError, ServerError, FileNotFoundError) as e:
+    except (CheckpointError, ServerError, TokenFileError, FileNotFoundError) as e:
         print(f"edge-server: error: {e}", file=sys.stderr)
         return 2
     log.info(

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from common.checkpoint import CheckpointError
 from common.codec import QUANTIZATIONS
 from common.demo import demo_checkpoint
+from common.token_file import TokenFileError, read_token
 from common.wire import QUANTIZATION_TO_PB, CodecSettings
 from mobile_client import sources, visualize
 from mobile_client.auto import AutoPolicy
@@ -105,18 +106,6 @@ def load_model(args: argparse.Namespace) -> ClientModel:
     return model
 
 
-def _read_token(path: str | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as e:
-        raise SetupError(f"cannot read the token file {path}: {e.strerror}") from None
-    if not token:
-        raise SetupError(f"the token file {path} is empty")
-    return token
-
-
 def connect(args: argparse.Namespace, model: ClientModel | None, quantization: str) -> tuple[Link, pb.ModelInfo]:
     """Open the channel and do the GetModelInfo handshake; refuse a server running another model."""
     if args.tls_ca is not None and not Path(args.tls_ca).is_file():
@@ -124,7 +113,7 @@ def connect(args: argparse.Namespace, model: ClientModel | None, quantization: s
     config = LinkConfig(
         target=args.server,
         tls_ca=Path(args.tls_ca) if args.tls_ca else None,
-        token=_read_token(args.token_file),
+        token=read_token(args.token_file) if args.token_file else None,
         timeout_s=args.timeout_s,
         attempts=args.attempts,
     )
@@ -230,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         pipeline, keypoints, source = build_pipeline(args)
-    except (SetupError, SourceError, CheckpointError, FileNotFoundError) as e:
+    except (SetupError, SourceError, CheckpointError, TokenFileError, FileNotFoundError) as e:
         _log(f"mobile-client: error: {e}")
         return 2
     try:
