@@ -21,7 +21,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from common.bottleneck import Bottleneck
@@ -31,6 +32,7 @@ ARCHS = ("faster_rcnn", "mask_rcnn", "keypoint_rcnn")
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
 LAYER1_CHANNELS = {"resnet18": 64, "resnet34": 64, "resnet50": 256}
+TUPLE_FIELDS = ("anchor_sizes", "mask_head_layers", "keypoint_head_layers")
 COCO_WEIGHTS = {
     "faster_rcnn": FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
     "mask_rcnn": MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
@@ -53,6 +55,8 @@ class ModelConfig:
     box_representation_size: int = 1024
     box_batch_size_per_image: int = 512
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)  #: conv channels of the mask head (torchvision's)
+    keypoint_head_layers: tuple[int, ...] = (512,) * 8  #: conv channels of the keypoint head (torchvision's)
     norm_layer: str = "frozen_bn"
     with_filter: bool = False
 
@@ -71,6 +75,10 @@ class ModelConfig:
             raise ValueError(f"need 0 < min_size <= max_size, got {self.min_size}, {self.max_size}")
         if len(self.anchor_sizes) != 5:
             raise ValueError(f"anchor_sizes needs one size per FPN level (5), got {list(self.anchor_sizes)}")
+        for name in ("mask_head_layers", "keypoint_head_layers"):
+            layers = getattr(self, name)
+            if not layers or any(c < 1 for c in layers):
+                raise ValueError(f"{name} needs at least one positive channel count, got {list(layers)}")
         if self.norm_layer not in NORM_LAYERS:
             raise ValueError(f"norm_layer must be one of {', '.join(NORM_LAYERS)}, got {self.norm_layer!r}")
         if self.with_filter and self.bottleneck_channels is None:
@@ -82,7 +90,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["anchor_sizes"] = list(self.anchor_sizes)
+        for name in TUPLE_FIELDS:
+            d[name] = list(d[name])
         return d
 
     @classmethod
@@ -92,8 +101,9 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
         d = dict(d)
-        if "anchor_sizes" in d:
-            d["anchor_sizes"] = tuple(int(s) for s in d["anchor_sizes"])
+        for name in TUPLE_FIELDS:
+            if name in d:
+                d[name] = tuple(int(s) for s in d[name])
         return cls(**d)
 
     def replace(self, **changes: Any) -> ModelConfig:
@@ -132,9 +142,21 @@ def build_model(config: ModelConfig) -> GeneralizedRCNN:
         model = FasterRCNN(backbone, **common)
     elif config.arch == "mask_rcnn":
         # torchvision derives the mask predictor from num_classes, which must be None once box_predictor is given.
-        model = MaskRCNN(backbone, mask_predictor=MaskRCNNPredictor(256, 256, config.num_classes), **common)
+        layers = config.mask_head_layers
+        model = MaskRCNN(
+            backbone,
+            mask_head=MaskRCNNHeads(config.fpn_channels, layers, dilation=1),
+            mask_predictor=MaskRCNNPredictor(layers[-1], layers[-1], config.num_classes),
+            **common,
+        )
     else:
-        model = KeypointRCNN(backbone, num_keypoints=config.num_keypoints, **common)
+        layers = config.keypoint_head_layers
+        model = KeypointRCNN(
+            backbone,
+            keypoint_head=KeypointRCNNHeads(config.fpn_channels, layers),
+            keypoint_predictor=KeypointRCNNPredictor(layers[-1], config.num_keypoints),
+            **common,
+        )
     model.neural_filter = NeuralFilter() if config.with_filter else None
     model.config = config
     return model

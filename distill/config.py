@@ -41,6 +41,7 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
     teacher: dict[str, Any] = field(default_factory=dict)
     student: dict[str, Any] = field(default_factory=dict)
+    init: dict[str, Any] = field(default_factory=dict)
     epochs: int = 1
     batch_size: int = 4
     workers: int = 0
@@ -113,6 +114,14 @@ def parse_config(raw: Any, where: str = "config") -> TrainConfig:
         raise ConfigError(f"{where}: method teacher needs a model section (arch, backbone, sizes)")
     if method == "filter":
         _require(_section(raw, "student", where), "ckpt", f"{where}: student")
+    init = _section(raw, "init", where)
+    if init:
+        if method != "teacher":
+            raise ConfigError(f"{where}: init (warm start from a teacher checkpoint) is for method teacher only")
+        _require(init, "ckpt", f"{where}: init")
+        freeze = init.get("freeze", []) or []
+        if not isinstance(freeze, list) or not all(isinstance(f, str) and f for f in freeze):
+            raise ConfigError(f"{where}: init.freeze must be a list of module names, e.g. [backbone]")
     optimizer = dict(_section(train, "optimizer", f"{where}: train") or {"type": "Adam", "lr": 1e-3})
     if optimizer.get("type", "Adam") not in OPTIMIZERS:
         raise ConfigError(f"{where}: train.optimizer.type must be one of {', '.join(OPTIMIZERS)}")
@@ -127,6 +136,7 @@ def parse_config(raw: Any, where: str = "config") -> TrainConfig:
             model=_section(raw, "model", where),
             teacher=_section(raw, "teacher", where),
             student=_section(raw, "student", where),
+            init=init,
             epochs=int(train.get("epochs", 1)),
             batch_size=int(train.get("batch_size", 4)),
             workers=int(train.get("workers", 0)),

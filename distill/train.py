@@ -43,11 +43,20 @@ class Task:
 
 
 class DetectionTraining(nn.Module):
-    """Teacher training: torchvision's own detection losses."""
+    """Teacher training: torchvision's own detection losses. Modules named in ``frozen`` stay in eval mode, so their
+    BatchNorm statistics do not move either."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, frozen: list[str] | tuple[str, ...] = ()) -> None:
         super().__init__()
         self.model = model
+        self.frozen = tuple(frozen)
+
+    def train(self, mode: bool = True) -> DetectionTraining:
+        super().train(mode)
+        modules = dict(self.model.named_modules())
+        for name in self.frozen:
+            modules[name].eval()
+        return self
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         return self.model(images, targets)
@@ -107,6 +116,27 @@ def _teacher_from(section: dict[str, Any], info: DatasetInfo) -> tuple[nn.Module
     return teacher.eval(), names
 
 
+def warm_start(model: nn.Module, ckpt_path: str | Path, freeze: list[str]) -> int:
+    """Copy every weight of the teacher at ``ckpt_path`` whose name and shape match ``model``'s (e.g. a Mask or
+    Keypoint R-CNN teacher from a trained Faster R-CNN one), then freeze the modules named in ``freeze``.
+    Returns how many tensors were copied."""
+    source = load_checkpoint(ckpt_path)
+    if source.config.is_student:
+        raise ConfigError(f"init.ckpt {ckpt_path} holds a student; warm starts take a teacher")
+    own = model.state_dict()
+    taken = {k: v for k, v in source.state_dict.items() if k in own and own[k].shape == v.shape}
+    if not taken:
+        raise ConfigError(f"init.ckpt {ckpt_path}: no weight matches this model (different backbone?)")
+    model.load_state_dict(taken, strict=False)
+    modules = dict(model.named_modules())
+    for name in freeze:
+        if not name or name not in modules:
+            raise ConfigError(f"init.freeze: the model has no module {name!r}")
+        for p in modules[name].parameters():
+            p.requires_grad_(False)
+    return len(taken)
+
+
 def build_task(config: TrainConfig, info: DatasetInfo) -> Task:
     """Build the model(s) and loss module for ``config.method``."""
     names = {"class_names": info.class_names, "keypoint_names": info.keypoint_names}
@@ -121,7 +151,10 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> Task:
             }
         )
         model = build_model(model_cfg)
-        return Task(DetectionTraining(model), model, info, names)
+        frozen = list(config.init.get("freeze") or [])
+        if config.init:
+            warm_start(model, config.init["ckpt"], frozen)
+        return Task(DetectionTraining(model, frozen), model, info, names)
     if config.method in ("hnd", "ghnd"):
         teacher, names = _teacher_from(config.teacher, info)
         student_cfg = teacher.config.replace(

@@ -119,6 +119,9 @@ def base_config(tmp_path, **changes):
         ({"dataset": {"type": "imagenet"}}, "dataset.type"),
         ({"dataset": {"type": "coco"}}, "missing key 'coco_root'"),
         ({"student": {}}, "bottleneck_channels"),
+        ({"init": {"ckpt": "t.pt"}}, "for method teacher only"),
+        ({"method": "teacher", "model": {"arch": "mask_rcnn"}, "init": {"freeze": ["backbone"]}}, "missing key 'ckpt'"),
+        ({"method": "teacher", "model": {"arch": "mask_rcnn"}, "init": {"ckpt": "t.pt", "freeze": "x"}}, "freeze"),
     ],
 )
 def test_config_errors_are_one_clear_line(tmp_path, changes, message):
@@ -235,3 +238,36 @@ def test_filter_learns_above_chance():
             optimizer.step()
     found = evaluate_filter(module, val, 16, torch.device("cpu"), target_recall=0.9)
     assert found["empty_frames_skipped"] > 0.1  # at 90 % recall, chance would skip ~10 % of empty frames
+
+
+def test_warm_start_copies_matching_weights_and_freezes(tmp_path):
+    """A Mask R-CNN teacher warm-started from a Faster R-CNN one: shared weights copied, frozen ones never move."""
+    from common.checkpoint import save_checkpoint
+    from distill.train import DetectionTraining, warm_start
+
+    torch.manual_seed(0)
+    faster = build_teacher("faster_rcnn", "resnet18", num_classes=3, norm_layer="bn", **SMALL)
+    save_checkpoint(faster, tmp_path / "faster.pt", ["__background__", "a", "b"])
+    mask = build_teacher("mask_rcnn", "resnet18", num_classes=3, mask_head_layers=(16,), **SMALL)
+    copied = warm_start(mask, tmp_path / "faster.pt", ["backbone"])
+    assert copied > 0
+    for name in ("backbone.fpn.inner_blocks.0.0.weight", "roi_heads.box_head.fc6.weight", "backbone.body.bn1.weight"):
+        assert torch.equal(mask.state_dict()[name], faster.state_dict()[name]), name
+    assert not any(p.requires_grad for p in mask.backbone.parameters())
+    before = {k: v.clone() for k, v in mask.backbone.state_dict().items()}
+    module = DetectionTraining(mask, ["backbone"]).train()
+    assert not mask.backbone.training and mask.roi_heads.training
+    image = torch.rand(3, 64, 64)
+    target = {
+        "boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]),
+        "labels": torch.tensor([1]),
+        "masks": torch.zeros(1, 64, 64, dtype=torch.uint8),
+    }
+    target["masks"][0, 8:40, 8:40] = 1
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.01)
+    loss = sum(module([image], [target]).values())
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(v, before[k]) for k, v in mask.backbone.state_dict().items())
+    with pytest.raises(ConfigError, match="no module 'nope'"):
+        warm_start(mask, tmp_path / "faster.pt", ["nope"])

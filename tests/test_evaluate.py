@@ -17,6 +17,7 @@ from distill.evaluate import (
     jpeg_bytes,
     predict,
     teacher_as_ground_truth,
+    with_jpeg_quality,
 )
 from tests.conftest import tiny_student
 
@@ -102,7 +103,9 @@ def test_whole_equals_split_without_quantization_and_bytes(tmp_path):
     assert b["zstd"] <= b["uint8"] < b["raw"]
     assert b["uint8"] * 4 == b["raw"] and b["frames_sent"] == len(dataset)
     assert report["jpeg"]["75"] > 0
-    assert "| student | whole |" in format_markdown(report)
+    assert set(report["jpeg_ap"]["75"]["bbox"]) == {"AP", "AP50", "AP75", "AR100"}
+    table = format_markdown(report)
+    assert "| student | whole |" in table and "| JPEG q75 | offload |" in table
 
     # Identical detections, not only identical AP, image by image.
     a = predict(model, dataset, "whole", batch_size=1, progress=False)
@@ -114,6 +117,15 @@ def test_jpeg_bytes_shrink_with_quality():
     dataset = _dataset("faster_rcnn")
     hi, lo = jpeg_bytes(dataset, 95), jpeg_bytes(dataset, 20)
     assert len(hi) == len(dataset) and all(h > q > 0 for h, q in zip(hi, lo, strict=True))
+
+
+def test_offload_inputs_are_jpeg_reencoded():
+    dataset = _dataset("faster_rcnn")
+    lossy = with_jpeg_quality(dataset, 10)
+    assert dataset.jpeg_quality is None
+    original, degraded = dataset[0][0], lossy[0][0]
+    assert original.shape == degraded.shape and not torch.equal(original, degraded)
+    assert (original - degraded).abs().mean() < 0.1
 
 
 def test_cli_missing_checkpoint(tmp_path, capsys):

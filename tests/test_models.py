@@ -58,6 +58,8 @@ def test_encoder_and_decoder_follow_the_seed_layout():
         ({"min_size": 900, "max_size": 800}, "min_size"),
         ({"anchor_sizes": (32, 64)}, "anchor_sizes"),
         ({"bottleneck_channels": None, "with_filter": True}, "needs a student"),
+        ({"mask_head_layers": ()}, "mask_head_layers"),
+        ({"keypoint_head_layers": (64, 0)}, "keypoint_head_layers"),
     ],
 )
 def test_bad_config_is_refused(changes, message):
@@ -65,8 +67,22 @@ def test_bad_config_is_refused(changes, message):
         ModelConfig(**changes)
 
 
+def test_lighter_roi_heads_change_only_the_heads():
+    from common.models import build_model
+
+    mask = build_model(ModelConfig("mask_rcnn", "resnet18", None, 3, mask_head_layers=(32, 16)))
+    assert [m.out_channels for m in mask.roi_heads.mask_head.modules() if isinstance(m, torch.nn.Conv2d)] == [32, 16]
+    assert mask.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    kp = build_model(ModelConfig("keypoint_rcnn", "resnet18", None, 2, 5, keypoint_head_layers=(24,)))
+    assert [m.out_channels for m in kp.roi_heads.keypoint_head.modules() if isinstance(m, torch.nn.Conv2d)] == [24]
+    out = kp.eval()([torch.rand(3, 64, 64)])[0]
+    assert out["keypoints"].shape[1:] == (5, 3)
+
+
 def test_config_dict_round_trip_and_unknown_keys():
-    cfg = ModelConfig(arch="mask_rcnn", backbone="resnet18", anchor_sizes=(16, 32, 64, 128, 256))
+    cfg = ModelConfig(
+        arch="mask_rcnn", backbone="resnet18", anchor_sizes=(16, 32, 64, 128, 256), mask_head_layers=(64, 64)
+    )
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown model config keys: colour"):
         ModelConfig.from_dict({**cfg.to_dict(), "colour": "red"})
