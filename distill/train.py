@@ -137,6 +137,22 @@ def warm_start(model: nn.Module, ckpt_path: str | Path, freeze: list[str]) -> in
     return len(taken)
 
 
+def init_bottleneck(student: nn.Module, ckpt_path: str | Path) -> None:
+    """Start the student's encoder/decoder from another student's (same backbone and channel count), e.g. a Mask
+    R-CNN student from a trained Faster R-CNN one whose teacher shares its backbone."""
+    source = load_checkpoint(ckpt_path)
+    mine, theirs = student.config, source.config
+    if not theirs.is_student:
+        raise ConfigError(f"student.init {ckpt_path} holds a teacher; it must be a student")
+    if (theirs.backbone, theirs.bottleneck_channels) != (mine.backbone, mine.bottleneck_channels):
+        raise ConfigError(
+            f"student.init {ckpt_path} is a {theirs.backbone} {theirs.bottleneck_channels}-channel student; "
+            f"this one is {mine.backbone} {mine.bottleneck_channels}-channel"
+        )
+    prefix = "backbone.body.layer1."
+    student.load_state_dict({k: v for k, v in source.state_dict.items() if k.startswith(prefix)}, strict=False)
+
+
 def build_task(config: TrainConfig, info: DatasetInfo) -> Task:
     """Build the model(s) and loss module for ``config.method``."""
     names = {"class_names": info.class_names, "keypoint_names": info.keypoint_names}
@@ -162,6 +178,8 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> Task:
         )
         student = build_model(student_cfg)
         init_student_from_teacher(student, teacher)
+        if "init" in config.student:
+            init_bottleneck(student, config.student["init"])
         module = HeadMimic(student, teacher, config.terms, config.reduction, config.detection_loss)
         return Task(module, student, info, names)
     ckpt = load_checkpoint(config.student["ckpt"])

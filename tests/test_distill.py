@@ -271,3 +271,19 @@ def test_warm_start_copies_matching_weights_and_freezes(tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in mask.backbone.state_dict().items())
     with pytest.raises(ConfigError, match="no module 'nope'"):
         warm_start(mask, tmp_path / "faster.pt", ["nope"])
+
+
+def test_student_bottleneck_starts_from_another_student(tmp_path):
+    from common.checkpoint import save_checkpoint
+    from distill.train import init_bottleneck
+
+    trained, _ = pair(seed=1)
+    save_checkpoint(trained, tmp_path / "s.pt", ["__background__", "a", "b"])
+    fresh, _ = pair(seed=2)
+    init_bottleneck(fresh, tmp_path / "s.pt")
+    for k, v in fresh.state_dict().items():
+        if k.startswith("backbone.body.layer1."):
+            assert torch.equal(v, trained.state_dict()[k]), k
+    wider = build_student("faster_rcnn", "resnet18", 6, num_classes=3, **SMALL)
+    with pytest.raises(ConfigError, match="3-channel student; this one is resnet18 6-channel"):
+        init_bottleneck(wider, tmp_path / "s.pt")
