@@ -81,7 +81,7 @@ class Options:
 
 @dataclass
 class FrameResult:
-    """What the client reports for one frame; ``image`` and ``server_ms`` are not part of the JSON line."""
+    """One frame as the client reports it; ``image``, ``server_ms`` and ``received_bytes`` are not in the JSON."""
 
     index: int
     source: str
@@ -93,6 +93,7 @@ class FrameResult:
     error: str | None = None
     image: np.ndarray | None = None
     server_ms: float | None = None
+    received_bytes: int = 0  #: size of the server's response message
 
 
 @dataclass
@@ -234,6 +235,7 @@ class Pipeline:
         result = self._result(work, detections=self._json(det))
         result.timing_ms["total"] = _ms(reply.received_at - work.started_at)
         result.server_ms = round(server_ms, 3)
+        result.received_bytes = response.ByteSize()
         return result
 
     def _json(self, det: dict) -> list[dict]:

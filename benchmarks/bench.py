@@ -1,0 +1,595 @@
+"""``split-bench``: latency, bytes per frame and throughput of local, offload (JPEG), split and split+filter over
+emulated links, next to each frame's physical floor; and accuracy against bytes from ``split-eval`` results.
+
+    split-bench --ckpt student.pt --rates 0.5,1,2,5,10,50 --rtt-ms 20 --frames 30 --out benchmarks/results/bench
+
+An ``edge-server`` process serves the checkpoint behind the emulated link (the userspace shaper of
+:mod:`benchmarks.shaper`, or netem between network namespaces, :mod:`benchmarks.netem`). For every mode and link
+the real client pipeline (:mod:`mobile_client.pipeline` over :mod:`mobile_client.link`) makes two runs over the
+same frames: a latency run, one frame at a time (window 1, unary calls), and a streaming run with ``--window``
+frames in flight, for frames per second with pipelining off and on. Each run starts with ``--warmup`` frames that
+are not recorded. ``local`` uses no link and runs once.
+
+The physical floor of a frame is what it has to cost on this link given its measured stages: head + filter +
+encode on the device, request bytes / uplink rate, the RTT, the server's time (queue, decode, tail, encode) and
+response bytes / downlink rate (``local``: head + filter + tail). The runtime overhead is end-to-end minus floor:
+gRPC and HTTP/2 framing, TCP, threads, Python. Packet loss is not part of the floor; a trace-driven link counts at
+its mean rate.
+
+Writes to ``--out``: ``bench.csv`` (one row per frame), ``bench.json`` (the rows plus summaries, runs, accuracy
+points and the setup), ``bench.md`` (also printed on stdout) and the plots ``latency_vs_rate.png``,
+``bytes_per_frame.png``, ``stage_breakdown.png``, ``throughput_vs_rate.png`` and ``ap_vs_bytes.png``. Progress goes
+to stderr. Exit status: 0, 1 when every frame failed, 2 for usage and setup errors (one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import itertools
+import os
+import platform
+import selectors
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.bench_report import STAGES, accuracy_points, bytes_by_mode, markdown, summarize, write_outputs
+from benchmarks.netem import NetemError, NetemLink, unavailable
+from benchmarks.shaper import LinkShaper, Trace
+from common.checkpoint import CheckpointError
+from common.demo import demo_checkpoint
+from mobile_client import sources
+from mobile_client.link import Link, LinkConfig, LinkError
+from mobile_client.pipeline import ClientModel, FrameResult, Options, Pipeline, SetupError
+from mobile_client.sources import Frame, SourceError
+
+MODES = ("local", "offload", "split", "split+filter")
+SERVER_START_S = 180.0
+EVAL_GLOB = "benchmarks/results/*eval*.json"
+
+
+def _log(message: str) -> None:
+    print(f"split-bench: {message}", file=sys.stderr, flush=True)
+
+
+# ---- links and emulators ----
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One emulated link: rates in Mbit/s (or mahimahi traces), round-trip time, jitter, loss per packet."""
+
+    up_mbps: float | None
+    down_mbps: float | None
+    rtt_ms: float
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+    up_trace: Trace | None = None
+    down_trace: Trace | None = None
+
+    @property
+    def label(self) -> str:
+        if self.up_trace is not None:
+            return f"trace {self.up_trace.name}/{self.down_trace.name}"
+        down = "" if self.down_mbps == self.up_mbps else f"/{self.down_mbps:g}"
+        return f"{self.up_mbps:g}{down} Mbps"
+
+    @property
+    def up_rate(self) -> float:
+        return self.up_trace.mean_mbps if self.up_trace is not None else self.up_mbps
+
+    @property
+    def down_rate(self) -> float:
+        return self.down_trace.mean_mbps if self.down_trace is not None else self.down_mbps
+
+
+@dataclass
+class Wire:
+    """The client's way to the server over one emulated link, and the bytes that crossed it (up, down)."""
+
+    target: str
+    counters: Callable[[], tuple[int, int]]
+
+
+class Userspace:
+    """The userspace shaper on loopback in front of the server."""
+
+    name = "userspace"
+    host = "127.0.0.1"
+    description = (
+        "userspace TCP shaper (benchmarks/shaper.py) on loopback: token bucket per direction (depth 0, 1448-byte "
+        "packets), RTT/2 delay each way, loss as TCP retransmission after max(200 ms, 2 RTT)"
+    )
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        return cmd
+
+    @contextmanager
+    def link(self, server_port: int, spec: LinkSpec) -> Iterator[Wire]:
+        shaper = LinkShaper(
+            (self.host, server_port),
+            up_mbps=None if spec.up_trace else spec.up_mbps,
+            down_mbps=None if spec.down_trace else spec.down_mbps,
+            delay_ms=spec.rtt_ms / 2,
+            jitter_ms=spec.jitter_ms,
+            loss=spec.loss,
+            up_trace=spec.up_trace,
+            down_trace=spec.down_trace,
+        )
+        with shaper:
+            yield Wire(f"{self.host}:{shaper.port}", lambda: (shaper.up_bytes, shaper.down_bytes))
+
+
+class Netem:
+    """netem on a veth pair between the benchmark's namespace and the server's."""
+
+    name = "netem"
+    description = (
+        "netem (tc) on both ends of a veth pair, edge server in its own network namespace: rate, RTT/2 delay each "
+        "way, real packet loss; wire bytes include Ethernet/IP/TCP headers"
+    )
+
+    def __init__(self, net: NetemLink) -> None:
+        self.net = net
+        self.host = net.server_host
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        return self.net.wrap(cmd)
+
+    @contextmanager
+    def link(self, server_port: int, spec: LinkSpec) -> Iterator[Wire]:
+        self.net.configure(spec.up_mbps, spec.down_mbps, spec.rtt_ms / 2, spec.jitter_ms, spec.loss)
+        yield Wire(f"{self.host}:{server_port}", self.net.counters)
+
+
+def open_emulator(choice: str, stack: ExitStack, traces: bool) -> tuple[Userspace | Netem, str | None]:
+    """The emulator for ``--emulator`` (auto: netem when it works here) and why netem was not used, if it was not."""
+    if choice == "userspace":
+        return Userspace(), None
+    reason = "trace-driven links need the userspace shaper" if traces else unavailable()
+    if reason is None:
+        try:
+            return Netem(stack.enter_context(NetemLink())), None
+        except NetemError as e:
+            reason = str(e)
+    if choice == "netem":
+        raise SetupError(reason)
+    _log(f"netem not used ({reason}); using the userspace shaper")
+    return Userspace(), reason
+
+
+# ---- the edge server ----
+
+
+class EdgeServer:
+    """``edge-server`` in a child process (inside the server's namespace under netem); ``port`` once started."""
+
+    def __init__(self, ckpt: Path, host: str, wrap: Callable[[list[str]], list[str]], threads: int, device: str):
+        self.cmd = wrap(
+            [sys.executable, "-m", "edge_server", "--ckpt", str(ckpt), "--host", host, "--port", "0", "--device",
+             device, "--torch-threads", str(threads), "--workers", "8", "--log-level", "WARNING"]
+        )  # fmt: skip
+        self.port = 0
+
+    def __enter__(self) -> EdgeServer:
+        self._log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            deadline = time.monotonic() + SERVER_START_S
+            while not self.port:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    self._fail(f"not listening after {SERVER_START_S:g} s")
+                line = self.proc.stdout.readline()
+                if line.startswith("listening on "):
+                    self.port = int(line.rsplit(":", 1)[1])
+                elif not line:
+                    self._fail(self._exit_status())
+        return self
+
+    def _exit_status(self) -> str:
+        try:
+            return f"exit status {self.proc.wait(timeout=10)}"
+        except subprocess.TimeoutExpired:
+            return "it closed its output"
+
+    def _fail(self, why: str) -> None:
+        self._log.seek(0)
+        lines = self._log.read().strip().splitlines()
+        self.__exit__()
+        raise SetupError(f"edge-server did not start ({why}): {lines[-1] if lines else 'no output'}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self._log.close()
+
+
+# ---- one run ----
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    jpeg_quality: int
+    timeout_s: float
+    warmup: int
+    emulator: str
+
+
+def build_pipeline(mode: str, window: int, model: ClientModel, target: str | None, settings: RunSettings) -> Pipeline:
+    """The client's pipeline for one mode, after the ``GetModelInfo`` handshake over the emulated link."""
+    options = Options(
+        mode=mode.split("+")[0],
+        use_filter=mode == "split+filter",
+        filter_threshold=model.checkpoint.filter_threshold,
+        codec=model.checkpoint.codec,
+        jpeg_quality=settings.jpeg_quality,
+        window=window,
+    )
+    link = None
+    if target is not None:
+        link = Link(LinkConfig(target, timeout_s=settings.timeout_s))
+        try:
+            info = link.model_info()
+        except LinkError as e:
+            link.close()
+            raise SetupError(f"handshake with the edge server at {target} failed: {e}") from None
+        if mode != "offload" and info.fingerprint != model.fingerprint:
+            link.close()
+            raise SetupError(f"the edge server runs fingerprint {info.fingerprint}, the client {model.fingerprint}")
+    class_names = list(model.checkpoint.class_names)
+    return Pipeline(options, class_names, model=None if mode == "offload" else model, link=link)
+
+
+def physical_floor(result: FrameResult, spec: LinkSpec | None) -> float | None:
+    """What the frame has to cost given its measured stages: device time, transfers at the link rate, RTT, server."""
+    if result.error is not None:
+        return None
+    t = result.timing_ms
+    device = sum(t.get(stage, 0.0) for stage in ("head", "filter", "encode"))
+    if spec is None or result.skipped:
+        return device + t.get("tail", 0.0)
+    transfer = result.sent_bytes * 8e-3 / spec.up_rate + result.received_bytes * 8e-3 / spec.down_rate
+    return device + transfer + spec.rtt_ms + (result.server_ms or 0.0)
+
+
+def frame_row(
+    result: FrameResult, mode: str, spec: LinkSpec | None, window: int, wire: tuple[int, int] | None, emulator: str
+) -> dict:
+    """One CSV row: the frame's bytes, stages, end-to-end time, floor and overhead."""
+    t = result.timing_ms
+    floor = physical_floor(result, spec)
+    total = t.get("total")
+    return {
+        "mode": mode,
+        "emulator": emulator if spec is not None else None,
+        "link": spec.label if spec is not None else "none",
+        "rate_mbps": spec.up_rate if spec is not None else None,
+        "down_mbps": spec.down_rate if spec is not None else None,
+        "rtt_ms": spec.rtt_ms if spec is not None else None,
+        "jitter_ms": spec.jitter_ms if spec is not None else None,
+        "loss": spec.loss if spec is not None else None,
+        "window": window,
+        "frame": result.index,
+        "source": result.source,
+        "skipped": result.skipped,
+        "error": result.error,
+        "sent_bytes": result.sent_bytes,
+        "received_bytes": result.received_bytes,
+        "wire_up_bytes": wire[0] if wire else None,
+        "wire_down_bytes": wire[1] if wire else None,
+        **{f"{stage}_ms": t.get(stage) for stage in STAGES},
+        "server_ms": result.server_ms,
+        "total_ms": total,
+        "floor_ms": None if floor is None else round(floor, 3),
+        "overhead_ms": None if floor is None else round(total - floor, 3),
+    }
+
+
+def run_frames(
+    pipeline: Pipeline, frames: list[Frame], warmup: int, counters: Callable[[], tuple[int, int]] | None
+) -> tuple[list[FrameResult], list[tuple[int, int] | None], float]:
+    """Warm up, then run every frame: results, bytes that crossed the link per frame (when given), wall seconds."""
+    list(pipeline.run(frames[i % len(frames)] for i in range(warmup)))
+    results: list[FrameResult] = []
+    wire: list[tuple[int, int] | None] = []
+    before = counters() if counters else None
+    start = time.monotonic()
+    for result in pipeline.run(iter(frames)):
+        results.append(result)
+        if counters is None:
+            wire.append(None)
+            continue
+        now = counters()
+        wire.append((now[0] - before[0], now[1] - before[1]))
+        before = now
+    return results, wire, time.monotonic() - start
+
+
+# ---- command line ----
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="split-bench",
+        description="Latency, bytes and throughput of local, offload, split and split+filter over emulated links.",
+    )
+    p.add_argument("--ckpt", metavar="PATH", help="student checkpoint for both sides (default: the demo checkpoint)")
+    p.add_argument("--rates", default="0.5,1,2,5,10,50", metavar="LIST", help="uplink rates in Mbit/s (comma list)")
+    p.add_argument("--down-mbps", type=float, metavar="R", help="downlink rate (default: each uplink rate)")
+    p.add_argument("--rtt-ms", type=float, default=20.0, help="round-trip time added by the link (default 20)")
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="± jitter on each one-way delay (default 0)")
+    p.add_argument("--loss", type=float, default=0.0, help="packet loss probability per direction (default 0)")
+    p.add_argument(
+        "--trace", nargs="+", metavar="FILE", help="also run a mahimahi trace link: UPLINK [DOWNLINK] (userspace only)"
+    )
+    p.add_argument("--modes", metavar="LIST", help=f"comma list of {', '.join(MODES)} (default: all)")
+    p.add_argument("--frames", type=int, default=30, metavar="N", help="frames per run (default 30)")
+    p.add_argument("--warmup", type=int, default=2, metavar="N", help="unrecorded frames before each run (default 2)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--images", metavar="PATH|DIR|GLOB", help="frames from image files")
+    src.add_argument("--synthetic", type=int, metavar="N", help="synthetic video of N frames (the default source)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video (default 0)")
+    p.add_argument("--jpeg-quality", type=int, default=95, metavar="Q", help="offload JPEG quality (default 95)")
+    p.add_argument("--window", type=int, default=4, metavar="N", help="frames in flight when streaming (default 4)")
+    p.add_argument(
+        "--emulator", choices=("auto", "userspace", "netem"), default="auto", help="default auto: netem where it works"
+    )
+    p.add_argument("--eval-json", nargs="+", metavar="PATH", help=f"split-eval results (default {EVAL_GLOB})")
+    p.add_argument("--out", default="benchmarks/results/bench", metavar="DIR", help="output folder")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="client torch threads (default 1)")
+    p.add_argument("--server-threads", type=int, default=1, metavar="N", help="server torch threads (default 1)")
+    p.add_argument("--server-device", default="auto", help="edge-server --device (default auto)")
+    p.add_argument("--timeout-s", type=float, default=30.0, metavar="T", help="per-frame deadline (default 30)")
+    return p
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SetupError(f"--rates must be a comma list of numbers, got {text!r}") from None
+
+
+def parse_links(args: argparse.Namespace) -> list[LinkSpec]:
+    """The links to run: one per ``--rates`` entry, plus the trace link."""
+    links = []
+    for rate in _floats(args.rates):
+        if rate <= 0:
+            raise SetupError("--rates must be positive")
+        down = args.down_mbps if args.down_mbps is not None else rate
+        links.append(LinkSpec(rate, down, args.rtt_ms, args.jitter_ms, args.loss))
+    if args.trace:
+        if len(args.trace) > 2:
+            raise SetupError("--trace takes an uplink trace and optionally a downlink trace")
+        try:
+            up = Trace.load(args.trace[0])
+            down = Trace.load(args.trace[-1])
+        except ValueError as e:
+            raise SetupError(str(e)) from None
+        links.append(LinkSpec(None, None, args.rtt_ms, args.jitter_ms, args.loss, up, down))
+    return links
+
+
+def parse_modes(text: str | None, has_filter: bool, ckpt: Path) -> list[str]:
+    """The ``--modes`` in canonical order; by default all, without split+filter when the checkpoint has no filter."""
+    if text is None:
+        if not has_filter:
+            _log(f"{ckpt} has no neural filter: split+filter left out")
+        return [m for m in MODES if has_filter or m != "split+filter"]
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes or len(set(modes)) != len(modes):
+        raise SetupError(f"--modes must list distinct modes out of {', '.join(MODES)}")
+    if "split+filter" in modes and not has_filter:
+        raise SetupError(f"split+filter needs a checkpoint with a neural filter; {ckpt} has none")
+    return [m for m in MODES if m in modes]
+
+
+def _check(args: argparse.Namespace) -> None:
+    checks = [
+        (args.rtt_ms >= 0 and args.jitter_ms >= 0, "--rtt-ms and --jitter-ms must be >= 0"),
+        (0.0 <= args.loss < 1.0, "--loss must be in [0, 1)"),
+        (args.down_mbps is None or args.down_mbps > 0, "--down-mbps must be positive"),
+        (args.frames >= 1 and args.warmup >= 0, "--frames must be >= 1 and --warmup >= 0"),
+        (1 <= args.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
+        (args.window >= 2, "--window must be >= 2 (window 1 is the latency run)"),
+        (args.threads >= 1 and args.server_threads >= 1, "--threads and --server-threads must be >= 1"),
+        (args.timeout_s > 0, "--timeout-s must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SetupError(message)
+
+
+def load_frames(args: argparse.Namespace) -> tuple[list[Frame], str]:
+    """The frames every run uses (held in memory, so every mode sees the same), and where they came from."""
+    if args.images:
+        source, label = sources.images(args.images), f"images {args.images}"
+    else:
+        count = args.synthetic or args.frames
+        source, label = sources.synthetic(count, args.seed), f"the synthetic video (seed {args.seed})"
+    frames = list(itertools.islice(source.frames, args.frames))
+    if not frames:
+        raise SourceError("no frames")
+    return frames, label
+
+
+def machine_info(server_threads: int, device: str) -> dict:
+    """Where the benchmark ran: CPUs, platform, versions, threads, the server's device, the load at the start."""
+    return {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "client_threads": torch.get_num_threads(),
+        "server_threads": server_threads,
+        "server_device": device,
+        "load_average": list(os.getloadavg()),
+    }
+
+
+def _progress(step: int, total: int, run: str, window: int, results: list[FrameResult], wall: float) -> None:
+    ok = [r for r in results if r.error is None]
+    message = f"[{step}/{total}] {run}, window {window}: {len(results)} frames, {len(results) / wall:.2f} fps"
+    if window == 1 and ok:
+        p50 = np.percentile([r.timing_ms["total"] for r in ok], 50)
+        message += f", p50 {p50:.1f} ms, {np.mean([r.sent_bytes for r in ok]):,.0f} B/frame"
+    if len(ok) < len(results):
+        message += f", {len(results) - len(ok)} failed ({next(r.error for r in results if r.error)})"
+    _log(message)
+
+
+def server_device(target: str, timeout_s: float) -> str:
+    """The device the edge server runs on, from its ``GetModelInfo`` (straight, not through the shaper)."""
+    link = Link(LinkConfig(target, timeout_s=timeout_s))
+    try:
+        return link.model_info().device
+    except LinkError as e:
+        raise SetupError(f"handshake with the edge server at {target} failed: {e}") from None
+    finally:
+        link.close()
+
+
+def run_plan(
+    plan: list[tuple[str, LinkSpec | None, int]],
+    model: ClientModel,
+    frames: list[Frame],
+    emulator: Userspace | Netem | None,
+    server_port: int,
+    settings: RunSettings,
+) -> tuple[list[dict], list[dict]]:
+    """Every (mode, link, window) run: the per-frame rows and one record per run."""
+    rows: list[dict] = []
+    runs: list[dict] = []
+    for step, (mode, spec, window) in enumerate(plan, 1):
+        with ExitStack() as stack:
+            wire = stack.enter_context(emulator.link(server_port, spec)) if spec is not None else None
+            pipeline = build_pipeline(mode, window, model, wire.target if wire else None, settings)
+            stack.callback(pipeline.close)
+            counters = wire.counters if wire is not None and window == 1 else None
+            results, wire_bytes, wall = run_frames(pipeline, frames, settings.warmup, counters)
+        link = spec.label if spec is not None else "none"
+        _progress(step, len(plan), f"{mode} @ {link}", window, results, wall)
+        for result, wire_counted in zip(results, wire_bytes, strict=True):
+            rows.append(frame_row(result, mode, spec, window, wire_counted, settings.emulator))
+        runs.append(
+            {
+                "mode": mode,
+                "link": link,
+                "rate_mbps": spec.up_rate if spec else None,
+                "down_mbps": spec.down_rate if spec else None,
+                "window": window,
+                "frames": len(results),
+                "wall_s": round(wall, 3),
+                "fps": round(len(results) / wall, 3),
+            }
+        )
+    return rows, runs
+
+
+def bench(args: argparse.Namespace, command: str) -> dict:
+    """Every run; the report that :func:`write_outputs` writes."""
+    _check(args)
+    links = parse_links(args)
+    ckpt = Path(args.ckpt) if args.ckpt else demo_checkpoint()
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    model = ClientModel.load(ckpt)
+    modes = parse_modes(args.modes, model.has_filter, ckpt)
+    remote = [m for m in modes if m != "local"]
+    if remote and not links:
+        raise SetupError("no links to run: give --rates or --trace")
+    frames, source_label = load_frames(args)
+    plan = [("local", None, w) for w in (1, args.window) if "local" in modes]
+    plan += [(mode, spec, w) for spec in links for mode in remote for w in (1, args.window)]
+    emulator, netem_reason, device, port = None, None, "-", 0
+    with ExitStack() as stack:
+        if remote:
+            emulator, netem_reason = open_emulator(args.emulator, stack, any(s.up_trace for s in links))
+            server = EdgeServer(ckpt, emulator.host, emulator.wrap, args.server_threads, args.server_device)
+            port = stack.enter_context(server).port
+            device = server_device(f"{emulator.host}:{port}", args.timeout_s)
+            _log(f"edge-server on {emulator.host}:{port} ({device}); emulator: {emulator.name}")
+        settings = RunSettings(args.jpeg_quality, args.timeout_s, args.warmup, emulator.name if emulator else "none")
+        rows, runs = run_plan(plan, model, frames, emulator, port, settings)
+    accuracy, notes = accuracy_points([Path(p) for p in args.eval_json or sorted(glob.glob(EVAL_GLOB))])
+    summary = summarize(rows, runs, args.window)
+    first = frames[0].image
+    return {
+        "command": command,
+        "checkpoint": str(ckpt),
+        "machine": machine_info(args.server_threads, device),
+        "emulator": {
+            "name": settings.emulator,
+            "description": emulator.description if emulator else "no link (local only)",
+            "netem_unavailable": netem_reason,
+        },
+        "settings": {
+            "modes": modes,
+            "links": [s.label for s in links],
+            "rtt_ms": args.rtt_ms,
+            "jitter_ms": args.jitter_ms,
+            "loss": args.loss,
+            "frames": len(frames),
+            "warmup": args.warmup,
+            "window": args.window,
+            "jpeg_quality": args.jpeg_quality,
+            "source": source_label,
+            "frame_size": "-" if first is None else f"{first.shape[0]}x{first.shape[1]}",
+            "link_note": f"RTT {args.rtt_ms:g} ms, loss {args.loss:g}, {settings.emulator} emulator",
+        },
+        "summary": summary,
+        "bytes": bytes_by_mode(summary),
+        "runs": runs,
+        "accuracy": accuracy,
+        "accuracy_notes": notes,
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        report = bench(args, shlex.join(["split-bench", *argv]))
+    except (SetupError, SourceError, CheckpointError, FileNotFoundError, NetemError) as e:
+        _log(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        _log("interrupted")
+        return 130
+    finally:
+        torch.set_num_threads(threads)
+    try:
+        write_outputs(report, Path(args.out))
+    except OSError as e:
+        _log(f"error: cannot write {e.filename or args.out}: {e.strerror}")
+        return 2
+    print(markdown(report), end="")
+    _log(f"wrote {args.out}/bench.md, bench.csv, bench.json and {len(report['plots'])} plots")
+    ok = [r for r in report["rows"] if r["error"] is None]
+    return 0 if ok else 1

@@ -1,0 +1,177 @@
+"""The ``split-bench`` plots, drawn on matplotlib's Agg canvas (no display, no global pyplot state).
+
+Each function takes the summaries (or accuracy points) that :mod:`benchmarks.bench` computes and writes one PNG.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+MODE_COLORS = {"local": "tab:gray", "offload": "tab:red", "split": "tab:blue", "split+filter": "tab:green"}
+PART_COLORS = {
+    "head": "tab:blue",
+    "filter": "tab:cyan",
+    "encode": "tab:purple",
+    "network": "tab:orange",
+    "server": "tab:red",
+    "device tail": "tab:brown",
+    "other": "tab:gray",
+}
+REMOTE = ("offload", "split", "split+filter")
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _rate_axis(ax: Axes, summaries: list[dict]) -> None:
+    """Log-scaled uplink rate with a labelled tick at every rate that was run."""
+    rates = sorted({s["rate_mbps"] for s in summaries if s["rate_mbps"] is not None})
+    if rates:
+        ax.set_xscale("log")
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("uplink rate (Mbit/s)")
+
+
+def _bytes_label(value: float, _position: int) -> str:
+    """Tick label of a log bytes axis: every decade and the 2x and 5x ticks between."""
+    if value <= 0:
+        return ""
+    leading = round(value / 10 ** math.floor(math.log10(value)))
+    return f"{value:,.0f}" if leading in (1, 2, 5) else ""
+
+
+def _by_rate(summaries: list[dict], mode: str, key: str) -> list[dict]:
+    """Fixed-rate summaries of ``mode`` that have ``key``, by rate."""
+    group = [s for s in summaries if s["mode"] == mode and not s["trace"] and s.get(key) is not None]
+    return sorted(group, key=lambda s: s["rate_mbps"])
+
+
+def _local(summaries: list[dict]) -> dict | None:
+    return next((s for s in summaries if s["mode"] == "local"), None)
+
+
+def latency_vs_rate(summaries: list[dict], path: Path, note: str) -> None:
+    """End-to-end p50 (line), p50..p95 (band) and the physical floor (dashed) against the uplink rate, per mode."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    for mode in REMOTE:
+        group = _by_rate(summaries, mode, "p50_ms")
+        color = MODE_COLORS[mode]
+        if group:
+            x = [s["rate_mbps"] for s in group]
+            ax.plot(x, [s["p50_ms"] for s in group], "o-", color=color, label=f"{mode} p50")
+            ax.fill_between(x, [s["p50_ms"] for s in group], [s["p95_ms"] for s in group], color=color, alpha=0.15)
+            ax.plot(x, [s["floor_p50_ms"] for s in group], "--", color=color, lw=1, label=f"{mode} floor")
+        for s in (s for s in summaries if s["mode"] == mode and s["trace"] and s["p50_ms"] is not None):
+            ax.plot(s["rate_mbps"], s["p50_ms"], "*", color=color, ms=12, label=f"{mode} {s['link']} (mean rate)")
+    local = _local(summaries)
+    if local is not None and local["p50_ms"] is not None:
+        ax.axhline(local["p50_ms"], color=MODE_COLORS["local"], ls=":", label="local p50 (no link)")
+    _rate_axis(ax, summaries)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("end-to-end latency (ms)")
+    ax.set_title(f"Latency per frame: p50, band to p95, dashed: physical floor ({note})", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def bytes_per_frame(rows: list[dict], path: Path) -> None:
+    """Bytes per frame of each remote mode: payload over all frames, over sent frames, and counted on the link."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    bars = (("payload", "payload, all frames"), ("payload_sent", "payload, sent frames"), ("wire_up", "on the link"))
+    width = 0.8 / len(bars)
+    for i, (key, label) in enumerate(bars):
+        xs = [j + (i - 1) * width for j, row in enumerate(rows) if row[key] is not None]
+        values = [row[key] for row in rows if row[key] is not None]
+        drawn = ax.bar(xs, values, width, label=label, alpha=0.5 + 0.25 * (i == 0))
+        ax.bar_label(drawn, labels=[f"{v:,.0f}" for v in values], fontsize=7)
+    ax.set_xticks(range(len(rows)), [row["mode"] for row in rows])
+    ax.set_ylabel("bytes per frame (uplink)")
+    ax.set_title("Bytes per frame (mean over all links)", fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def stage_breakdown(summaries: list[dict], path: Path) -> None:
+    """Stacked mean time per component for each mode and link; the bars add up to the mean end-to-end time."""
+    group = [s for s in summaries if s["breakdown_ms"]]
+    fig = Figure(figsize=(max(6.0, 0.5 * len(group) + 2), 5))
+    ax = fig.subplots()
+    bottoms = [0.0] * len(group)
+    for part, color in PART_COLORS.items():
+        values = [s["breakdown_ms"].get(part, 0.0) for s in group]
+        if any(values):
+            label = "server (queue, decode, tail, encode)" if part == "server" else part
+            ax.bar(range(len(group)), values, 0.7, bottom=bottoms, color=color, label=label)
+            bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+    ax.set_xticks(range(len(group)), [f"{s['mode']}\n{s['link']}" for s in group], rotation=60, fontsize=7)
+    ax.set_ylabel("mean time per frame (ms)")
+    ax.set_title("Where the time goes (mean per frame)", fontsize=10)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def throughput_vs_rate(summaries: list[dict], window: int, path: Path) -> None:
+    """Frames per second against the uplink rate: one frame at a time (dashed) and pipelined (solid)."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    streaming = f"fps_window{window}"
+    for mode in REMOTE:
+        color = MODE_COLORS[mode]
+        for key, style, label in (("fps_window1", "o--", "window 1"), (streaming, "o-", f"window {window}")):
+            group = _by_rate(summaries, mode, key)
+            if group:
+                ax.plot([s["rate_mbps"] for s in group], [s[key] for s in group], style, color=color,
+                        label=f"{mode}, {label}")  # fmt: skip
+    local = _local(summaries)
+    if local is not None:
+        for key, style in (("fps_window1", "--"), (streaming, "-")):
+            if local.get(key) is not None:
+                label = f"local, window {key.removeprefix('fps_window')}"
+                ax.axhline(local[key], color=MODE_COLORS["local"], ls=style, lw=1, label=label)
+    _rate_axis(ax, [s for s in summaries if s["mode"] != "local"])
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("frames per second")
+    ax.set_title("Streaming throughput, pipelining off (window 1) and on", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def ap_vs_bytes(points: list[dict], path: Path) -> None:
+    """bbox AP against bytes per frame: offload (JPEG qualities) and split (channel counts); local as a line."""
+    fig = Figure(figsize=(7, 4.8))
+    ax = fig.subplots()
+    markers = {"offload": ("s", MODE_COLORS["offload"]), "split": ("o", MODE_COLORS["split"])}
+    for kind, (marker, color) in markers.items():
+        group = [p for p in points if p["kind"] == kind]
+        if group:
+            ax.scatter([p["bytes"] for p in group], [p["ap"] for p in group], marker=marker, color=color, label=kind)
+            for p in group:
+                ax.annotate(p["label"], (p["bytes"], p["ap"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    styles = [":", "-.", "--", (0, (1, 3))]
+    for i, p in enumerate(p for p in points if p["kind"] == "local"):
+        ax.axhline(
+            p["ap"], color=MODE_COLORS["local"], ls=styles[i % len(styles)], label=f"{p['label']}, sends nothing"
+        )
+    if any(p["bytes"] > 0 for p in points):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_bytes_label))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_bytes_label))
+    ax.margins(x=0.25)
+    ax.set_xlabel("bytes per frame")
+    ax.set_ylabel("bbox AP (synthetic validation set)")
+    ax.set_title("Accuracy against bytes per frame", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)

@@ -1,0 +1,190 @@
+"""split-bench end to end on a tiny model (a real edge-server process behind the userspace shaper), and its parts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import bench
+from benchmarks.bench_report import COLUMNS, accuracy_points
+from benchmarks.netem import NetemError, NetemLink, netem_args
+from common.checkpoint import save_checkpoint
+from mobile_client.pipeline import FrameResult
+from tests.conftest import tiny_student
+
+NAMES = ["__background__", "disc", "ring", "star"]
+PLOTS = ("latency_vs_rate", "bytes_per_frame", "stage_breakdown", "throughput_vs_rate", "ap_vs_bytes")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(tiny_student("faster_rcnn", with_filter=True), path, NAMES)
+    return path
+
+
+def _eval_json(path: Path, checkpoint: Path, with_jpeg_ap: bool) -> Path:
+    ap = {"bbox": {"AP": 0.3, "AP50": 0.5}}
+    data = {
+        "checkpoint": str(checkpoint),
+        "arch": "faster_rcnn",
+        "runs": [
+            {"mode": "whole", "quantization": None, "ap": {"bbox": {"AP": 0.38}}, "bytes": None},
+            {"mode": "split", "quantization": "none", "ap": ap, "bytes": {"payload": 20000.0}},
+            {"mode": "split", "quantization": "per_tensor", "ap": ap, "bytes": {"payload": 4600.0, "zstd": 4600.0}},
+        ],
+        "jpeg": {"95": 11390.0, "75": 4432.0},
+    }
+    if with_jpeg_ap:
+        data["jpeg_ap"] = {"95": {"bbox": {"AP": 0.37}}, "75": {"bbox": {"AP": 0.33}}}
+        data["bottleneck_channels"] = 6
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_split_bench_writes_rows_tables_and_plots(ckpt, tmp_path, capsys):
+    evals = [_eval_json(tmp_path / "a_eval.json", ckpt, True), _eval_json(tmp_path / "b_eval.json", ckpt, False)]
+    trace = tmp_path / "lte.up"
+    trace.write_text("\n".join(str(t) for t in range(2, 201, 2)))  # 1500 bytes every 2 ms: 6 Mbit/s
+    out = tmp_path / "out"
+    argv = ["--ckpt", ckpt, "--rates", "1,10", "--trace", trace, "--synthetic", 3, "--frames", 2, "--warmup", 1]
+    code = bench.main([*argv, "--emulator", "userspace", "--eval-json", *evals, "--out", out])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert all((out / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in PLOTS)
+
+    with open(out / "bench.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == COLUMNS
+        rows = list(reader)
+    assert len(rows) == 2 * 2 + 3 * 3 * 2 * 2  # local x 2 windows + 3 remote modes x 3 links x 2 windows, 2 frames
+    links = {"1 Mbps", "10 Mbps", "trace lte.up/lte.up"}
+    assert {(r["mode"], r["link"]) for r in rows} == {("local", "none")} | {
+        (mode, link) for mode in ("offload", "split", "split+filter") for link in links
+    }
+    assert {float(r["rate_mbps"]) for r in rows if r["link"].startswith("trace")} == {6.0}
+    assert all(r["error"] == "" and float(r["total_ms"]) > 0 for r in rows)
+    sequential = [r for r in rows if r["window"] == "1" and r["mode"] != "local" and r["skipped"] == "False"]
+    assert sequential
+    for r in sequential:
+        assert int(r["wire_up_bytes"]) > int(r["sent_bytes"]) > 0 and int(r["wire_down_bytes"]) > 0
+        transfer = int(r["sent_bytes"]) * 8e-3 / float(r["rate_mbps"])
+        assert float(r["floor_ms"]) >= 20 + transfer  # RTT + uplink transfer at least
+        assert float(r["overhead_ms"]) == pytest.approx(float(r["total_ms"]) - float(r["floor_ms"]), abs=0.01)
+    assert {r["window"] for r in rows} == {"1", "4"}
+
+    report = json.loads((out / "bench.json").read_text())
+    assert report["emulator"]["name"] == "userspace" and report["machine"]["cpus"] >= 1
+    assert len(report["summary"]) == 10 and len(report["rows"]) == len(rows)
+    for s in report["summary"]:
+        assert s["p50_ms"] > 0 and s["floor_p50_ms"] > 0 and s["fps_window1"] > 0 and s["fps_window4"] > 0
+        assert s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"]
+    offload = [s for s in report["summary"] if s["mode"] == "offload"]
+    split = [s for s in report["summary"] if s["mode"] == "split"]
+    assert min(s["bytes_per_frame"] for s in offload) > max(s["bytes_per_frame"] for s in split)
+    labels = {(Path(p["source"]).name, p["label"]) for p in report["accuracy"]}
+    assert labels == {
+        ("a_eval.json", "local (6 ch student)"), ("a_eval.json", "split 6 ch"),
+        ("a_eval.json", "offload JPEG q95 (6 ch student)"), ("a_eval.json", "offload JPEG q75 (6 ch student)"),
+        ("b_eval.json", "local (3 ch student)"), ("b_eval.json", "split 3 ch"),
+    }  # fmt: skip
+    twice, _ = accuracy_points([evals[1], evals[1]])
+    assert [p["label"] for p in twice][:2] == ["local (3 ch student) [b_eval]", "split 3 ch [b_eval]"]
+    assert any("b_eval.json has no jpeg_ap" in note for note in report["accuracy_notes"])
+
+    md = (out / "bench.md").read_text()
+    assert md == stdout
+    assert "Command: `split-bench --ckpt" in md and "Emulator: userspace" in md and "torch" in md
+    assert "| split | 1 Mbps |" in md and "floor p50" in md and "## Targets" in md and "![ap_vs_bytes.png]" in md
+    assert "[20/20]" in stderr
+
+
+def test_physical_floor():
+    spec = bench.LinkSpec(up_mbps=2.0, down_mbps=8.0, rtt_ms=20.0)
+    timing = {"head": 5.0, "filter": 1.0, "encode": 2.0, "network": 60.0, "total": 100.0}
+    result = FrameResult(0, "x", "split", sent_bytes=10_000, timing_ms=timing, server_ms=10.0, received_bytes=1000)
+    # device 8 + 10 kB at 2 Mbit/s (40 ms) + RTT 20 + server 10 + 1 kB at 8 Mbit/s (1 ms)
+    assert bench.physical_floor(result, spec) == pytest.approx(79.0)
+    skipped = FrameResult(0, "x", "split", skipped=True, timing_ms={"head": 5.0, "filter": 1.0, "total": 6.5})
+    assert bench.physical_floor(skipped, spec) == pytest.approx(6.0)
+    local = FrameResult(0, "x", "local", timing_ms={"head": 5.0, "tail": 30.0, "total": 36.0})
+    assert bench.physical_floor(local, None) == pytest.approx(35.0)
+    assert bench.physical_floor(FrameResult(0, "x", "split", error="UNAVAILABLE: down"), spec) is None
+
+
+def test_accuracy_points_of_a_teacher_and_unreadable_files(tmp_path):
+    teacher = tmp_path / "teacher_eval.json"
+    teacher.write_text(
+        json.dumps(
+            {
+                "checkpoint": "runs/teacher/final.pt",
+                "student": False,
+                "runs": [{"mode": "whole", "quantization": None, "ap": {"bbox": {"AP": 0.39}}, "bytes": None}],
+                "jpeg": {"95": 11390.0},
+                "jpeg_ap": {"95": {"bbox": {"AP": 0.37}}},
+            }
+        )
+    )
+    points, notes = accuracy_points([teacher, tmp_path / "missing.json"])
+    assert [(p["kind"], p["label"], p["bytes"], p["ap"]) for p in points] == [
+        ("local", "local (teacher)", 0, 0.39),
+        ("offload", "offload JPEG q95 (teacher)", 11390.0, 0.37),
+    ]
+    assert len(notes) == 1 and "missing.json: not read" in notes[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rates", "1,x"], "--rates must be a comma list of numbers"),
+        (["--modes", "split,teleport"], "--modes must list distinct modes"),
+        (["--loss", "1.5"], "--loss must be in [0, 1)"),
+        (["--window", "1"], "--window must be >= 2"),
+        (["--emulator", "netem"], "netem needs root"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(argv, message, ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "unavailable", lambda: "netem needs root (network namespaces and tc)")
+    code = bench.main(["--ckpt", ckpt, "--frames", 1, "--out", tmp_path / "out", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("split-bench: error: ") and message in err[0]
+
+
+def test_split_filter_needs_a_filter(tmp_path, capsys):
+    path = tmp_path / "nofilter.pt"
+    save_checkpoint(tiny_student("faster_rcnn"), path, NAMES)
+    code = bench.main(["--ckpt", path, "--modes", "split+filter", "--frames", 1, "--out", tmp_path / "out"])
+    assert code == 2 and "has none" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_server_that_cannot_start_exits_2(ckpt, tmp_path, capsys):
+    argv = ["--ckpt", ckpt, "--modes", "split", "--frames", 1, "--emulator", "userspace", "--server-device", "cuda"]
+    assert bench.main([*argv, "--out", tmp_path / "out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("split-bench: error: edge-server did not start (exit status 2): edge-server: error:")
+
+
+def test_netem_options():
+    assert netem_args(None, 10, 0, 0) == ["netem", "delay", "10ms"]
+    assert netem_args(0.5, 10, 2, 0.01) == ["netem", "delay", "10ms", "2ms", "rate", "500kbit", "loss", "1%"]
+
+
+def test_netem_works_or_fails_in_one_line_leaving_nothing_behind():
+    link = NetemLink()
+    try:
+        with link:
+            assert link.wrap(["true"])[:4] == ["ip", "netns", "exec", link.namespace]
+            assert all(n >= 0 for n in link.counters())
+    except NetemError as e:
+        assert len(str(e).splitlines()) == 1
+    if shutil.which("ip"):
+        assert link.namespace not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert subprocess.run(["ip", "link", "show", link.client_if], capture_output=True).returncode != 0
