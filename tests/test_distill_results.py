@@ -1,0 +1,37 @@
+"""benchmarks.distill_results: the combined table from split-eval reports."""
+
+from __future__ import annotations
+
+from benchmarks.distill_results import EVALUATIONS, write_summary
+
+
+def _run(mode, quantization, ap, zstd=None, fidelity=None):
+    run = {"mode": mode, "quantization": quantization, "ap": {"bbox": {"AP": ap}}, "bytes": None}
+    if zstd is not None:
+        run["bytes"] = {"zstd": zstd}
+    if fidelity is not None:
+        run["fidelity"] = {"bbox": {"AP": fidelity}}
+    return run
+
+
+def test_summary_reports_points_costs_and_bytes(tmp_path):
+    teacher = {
+        "iou_types": ["bbox"],
+        "runs": [_run("whole", None, 0.40)],
+        "jpeg": {"95": 10000.0, "75": 4000.0},
+        "jpeg_ap": {"95": {"bbox": {"AP": 0.38}}},
+    }
+    student = {
+        "iou_types": ["bbox"],
+        "teacher": {"ap": {"bbox": {"AP": 0.40}}},
+        "runs": [
+            _run("whole", None, 0.39),
+            _run("split", "none", 0.39),
+            _run("split", "per_tensor", 0.388, zstd=2500.0, fidelity=0.8),
+        ],
+    }
+    ghnd3 = next(e.name for e in EVALUATIONS if e.method == "ghnd" and e.channels == 3 and e.arch == "faster_rcnn")
+    reports = {"teacher-synthetic-faster_rcnn-resnet18": teacher, ghnd3: student}
+    text = write_summary(reports, tmp_path, "cmd").read_text()
+    assert "| faster_rcnn | bbox | 40.0 | 38.0 | - | 10000 | 4000 |" in text
+    assert "| faster_rcnn | GHND | 3 | bbox | 40.0 | 39.0 | 39.0 | 38.8 | 0.20 | 80.0 | 2500 | 0.25x |" in text
