@@ -11,7 +11,7 @@ from edge_server.stats import Stats
 
 EXEMPT_PREFIX = "/grpc.health.v1.Health/"
 
-_HANDLER_FACTORIES = {
+HANDLER_FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
@@ -44,7 +44,7 @@ class TokenInterceptor(grpc.ServerInterceptor):
         def deny(request, context: grpc.ServicerContext):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-        factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
+        factory = HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
         return factory(
             deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )

@@ -47,6 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", metavar="F", help="require 'authorization: Bearer <token>' with this file's token")
     p.add_argument("--max-message-mb", type=float, default=16, metavar="M", help="largest message (default 16)")
     p.add_argument(
+        "--max-calls",
+        type=int,
+        metavar="N",
+        help="open calls at most, running or waiting for a worker; more are refused with RESOURCE_EXHAUSTED "
+        "(default 2 x --workers)",
+    )
+    p.add_argument(
+        "--keepalive-s",
+        type=float,
+        default=30.0,
+        metavar="T",
+        help="ping every connection each T s and drop it when a ping goes unanswered for T s, freeing the streams "
+        "of vanished clients (default 30)",
+    )
+    p.add_argument(
         "--torch-threads",
         type=int,
         metavar="N",
@@ -83,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             tls_key=args.tls_key,
             token=token,
             max_message_mb=args.max_message_mb,
+            max_calls=args.max_calls,
+            keepalive_s=args.keepalive_s,
         )
     except (CheckpointError, ServerError, TokenFileError, FileNotFoundError) as e:
         print(f"edge-server: error: {e}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,7 +19,7 @@ from common.split import BatchMeta, Tail, bottleneck_shape, split
 from common.wire import FrameLimits
 
 MAX_IMAGES_PER_FRAME = 32
-MAX_IMAGE_PIXELS = 50_000_000
+MAX_IMAGE_PIXELS = 4096 * 4096  # a 12 MP photo fits; the model runs on ~30 bytes/pixel (500 MB at the limit)
 SIZE_DIVISIBLE = 32  # torchvision's GeneralizedRCNNTransform pads batches to multiples of this
 
 Detections = dict[str, Tensor]
@@ -76,7 +77,11 @@ def describe_device(device: torch.device) -> str:
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
-    """JPEG or PNG bytes -> float RGB tensor ``[3, H, W]`` in [0, 1]; :class:`ImageError` when it cannot be."""
+    """JPEG or PNG bytes -> uint8 RGB tensor ``[3, H, W]``; :class:`ImageError` when it cannot be.
+
+    The size in the header is checked before any pixel is decoded; images stay uint8 (a quarter of the float
+    size) until their batch runs.
+    """
     if not data:
         raise ImageError("the image frame carries no image bytes")
     try:
@@ -88,7 +93,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
         raise
     except Exception as e:  # PIL raises many types on bad input; all mean "not a decodable image"
         raise ImageError(f"cannot decode the image (JPEG or PNG expected): {e}") from None
-    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)
+    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def _to_cpu(detections: list[Detections]) -> list[Detections]:
@@ -123,6 +128,19 @@ class Engine:
     def description(self) -> str:
         return describe_device(self.device)
 
+    def decode_image(self, data: bytes) -> Tensor:
+        """:func:`decode_image`, also refusing images that the model's resize would squash to zero pixels."""
+        image = decode_image(data)
+        h, w = (int(v) for v in image.shape[-2:])
+        transform = self.model.transform
+        scale = min(transform.min_size[-1] / min(h, w), transform.max_size / max(h, w))  # as torchvision resizes
+        if math.floor(min(h, w) * scale) < 1:
+            raise ImageError(
+                f"image of {w}x{h} pixels is too elongated: resized to at most {transform.max_size} pixels per side "
+                "for the model, it would be 0 pixels across"
+            )
+        return image
+
     def run_batch(self, key: BatchKey, items: list[Any]) -> list[list[Detections]]:
         """The batcher's entry point: each item's detections (a list with one dict per image)."""
         if key.kind == "bottleneck":
@@ -146,9 +164,9 @@ class Engine:
         return out
 
     def infer_images(self, images: list[Tensor]) -> list[Detections]:
-        """The whole model (pure offloading) on decoded images; one detections dict per image."""
+        """The whole model (pure offloading) on decoded uint8 images; one detections dict per image."""
         with torch.inference_mode():
-            return _to_cpu(self.model([im.to(self.device) for im in images]))
+            return _to_cpu(self.model([im.to(self.device).float().div_(255) for im in images]))
 
 
 def frame_limits(ckpt: Checkpoint) -> FrameLimits:

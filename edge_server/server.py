@@ -13,11 +13,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from edge_server.auth import TokenInterceptor
 from edge_server.batching import Batcher
 from edge_server.engine import DeviceError, Engine
-from edge_server.servicer import SERVICE_NAME, Servicer
+from edge_server.servicer import SERVICE_NAME, Servicer, method_handlers
 from edge_server.stats import Stats
-from proto import splitdet_pb2_grpc
 
 QUEUE_PER_SLOT = 4  # queued frames allowed per (batch slot x worker) before RESOURCE_EXHAUSTED
+CALLS_PER_WORKER = 2  # default limit of open calls (running or waiting for a worker) per worker thread
 
 
 class ServerError(RuntimeError):
@@ -90,10 +90,21 @@ def serve(
     tls_key: str | Path | None = None,
     token: str | None = None,
     max_message_mb: float = 16,
+    max_calls: int | None = None,
+    keepalive_s: float = 30.0,
 ) -> RunningServer:
-    """Load the checkpoint and start serving; raises CheckpointError or :class:`ServerError`."""
+    """Load the checkpoint and start serving; raises CheckpointError or :class:`ServerError`.
+
+    At most ``max_calls`` calls (default ``2 x workers``) are open at once: ``workers`` run, the rest wait for a
+    worker, and calls beyond are refused with RESOURCE_EXHAUSTED, so memory stays bounded under any load. Every
+    connection is pinged each ``keepalive_s`` seconds and dropped when a ping goes unanswered for as long, which
+    ends the streams of clients that vanished without closing them and frees their workers.
+    """
+    max_calls = CALLS_PER_WORKER * workers if max_calls is None else max_calls
     if workers < 1 or max_batch < 1 or max_batch_delay_ms < 0 or max_message_mb <= 0:
         raise ServerError("need workers >= 1, max_batch >= 1, max_batch_delay_ms >= 0 and max_message_mb > 0")
+    if max_calls < 1 or keepalive_s <= 0:
+        raise ServerError("need max_calls >= 1 and keepalive_s > 0")
     if token is not None and not token:
         raise ServerError("the token is empty")
     credentials = _tls_credentials(tls_cert, tls_key)
@@ -106,6 +117,7 @@ def serve(
         engine.run_batch, max_batch, max_batch_delay_ms / 1000, max_queue=QUEUE_PER_SLOT * max_batch * workers
     )
     max_bytes = int(max_message_mb * 1024 * 1024)
+    keepalive_ms = int(keepalive_s * 1000)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-rpc"),
         interceptors=[TokenInterceptor(token, stats)] if token else None,
@@ -113,9 +125,17 @@ def serve(
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+            ("grpc.keepalive_time_ms", keepalive_ms),
+            ("grpc.keepalive_timeout_ms", keepalive_ms),
+            ("grpc.http2.ping_timeout_ms", keepalive_ms),  # without it this grpc waits 60 s for the ack
+            ("grpc.http2.max_pings_without_data", 0),  # keep pinging a stream that waits for its next frame
+            ("grpc.keepalive_permit_without_calls", 1),  # dead idle connections are dropped too
         ],
+        maximum_concurrent_rpcs=max_calls,
     )
-    splitdet_pb2_grpc.add_SplitDetectionServicer_to_server(Servicer(engine, batcher, stats, max_bytes), server)
+    handlers = method_handlers(Servicer(engine, batcher, stats, max_bytes))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = _address(host, port)

@@ -6,6 +6,9 @@ Split path, top to bottom in :meth:`Servicer.split_frame`: check the fingerprint
 
 Every failure becomes a gRPC status with a message and the server keeps serving. In a stream, a bad frame ends
 the stream with that frame's status (frames before it were already answered); the client opens a new stream.
+Request bytes that do not parse are INVALID_ARGUMENT too (:func:`method_handlers` parses them itself; gRPC's own
+parsing would answer INTERNAL), and status messages are clipped to :data:`MAX_DETAILS` characters, so a message
+quoting a hostile frame never outgrows the client's metadata limit.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib import metadata
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from common.wire import (
     COMPRESSION_TO_PB,
@@ -26,16 +30,19 @@ from common.wire import (
     decode_frame,
     encode_detections,
 )
+from edge_server.auth import HANDLER_FACTORIES
 from edge_server.batching import Batcher, Closed, Done, Expired, QueueFull
-from edge_server.engine import BatchKey, Engine, ImageError, decode_image
+from edge_server.engine import BatchKey, Engine, ImageError
 from edge_server.stats import Stats
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
 
 log = logging.getLogger("edge_server")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitDetection"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["SplitDetection"]
+SERVICE_NAME = SERVICE.full_name
 BOTTLENECK_SHAPE_RULE = "C x (H/4+4) x (W/4+4) of the padded batch"
+MAX_DETAILS = 1000  # characters of a status message; gRPC clients refuse trailers over 16 KiB
 
 ERROR_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (FrameError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -44,6 +51,28 @@ ERROR_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Expired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Closed, grpc.StatusCode.UNAVAILABLE),
 )
+
+
+@dataclass(frozen=True)
+class Unparsable:
+    """Request bytes that are not a message of the method's request type."""
+
+    size: int
+    error: str
+    frame_id: int = 0
+
+    def ByteSize(self) -> int:  # the name of the protobuf method it stands in for
+        return self.size
+
+
+def _parser(message_type: type[Message]) -> Callable[[bytes], Message | Unparsable]:
+    def parse(data: bytes) -> Message | Unparsable:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as e:
+            return Unparsable(len(data), str(e))
+
+    return parse
 
 
 class Refused(Exception):
@@ -59,6 +88,10 @@ def server_version() -> str:
         return metadata.version("splitdet")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_DETAILS else message[: MAX_DETAILS - 1] + "…"
 
 
 def _alive(context: grpc.ServicerContext) -> Callable[[], bool]:
@@ -80,7 +113,8 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
 
     # ---- RPCs ----
 
-    def GetModelInfo(self, request: pb.ModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
+    def GetModelInfo(self, request: pb.ModelInfoRequest | Unparsable, context: grpc.ServicerContext) -> pb.ModelInfo:
+        self._refuse_unparsable(request, context)
         ckpt, config = self.engine.checkpoint, self.engine.checkpoint.config
         return pb.ModelInfo(
             format_version=FORMAT_VERSION,
@@ -102,26 +136,25 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
             max_batch=self.batcher.max_batch,
         )
 
-    def GetStats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.Stats:
+    def GetStats(self, request: pb.StatsRequest | Unparsable, context: grpc.ServicerContext) -> pb.Stats:
+        self._refuse_unparsable(request, context)
         return self.stats.snapshot()
 
-    def Infer(self, request: pb.BottleneckFrame, context: grpc.ServicerContext) -> pb.InferResponse:
+    def Infer(self, request: pb.BottleneckFrame | Unparsable, context: grpc.ServicerContext) -> pb.InferResponse:
         return self._answer("Infer", request, context, self.split_frame)
 
     def InferStream(
-        self, requests: Iterator[pb.BottleneckFrame], context: grpc.ServicerContext
+        self, requests: Iterator[pb.BottleneckFrame | Unparsable], context: grpc.ServicerContext
     ) -> Iterator[pb.InferResponse]:
-        for request in requests:
-            yield self._answer("InferStream", request, context, self.split_frame)
+        return self._stream("InferStream", requests, context, self.split_frame)
 
-    def InferImage(self, request: pb.ImageFrame, context: grpc.ServicerContext) -> pb.InferResponse:
+    def InferImage(self, request: pb.ImageFrame | Unparsable, context: grpc.ServicerContext) -> pb.InferResponse:
         return self._answer("InferImage", request, context, self.image_frame)
 
     def InferImageStream(
-        self, requests: Iterator[pb.ImageFrame], context: grpc.ServicerContext
+        self, requests: Iterator[pb.ImageFrame | Unparsable], context: grpc.ServicerContext
     ) -> Iterator[pb.InferResponse]:
-        for request in requests:
-            yield self._answer("InferImageStream", request, context, self.image_frame)
+        return self._stream("InferImageStream", requests, context, self.image_frame)
 
     # ---- data path ----
 
@@ -145,7 +178,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
     def image_frame(self, frame: pb.ImageFrame, context: grpc.ServicerContext) -> pb.InferResponse:
         """Encoded image -> detections with the whole model (the pure offloading baseline)."""
         start = time.perf_counter()
-        image = decode_image(frame.jpeg)
+        image = self.engine.decode_image(frame.jpeg)
         decode_ms = _ms(start)
         done = self.batcher.submit(BatchKey.for_image(image), image, _alive(context)).result()
         return self._respond(frame.frame_id, done, decode_ms)
@@ -160,10 +193,30 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
 
     # ---- errors, counters, logging ----
 
+    def _refuse_unparsable(self, request: Message | Unparsable, context: grpc.ServicerContext) -> None:
+        if isinstance(request, Unparsable):
+            self.stats.error(grpc.StatusCode.INVALID_ARGUMENT.name)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _clip(request.error))
+
+    def _stream(
+        self,
+        method: str,
+        requests: Iterator[Message | Unparsable],
+        context: grpc.ServicerContext,
+        handle: Callable[[Message, grpc.ServicerContext], pb.InferResponse],
+    ) -> Iterator[pb.InferResponse]:
+        """Answer a stream's frames in order; counted in ``streams`` until the call ends, however it ends."""
+        self.stats.stream_opened()
+        try:
+            for request in requests:
+                yield self._answer(method, request, context, handle)
+        finally:
+            self.stats.stream_closed()
+
     def _answer(
         self,
         method: str,
-        request: Message,
+        request: Message | Unparsable,
         context: grpc.ServicerContext,
         handle: Callable[[Message, grpc.ServicerContext], pb.InferResponse],
     ) -> pb.InferResponse:
@@ -173,6 +226,8 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
         bytes_in = request.ByteSize()
         response, code, message = None, grpc.StatusCode.OK, ""
         try:
+            if isinstance(request, Unparsable):
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, request.error)
             response = handle(request, context)
         except Exception as e:
             code, message = _status(method, e)
@@ -188,8 +243,21 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
             total_ms,
         )
         if response is None:
-            context.abort(code, message)
+            context.abort(code, _clip(message))
         return response
+
+
+def method_handlers(servicer: Servicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The ``SplitDetection`` handlers, parsing requests with :func:`_parser` (bad bytes -> :class:`Unparsable`)."""
+    handlers = {}
+    for method in SERVICE.methods:
+        factory = HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = factory(
+            getattr(servicer, method.name),
+            request_deserializer=_parser(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+    return handlers
 
 
 def _status(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:

@@ -15,7 +15,8 @@ STAGES = ("queue", "decode", "tail", "encode", "total")
 
 class Stats:
     """Thread-safe counters. ``frames``/``images`` count answered frames, ``errors`` refused ones;
-    latencies cover the last ``window`` answered frames."""
+    latencies cover the last ``window`` answered frames; ``in_flight`` and ``streams`` are frames being worked on
+    and streams open right now."""
 
     def __init__(self, window: int = 1024) -> None:
         self._lock = threading.Lock()
@@ -25,6 +26,7 @@ class Stats:
         self._bytes_in = 0
         self._bytes_out = 0
         self._in_flight = 0
+        self._streams = 0
         self._errors: Counter[str] = Counter()
         self._latency: dict[str, deque[float]] = {stage: deque(maxlen=window) for stage in STAGES}
 
@@ -48,6 +50,14 @@ class Stats:
             for stage, ms in zip(STAGES, (t.queue_ms, t.decode_ms, t.tail_ms, t.encode_ms, total_ms), strict=True):
                 self._latency[stage].append(ms)
 
+    def stream_opened(self) -> None:
+        with self._lock:
+            self._streams += 1
+
+    def stream_closed(self) -> None:
+        with self._lock:
+            self._streams -= 1
+
     def error(self, code: str) -> None:
         """A call refused before it reached the servicer (e.g. by the token check)."""
         with self._lock:
@@ -69,5 +79,6 @@ class Stats:
                 errors_by_code=dict(self._errors),
                 stages=stages,
                 in_flight=self._in_flight,
+                streams=self._streams,
                 uptime_s=time.monotonic() - self._started,
             )

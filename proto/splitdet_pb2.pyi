@@ -199,7 +199,7 @@ class StageStats(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., count: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("frames", "images", "bytes_in", "bytes_out", "errors", "errors_by_code", "stages", "in_flight", "uptime_s")
+    __slots__ = ("frames", "images", "bytes_in", "bytes_out", "errors", "errors_by_code", "stages", "in_flight", "uptime_s", "streams")
     class ErrorsByCodeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +216,7 @@ class Stats(_message.Message):
     STAGES_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
     frames: int
     images: int
     bytes_in: int
@@ -225,4 +226,5 @@ class Stats(_message.Message):
     stages: _containers.RepeatedCompositeFieldContainer[StageStats]
     in_flight: int
     uptime_s: float
-    def __init__(self, frames: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., errors: _Optional[int] = ..., errors_by_code: _Optional[_Mapping[str, int]] = ..., stages: _Optional[_Iterable[_Union[StageStats, _Mapping]]] = ..., in_flight: _Optional[int] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    streams: int
+    def __init__(self, frames: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., errors: _Optional[int] = ..., errors_by_code: _Optional[_Mapping[str, int]] = ..., stages: _Optional[_Iterable[_Union[StageStats, _Mapping]]] = ..., in_flight: _Optional[int] = ..., uptime_s: _Optional[float] = ..., streams: _Optional[int] = ...) -> None: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import selectors
 import shutil
@@ -34,6 +35,7 @@ from edge_server import cli, healthcheck
 from edge_server.batching import Batcher, Closed, Expired, QueueFull
 from edge_server.engine import BatchKey, ImageError, decode_image
 from edge_server.server import ServerError, serve
+from mobile_client import cli as mobile_cli
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
 from tests.conftest import tiny_student
@@ -563,3 +565,72 @@ def test_compose_files():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
     assert 'ENTRYPOINT ["edge-server"]' in dockerfile
+
+
+# ---- hostile clients: tokens, TLS, checkpoints ----
+
+
+def _make_cert(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_and_token_refuse_every_method(ckpt, client, tmp_path, capsys):
+    """No token or a wrong one: UNAUTHENTICATED on every method, over TLS. A plaintext client: UNAVAILABLE, and
+    the mobile-client CLI without --tls-ca exits 2 with one line."""
+    cert, key = _make_cert(tmp_path)
+    frame, expected = client.frame(rand_images((64, 80)))
+    image = pb.ImageFrame(jpeg=encoded(np.zeros((48, 64, 3), np.uint8), "PNG"))
+    requests = {  # method -> a fresh request (streams take an iterator)
+        "GetModelInfo": lambda: pb.ModelInfoRequest(),
+        "GetStats": lambda: pb.StatsRequest(),
+        "Infer": lambda: frame,
+        "InferStream": lambda: iter([frame]),
+        "InferImage": lambda: image,
+        "InferImageStream": lambda: iter([image]),
+    }
+    wrong = ("Bearer guess", "s3cret", "bearer s3cret", "Bearer s3cret ", "Bearer s3cre")
+    refusals = [((), "missing bearer token")] + [((("authorization", w),), "wrong bearer token") for w in wrong]
+    running = serve(ckpt, port=0, workers=2, tls_cert=cert, tls_key=key, token="s3cret")
+    try:
+        credentials = grpc.ssl_channel_credentials(cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{running.port}", credentials) as channel:
+            stub = splitdet_pb2_grpc.SplitDetectionStub(channel)
+            for metadata, message in refusals:
+                for name, request in requests.items():
+                    got = status_of(getattr(stub, name), request(), metadata=metadata)
+                    assert got == (grpc.StatusCode.UNAUTHENTICATED, message), (name, metadata)
+            response = stub.Infer(frame, timeout=10, metadata=[("authorization", "Bearer s3cret")])
+            assert_same(response.images, expected)
+        assert running.stats.snapshot().errors_by_code["UNAUTHENTICATED"] == len(refusals) * len(requests)
+        with grpc.insecure_channel(f"localhost:{running.port}") as channel:
+            stub = splitdet_pb2_grpc.SplitDetectionStub(channel)
+            code, details = status_of(stub.GetModelInfo, pb.ModelInfoRequest())
+            assert code == grpc.StatusCode.UNAVAILABLE and details
+        token = tmp_path / "token"
+        token.write_text("s3cret\n")
+        argv = ["--server", f"localhost:{running.port}", "--ckpt", ckpt, "--synthetic", 1, "--token-file", token]
+        assert mobile_cli.main([str(a) for a in [*argv, "--timeout-s", 3, "--attempts", 1]]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"mobile-client: error: handshake with the edge server at localhost:{running.port}")
+        assert "failed: UNAVAILABLE" in line
+    finally:
+        running.stop(0)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_EDGE_SERVER",))
+
+
+def test_cli_refuses_checkpoint_with_pickled_code(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": "splitdet-checkpoint", "state_dict": {}, "x": _Exploit()}, tmp_path / "evil.pt")
+    assert "carries pickled code" in _cli_error(capsys, "--ckpt", tmp_path / "evil.pt", "--port", 0)
+    assert not (tmp_path / "PWNED_BY_EDGE_SERVER").exists()

@@ -1,0 +1,276 @@
+"""Load benchmark: N concurrent streaming clients against one edge server on loopback for T minutes.
+
+    python -m benchmarks.load --clients 8 --minutes 5 [--ckpt PATH] [--out benchmarks/results/load]
+
+The server is an ``edge-server`` child process (the bundled demo checkpoint unless ``--ckpt``), so its RSS can be
+sampled from ``/proc``. Each client is a thread running the mobile client's own link (one
+:class:`mobile_client.link.StreamLink` bidirectional stream, ``--window`` frames in flight, its retries and
+deadlines) on bottleneck frames its head made once before the run, so client CPU does not dominate. Latency is
+from handing a frame to the link to its answer. Writes ``OUT.md`` (throughput, p50/p95/p99, errors by status code,
+RSS start/end/max and its slope), ``OUT.csv`` (one row per RSS sample) and ``OUT.png`` (RSS and throughput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from common.checkpoint import load_checkpoint
+from common.demo import demo_checkpoint
+from common.split import split
+from common.synthetic import SceneConfig, render_scene
+from common.wire import encode_frame
+from edge_server.process import ServerProcess
+from mobile_client.link import Link, LinkConfig, LinkError
+from proto import splitdet_pb2 as pb
+
+FRAMES = 8  # distinct precomputed frames each client cycles through
+
+
+@dataclass
+class Client:
+    """One client's record: latency of each answered frame, and its failures by status code."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: Counter = field(default_factory=Counter)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.errors.values())
+
+
+def make_frames(ckpt: Path, size: tuple[int, int]) -> list[pb.BottleneckFrame]:
+    """Synthetic scenes through the checkpoint's head and codec, as the mobile client sends them."""
+    checkpoint = load_checkpoint(ckpt)
+    head, _ = split(checkpoint.build_model())
+    fingerprint = checkpoint.side_fingerprint(head=head)
+    frames = []
+    with torch.inference_mode():
+        for seed in range(FRAMES):
+            scene = np.array(render_scene(seed, SceneConfig(height=size[0], width=size[1]))[0])
+            out = head([torch.from_numpy(scene).permute(2, 0, 1).float().div(255)], use_filter=False)
+            frames.append(encode_frame(out.bottleneck, out.meta, checkpoint.codec, fingerprint))
+    return frames
+
+
+def run_client(
+    target: str, frames: list[pb.BottleneckFrame], window: int, timeout_s: float, stop_at: float, record: Client
+) -> None:
+    """Stream frames with ``window`` in flight until ``stop_at``, then drain; every frame is answered or failed."""
+    link = Link(LinkConfig(target, timeout_s=timeout_s))
+    stream = link.stream(link.stub.InferStream)
+    pending: deque = deque()
+    frame_id = 0
+    try:
+        while True:
+            while len(pending) < window and time.monotonic() < stop_at:
+                request = pb.BottleneckFrame()
+                request.CopyFrom(frames[frame_id % len(frames)])
+                request.frame_id = frame_id
+                pending.append((frame_id, time.monotonic(), stream.submit(frame_id, request)))
+                frame_id += 1
+            if not pending:
+                return
+            sent_id, sent_at, future = pending.popleft()
+            try:
+                reply = future.result(timeout=max(0.0, sent_at + timeout_s - time.monotonic()))
+            except TimeoutError:
+                stream.cancel(sent_id, link.deadline_error())
+                record.errors["DEADLINE_EXCEEDED"] += 1
+            except LinkError as e:
+                record.errors[e.code] += 1
+            else:
+                if len(reply.response.images) != 1 or reply.response.frame_id != sent_id:
+                    record.errors["WRONG_ANSWER"] += 1
+                else:
+                    record.latencies_ms.append((time.monotonic() - sent_at) * 1000)
+    finally:
+        stream.close()
+        link.close()
+
+
+def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of RSS over time, MiB per minute."""
+    if len(samples) < 2:
+        return 0.0
+    t, rss = np.array(samples).T
+    return float(np.polyfit(t / 60, rss, 1)[0])
+
+
+def windows(rows: list[tuple[float, float, int, int, float]], elapsed: float, parts: int = 5) -> list[tuple]:
+    """The run in ``parts`` equal spans: (start s, end s, lowest RSS, highest RSS, answered frames/s).
+
+    RSS swings by a batch's working memory between samples; the lowest RSS of each span is the steady level a leak
+    would lift.
+    """
+    out = []
+    for i in range(parts):
+        lo, hi = elapsed * i / parts, elapsed * (i + 1) / parts
+        span = [r for r in rows if lo <= r[0] < hi or (i == parts - 1 and r[0] >= hi)]
+        if len(span) < 2:
+            continue
+        fps = (span[-1][2] - span[0][2]) / max(span[-1][0] - span[0][0], 1e-9)
+        out.append((lo, hi, min(r[1] for r in span), max(r[1] for r in span), fps))
+    return out
+
+
+def plot(rows: list[tuple[float, float, int, int, float]], path: Path, title: str) -> None:
+    t = [r[0] / 60 for r in rows]
+    fig = Figure(figsize=(8, 5.5))  # drawn on the Agg canvas, no pyplot state
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(t, [r[1] for r in rows], marker=".")
+    top.set_ylabel("server RSS (MiB)")
+    top.set_ylim(bottom=0)
+    top.set_title(title)
+    bottom.plot(t[1:], [r[4] for r in rows[1:]], marker=".", color="tab:green")  # a rate needs two samples
+    bottom.set_ylabel("answered frames/s")
+    bottom.set_xlabel("minutes")
+    bottom.set_ylim(bottom=0)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def server_summary(stats: pb.Stats) -> str:
+    stages = {s.stage: s for s in stats.stages}
+    parts = [f"{name} p50 {stages[name].p50_ms:.1f} ms" for name in ("queue", "decode", "tail") if name in stages]
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(stats.errors_by_code.items())) or "none"
+    return f"{stats.frames} frames answered, errors: {errors}; {', '.join(parts)}"
+
+
+@dataclass
+class Run:
+    """What one load run measured."""
+
+    elapsed: float
+    rows: list[tuple[float, float, int, int, float]]  # per sample: t_s, rss_mb, answered, failed, frames/s
+    records: list[Client]
+    end_rss: float
+    peak_rss: float
+    stats: pb.Stats
+
+
+def run_load(server_args: list[str], threads: int, frames: list[pb.BottleneckFrame], args: argparse.Namespace) -> Run:
+    """Start the server, warm it up, run the clients until ``args.minutes`` pass, sampling RSS as they go."""
+    records = [Client() for _ in range(args.clients)]
+    rows: list[tuple[float, float, int, int, float]] = []
+    with ServerProcess(server_args, threads=threads) as server:
+        control = Link(LinkConfig(server.target, timeout_s=60))
+        for frame in frames:  # the model's first calls allocate its buffers: not part of the run
+            control.call(control.stub.Infer, frame, control.deadline())
+        start = time.monotonic()
+        clients = [
+            threading.Thread(
+                target=run_client,
+                args=(server.target, frames, args.window, args.timeout_s, start + args.minutes * 60, record),
+                name=f"client-{i}",
+            )
+            for i, record in enumerate(records)
+        ]
+        for thread in clients:
+            thread.start()
+        next_sample = start
+        while any(thread.is_alive() for thread in clients):
+            if time.monotonic() >= next_sample:
+                now = time.monotonic() - start
+                answered = sum(len(r.latencies_ms) for r in records)
+                fps = (answered - rows[-1][2]) / (now - rows[-1][0]) if rows else 0.0
+                rows.append((now, server.memory_mb()[0], answered, sum(r.failed for r in records), fps))
+                next_sample += args.sample_s
+            time.sleep(0.05)
+        elapsed = time.monotonic() - start
+        end_rss, peak_rss = server.memory_mb()
+        stats = control.call(control.stub.GetStats, pb.StatsRequest(), control.deadline()).response
+        control.close()
+    return Run(elapsed, rows, records, end_rss, peak_rss, stats)
+
+
+def markdown(run: Run, command: str, header: list[str], sample_s: float, name: str) -> str:
+    """The report: ``header`` lines, then throughput, latency, errors, and the server's RSS over the run."""
+    latencies = np.array([v for r in run.records for v in r.latencies_ms])
+    errors = sum((r.errors for r in run.records), Counter())
+    rss = [row[1] for row in run.rows] + [run.end_rss]
+    spans = windows(run.rows, run.elapsed)
+    lows = [((lo + hi) / 2, low) for lo, hi, low, _, _ in spans]
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) if len(latencies) else (0.0, 0.0, 0.0)
+    lines = [
+        "# Edge-server load",
+        "",
+        f"Command: `{command}`",
+        "",
+        *header,
+        "",
+        f"- throughput: **{len(latencies) / run.elapsed:.1f} frames/s** ({len(latencies)} answered)",
+        f"- latency (hand-off to answer): p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms",
+        "- errors: " + (", ".join(f"{code} {n}" for code, n in sorted(errors.items())) or "none"),
+        f"- server: {server_summary(run.stats)}",
+        f"- server RSS: start {rss[0]:.0f} MiB, end {run.end_rss:.0f} MiB, max sampled {max(rss):.0f} MiB, "
+        f"peak (VmHWM) {run.peak_rss:.0f} MiB; slope {slope_mb_per_min([r[:2] for r in run.rows]):+.2f} MiB/min "
+        f"over all samples, {slope_mb_per_min(lows):+.2f} MiB/min over the lowest RSS of each fifth of the run",
+        "",
+        "| minutes | lowest RSS (MiB) | highest RSS (MiB) | frames/s |",
+        "| --- | --- | --- | --- |",
+        *(f"| {lo / 60:.1f}-{hi / 60:.1f} | {low:.0f} | {high:.0f} | {fps:.1f} |" for lo, hi, low, high, fps in spans),
+        "",
+        f"RSS sampled every {sample_s:g} s: `{name}.csv`; plot: `{name}.png`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", type=int, default=8, help="concurrent streaming clients (default 8)")
+    p.add_argument("--minutes", type=float, default=5.0, help="length of the run (default 5)")
+    p.add_argument("--ckpt", type=Path, help="student checkpoint (default: the bundled demo checkpoint)")
+    p.add_argument("--window", type=int, default=2, help="frames in flight per client (default 2)")
+    p.add_argument("--timeout-s", type=float, default=10.0, help="per-frame deadline (default 10)")
+    p.add_argument("--size", default="480x640", help="camera frame size HxW before the head resizes it")
+    p.add_argument("--max-batch", type=int, default=4, help="the server's --max-batch (default 4)")
+    p.add_argument("--server-threads", type=int, default=1, help="the server's --torch-threads (default 1)")
+    p.add_argument("--sample-s", type=float, default=5.0, help="seconds between RSS samples (default 5)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/load"), help="OUT.md, OUT.csv, OUT.png")
+    args = p.parse_args(argv)
+    if args.clients < 1 or args.minutes <= 0 or args.window < 1 or args.sample_s <= 0:
+        p.error("need --clients >= 1, --minutes > 0, --window >= 1 and --sample-s > 0")
+    torch.set_num_threads(1)
+    ckpt = args.ckpt or demo_checkpoint()
+    height, width = (int(v) for v in args.size.split("x"))
+    frames = make_frames(ckpt, (height, width))
+    server_args = ["--ckpt", str(ckpt), "--workers", str(args.clients + 2), "--max-batch", str(args.max_batch)]
+    server_args += ["--torch-threads", str(args.server_threads), "--log-level", "WARNING"]
+    run = run_load(server_args, args.server_threads, frames, args)
+    header = [
+        f"Server: `edge-server {' '.join(server_args)}` (child process) serving `{ckpt.name}` on loopback.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, grpcio {grpc.__version__}; "
+        f"load average at the end {os.getloadavg()[0]:.2f}.",
+        "",
+        f"{args.clients} clients x {args.window} frames in flight, one stream each (mobile_client.link.StreamLink), "
+        f"{args.minutes:g} min ({run.elapsed:.0f} s), {height}x{width} camera frames, "
+        f"{np.mean([f.ByteSize() for f in frames]):.0f} B per frame on the wire.",
+    ]
+    command = "python -m benchmarks.load " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = markdown(run, command, header, args.sample_s, args.out.name)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text)
+    csv = ["t_s,rss_mb,answered,failed,fps"] + [f"{t:.1f},{m:.1f},{a},{f},{r:.2f}" for t, m, a, f, r in run.rows]
+    args.out.with_suffix(".csv").write_text("\n".join(csv) + "\n")
+    plot(run.rows, args.out.with_suffix(".png"), f"{args.clients} streaming clients, {ckpt.name}")
+    print(text)
+    return 1 if any(r.failed for r in run.records) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

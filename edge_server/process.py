@@ -1,0 +1,85 @@
+"""``edge-server`` as a child process on loopback, for benchmarks and fault tests: start, RSS, SIGTERM, SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ServerProcess:
+    """``python -m edge_server ARGS`` started and ready (its ``listening on`` line read); a context manager.
+
+    ``--host 127.0.0.1`` and ``--port 0`` are added unless ``args`` names them; OpenMP gets ``threads`` threads.
+    Its log goes to a temporary file (read it with :meth:`log`), so a chatty server never blocks on a full pipe.
+    """
+
+    def __init__(self, args: list[str], ready_timeout_s: float = 120.0, threads: int = 1) -> None:
+        argv = [sys.executable, "-m", "edge_server", *args]
+        if "--port" not in args:
+            argv += ["--port", "0"]
+        if "--host" not in args:
+            argv += ["--host", "127.0.0.1"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in __exit__)
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        port = self._wait_ready(ready_timeout_s)
+        if port is None:
+            log = self.log()
+            self.__exit__()
+            raise RuntimeError(f"edge-server did not start (exit {self.proc.returncode}): {log[-2000:]}")
+        self.port = port
+        self.pid = self.proc.pid
+        self.target = f"127.0.0.1:{port}"
+
+    def _wait_ready(self, timeout_s: float) -> int | None:
+        """The port from the ``listening on`` line; None when the server exits or stays silent too long."""
+        deadline = time.monotonic() + timeout_s
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    line = self.proc.stdout.readline()
+                    if match := re.fullmatch(r"listening on .*:(\d+)\n", line):
+                        return int(match.group(1))
+                    if not line:
+                        break
+        return None
+
+    def log(self) -> str:
+        """Everything the server wrote to stderr so far."""
+        self._log.seek(0)
+        return self._log.read()
+
+    def memory_mb(self) -> tuple[float, float]:
+        """(current RSS, peak RSS) in MiB, from ``/proc/PID/status`` (VmRSS, VmHWM)."""
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.pid}/status").read_text().splitlines())
+        return tuple(int(fields[name].split()[0]) / 1024 for name in ("VmRSS", "VmHWM"))
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (a graceful stop); the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies on the spot, mid-frame."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+        self.proc.stdout.close()
+        self._log.close()
