@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from benchmarks.distill_results import EVALUATIONS, write_summary
 
 
@@ -35,3 +37,18 @@ def test_summary_reports_points_costs_and_bytes(tmp_path):
     text = write_summary(reports, tmp_path, "cmd").read_text()
     assert "| faster_rcnn | bbox | 40.0 | 38.0 | - | 10000 | 4000 |" in text
     assert "| faster_rcnn | GHND | 3 | bbox | 40.0 | 39.0 | 39.0 | 38.8 | 0.20 | 80.0 | 2500 | 0.25x |" in text
+
+
+def test_summary_reports_the_demo_filter(tmp_path):
+    split = _run("split", "per_tensor", 0.36, fidelity=0.74)
+    split["bytes"] = {"payload": 4600.0}
+    split["filter"] = {"empty_frames": 50, "frames_with_objects": 250, "empty_skipped": 0.6, "objects_skipped": 0.02}
+    demo = {
+        "checkpoint": "demo.pt",
+        "filter_threshold": 0.25,
+        "teacher": {"ap": {"bbox": {"AP": 0.39}}},
+        "runs": [_run("whole", None, 0.376, fidelity=0.765), split],
+    }
+    (tmp_path / "demo_eval.json").write_text(json.dumps(demo))
+    text = write_summary({}, tmp_path, "cmd").read_text()
+    assert "| student, split (per_tensor) + filter | 36.0 | 74.0 | 4600 | 60.0% of 50 | 2.0% of 250 |" in text
