@@ -531,7 +531,8 @@ def bench(args: argparse.Namespace, command: str) -> dict:
             _log(f"edge-server on {emulator.host}:{port} ({device}); emulator: {emulator.name}")
         settings = RunSettings(args.jpeg_quality, args.timeout_s, args.warmup, emulator.name if emulator else "none")
         rows, runs = run_plan(plan, model, frames, emulator, port, settings)
-    accuracy, notes = accuracy_points([Path(p) for p in args.eval_json or sorted(glob.glob(EVAL_GLOB))])
+    evals = [Path(p) for p in args.eval_json or sorted(glob.glob(EVAL_GLOB))]
+    accuracy, notes = accuracy_points(evals, model.checkpoint.config.arch)
     summary = summarize(rows, runs, args.window)
     first = frames[0].image
     return {

@@ -116,35 +116,42 @@ def bytes_by_mode(summaries: list[dict]) -> list[dict]:
 # ---- accuracy against bytes (split-eval results) ----
 
 
-def _channels(data: dict, cache: dict[str, int | None]) -> int | None:
-    if "bottleneck_channels" in data:
-        return int(data["bottleneck_channels"])
+def _student_name(data: dict, cache: dict[str, str]) -> str:
+    """``GHND 3 ch``, ``3 ch + filter`` or ``3 ch student``, from the evaluated checkpoint when it can be read."""
     path = data.get("checkpoint")
     if path not in cache:
+        channels, method, with_filter = data.get("bottleneck_channels"), None, False
         try:
-            cache[path] = load_checkpoint(path).config.bottleneck_channels if path and Path(path).is_file() else None
+            if path and Path(path).is_file():
+                checkpoint = load_checkpoint(path)
+                channels, method = checkpoint.config.bottleneck_channels, checkpoint.training.get("method")
+                with_filter = checkpoint.config.with_filter
         except (CheckpointError, OSError):
-            cache[path] = None
+            pass
+        name = f"{channels} ch" if channels else "?"
+        if method in ("hnd", "ghnd"):
+            name = f"{method.upper()} {name}"
+        cache[path] = f"{name} + filter" if with_filter else name if method in ("hnd", "ghnd") else f"{name} student"
     return cache[path]
 
 
-def accuracy_points(paths: list[Path]) -> tuple[list[dict], list[str]]:
+def accuracy_points(paths: list[Path], arch: str | None = None) -> tuple[list[dict], list[str]]:
     """bbox AP and bytes per frame of local (whole model), offload (JPEG, when the file has ``jpeg_ap``) and split
-    (8-bit and other non-float codecs) from ``split-eval --json`` files (students or teachers), and notes on what
-    could not be used."""
+    (8-bit and other non-float codecs) from ``split-eval --json`` files (students or teachers) of models of
+    ``arch`` (any when None), and notes on what could not be used."""
     points: list[dict] = []
     notes: list[str] = []
-    cache: dict[str, int | None] = {}
+    cache: dict[str, str] = {}
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             notes.append(f"{path}: not read ({e})")
             continue
-        student = data.get("student", True)
-        channels = _channels(data, cache) if student else None
-        model = "teacher" if not student else f"{channels} ch student" if channels else "student"
-        common = {"source": str(path), "checkpoint": data.get("checkpoint"), "model": model, "channels": channels}
+        if arch is not None and data.get("arch", arch) != arch:
+            continue  # another model's AP (e.g. Keypoint R-CNN's person boxes) is not comparable
+        model = _student_name(data, cache) if data.get("student", True) else "teacher"
+        common = {"source": str(path), "checkpoint": data.get("checkpoint"), "model": model}
         for run in data.get("runs", []):
             ap = run.get("ap", {}).get("bbox", {}).get("AP")
             if ap is None:
@@ -153,7 +160,7 @@ def accuracy_points(paths: list[Path]) -> tuple[list[dict], list[str]]:
                 points.append({**common, "kind": "local", "label": f"local ({model})", "bytes": 0, "ap": ap})
             elif run.get("mode") == "split" and run.get("quantization") not in (None, "none") and run.get("bytes"):
                 codec = "" if run["quantization"] == "per_tensor" else f" {run['quantization']}"
-                label = f"split {channels or '?'} ch{codec}"
+                label = f"split {model.removesuffix(' student')}{codec}"
                 points.append({**common, "kind": "split", "label": label, "bytes": run["bytes"]["payload"], "ap": ap})
         jpeg_ap = data.get("jpeg_ap") or {}
         for quality, aps in sorted(jpeg_ap.items(), key=lambda kv: -int(kv[0])):

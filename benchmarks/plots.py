@@ -27,7 +27,7 @@ REMOTE = ("offload", "split", "split+filter")
 
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def _rate_axis(ax: Axes, summaries: list[dict]) -> None:
@@ -149,8 +149,9 @@ def throughput_vs_rate(summaries: list[dict], window: int, path: Path) -> None:
 
 
 def ap_vs_bytes(points: list[dict], path: Path) -> None:
-    """bbox AP against bytes per frame: offload (JPEG qualities) and split (channel counts); local as a line."""
-    fig = Figure(figsize=(7, 4.8))
+    """bbox AP against bytes per frame: offload (JPEG qualities) and split (channel counts); local as a line (the
+    teacher's only, when there is one: each student's local AP is next to its split point)."""
+    fig = Figure(figsize=(7, 6))
     ax = fig.subplots()
     markers = {"offload": ("s", MODE_COLORS["offload"]), "split": ("o", MODE_COLORS["split"])}
     for kind, (marker, color) in markers.items():
@@ -160,7 +161,9 @@ def ap_vs_bytes(points: list[dict], path: Path) -> None:
             for p in group:
                 ax.annotate(p["label"], (p["bytes"], p["ap"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     styles = [":", "-.", "--", (0, (1, 3))]
-    for i, p in enumerate(p for p in points if p["kind"] == "local"):
+    local = [p for p in points if p["kind"] == "local"]
+    local = [p for p in local if p["model"] == "teacher"] or local
+    for i, p in enumerate(local):
         ax.axhline(
             p["ap"], color=MODE_COLORS["local"], ls=styles[i % len(styles)], label=f"{p['label']}, sends nothing"
         )
@@ -173,5 +176,5 @@ def ap_vs_bytes(points: list[dict], path: Path) -> None:
     ax.set_ylabel("bbox AP (synthetic validation set)")
     ax.set_title("Accuracy against bytes per frame", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     _save(fig, path)

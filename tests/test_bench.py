@@ -131,7 +131,9 @@ def test_accuracy_points_of_a_teacher_and_unreadable_files(tmp_path):
             }
         )
     )
-    points, notes = accuracy_points([teacher, tmp_path / "missing.json"])
+    mask = tmp_path / "mask_eval.json"
+    mask.write_text(json.dumps({"arch": "mask_rcnn", "runs": [{"mode": "whole", "ap": {"bbox": {"AP": 0.42}}}]}))
+    points, notes = accuracy_points([teacher, mask, tmp_path / "missing.json"], arch="faster_rcnn")
     assert [(p["kind"], p["label"], p["bytes"], p["ap"]) for p in points] == [
         ("local", "local (teacher)", 0, 0.39),
         ("offload", "offload JPEG q95 (teacher)", 11390.0, 0.37),
