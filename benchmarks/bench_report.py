@@ -116,23 +116,23 @@ def bytes_by_mode(summaries: list[dict]) -> list[dict]:
 # ---- accuracy against bytes (split-eval results) ----
 
 
-def _student_name(data: dict, cache: dict[str, str]) -> str:
+def _student_name(data: dict, cache: dict[str, tuple]) -> str:
     """``GHND 3 ch``, ``3 ch + filter`` or ``3 ch student``, from the evaluated checkpoint when it can be read."""
     path = data.get("checkpoint")
     if path not in cache:
-        channels, method, with_filter = data.get("bottleneck_channels"), None, False
+        cache[path] = (None, None, False)
         try:
             if path and Path(path).is_file():
                 checkpoint = load_checkpoint(path)
-                channels, method = checkpoint.config.bottleneck_channels, checkpoint.training.get("method")
-                with_filter = checkpoint.config.with_filter
+                config = checkpoint.config
+                cache[path] = (config.bottleneck_channels, checkpoint.training.get("method"), config.with_filter)
         except (CheckpointError, OSError):
             pass
-        name = f"{channels} ch" if channels else "?"
-        if method in ("hnd", "ghnd"):
-            name = f"{method.upper()} {name}"
-        cache[path] = f"{name} + filter" if with_filter else name if method in ("hnd", "ghnd") else f"{name} student"
-    return cache[path]
+    channels, method, with_filter = cache[path]
+    name = f"{data.get('bottleneck_channels') or channels or '?'} ch"
+    if method in ("hnd", "ghnd"):
+        name = f"{method.upper()} {name}"
+    return f"{name} + filter" if with_filter else name if method in ("hnd", "ghnd") else f"{name} student"
 
 
 def accuracy_points(paths: list[Path], arch: str | None = None) -> tuple[list[dict], list[str]]:
@@ -141,7 +141,7 @@ def accuracy_points(paths: list[Path], arch: str | None = None) -> tuple[list[di
     ``arch`` (any when None), and notes on what could not be used."""
     points: list[dict] = []
     notes: list[str] = []
-    cache: dict[str, str] = {}
+    cache: dict[str, tuple] = {}
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())

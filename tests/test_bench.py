@@ -90,12 +90,12 @@ def test_split_bench_writes_rows_tables_and_plots(ckpt, tmp_path, capsys):
     assert min(s["bytes_per_frame"] for s in offload) > max(s["bytes_per_frame"] for s in split)
     labels = {(Path(p["source"]).name, p["label"]) for p in report["accuracy"]}
     assert labels == {
-        ("a_eval.json", "local (6 ch student)"), ("a_eval.json", "split 6 ch"),
-        ("a_eval.json", "offload JPEG q95 (6 ch student)"), ("a_eval.json", "offload JPEG q75 (6 ch student)"),
-        ("b_eval.json", "local (3 ch student)"), ("b_eval.json", "split 3 ch"),
+        ("a_eval.json", "local (6 ch + filter)"), ("a_eval.json", "split 6 ch + filter"),
+        ("a_eval.json", "offload JPEG q95 (6 ch + filter)"), ("a_eval.json", "offload JPEG q75 (6 ch + filter)"),
+        ("b_eval.json", "local (3 ch + filter)"), ("b_eval.json", "split 3 ch + filter"),
     }  # fmt: skip
     twice, _ = accuracy_points([evals[1], evals[1]])
-    assert [p["label"] for p in twice][:2] == ["local (3 ch student) [b_eval]", "split 3 ch [b_eval]"]
+    assert [p["label"] for p in twice][:2] == ["local (3 ch + filter) [b_eval]", "split 3 ch + filter [b_eval]"]
     assert any("b_eval.json has no jpeg_ap" in note for note in report["accuracy_notes"])
 
     md = (out / "bench.md").read_text()
