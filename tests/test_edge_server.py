@@ -38,7 +38,7 @@ from edge_server.server import ServerError, serve
 from mobile_client import cli as mobile_cli
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
-from tests.conftest import tiny_student
+from tests.conftest import self_signed_cert, tiny_student
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["__background__", "disc", "ring", "star"]
@@ -463,12 +463,7 @@ def test_expired_frame_never_reaches_the_model(ckpt, client):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (cryptography is not installed)")
 def test_tls(ckpt, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_cert(tmp_path)
     running = serve(ckpt, port=0, workers=2, tls_cert=cert, tls_key=key)
     try:
         credentials = grpc.ssl_channel_credentials(cert.read_bytes())
@@ -570,21 +565,11 @@ def test_compose_files():
 # ---- hostile clients: tokens, TLS, checkpoints ----
 
 
-def _make_cert(folder: Path) -> tuple[Path, Path]:
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_tls_and_token_refuse_every_method(ckpt, client, tmp_path, capsys):
     """No token or a wrong one: UNAUTHENTICATED on every method, over TLS. A plaintext client: UNAVAILABLE, and
     the mobile-client CLI without --tls-ca exits 2 with one line."""
-    cert, key = _make_cert(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     frame, expected = client.frame(rand_images((64, 80)))
     image = pb.ImageFrame(jpeg=encoded(np.zeros((48, 64, 3), np.uint8), "PNG"))
     requests = {  # method -> a fresh request (streams take an iterator)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from concurrent import futures
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from mobile_client.pipeline import FrameResult
 from mobile_client.sources import Frame, Source
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
-from tests.conftest import tiny_student
+from tests.conftest import self_signed_cert, tiny_student
 
 NAMES = ["__background__", "disc", "ring", "star"]
 
@@ -193,16 +192,6 @@ def test_server_restart_fails_frames_then_resumes(ckpts, window):
     assert all(r.sent_bytes == 0 and r.error == "DEADLINE_EXCEEDED: no reply within 1.5 s" for r in results[3:6])
 
 
-def _openssl_cert(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 def test_token_is_sent_as_bearer(ckpts, tmp_path, capsys):
     good, bad = tmp_path / "good", tmp_path / "bad"
     good.write_text("s3cret\n")
@@ -219,7 +208,7 @@ def test_token_is_sent_as_bearer(ckpts, tmp_path, capsys):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_tls_with_ca(ckpts, tmp_path, capsys):
-    cert, key = _openssl_cert(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     with running(ckpts["q8"], tls_cert=cert, tls_key=key) as server:
         base = ["--ckpt", ckpts["q8"], "--synthetic", 1, "--timeout-s", 3, "--attempts", 1]
         code, lines, err = run_client(capsys, "--server", f"localhost:{server.port}", "--tls-ca", cert, *base)
