@@ -117,21 +117,22 @@ def bytes_by_mode(summaries: list[dict]) -> list[dict]:
 
 
 def _student_name(data: dict, cache: dict[str, tuple]) -> str:
-    """``GHND 3 ch``, ``3 ch + filter`` or ``3 ch student``, from the evaluated checkpoint when it can be read."""
+    """``GHND 3 ch, 5 ep``, ``3 ch + filter`` or ``3 ch student``, from the evaluated checkpoint when it can be read."""
     path = data.get("checkpoint")
     if path not in cache:
-        cache[path] = (None, None, False)
+        cache[path] = (None, None, False, None)
         try:
             if path and Path(path).is_file():
                 checkpoint = load_checkpoint(path)
-                config = checkpoint.config
-                cache[path] = (config.bottleneck_channels, checkpoint.training.get("method"), config.with_filter)
+                config, training = checkpoint.config, checkpoint.training
+                method, epochs = training.get("method"), training.get("epoch")
+                cache[path] = (config.bottleneck_channels, method, config.with_filter, epochs)
         except (CheckpointError, OSError):
             pass
-    channels, method, with_filter = cache[path]
+    channels, method, with_filter, epochs = cache[path]
     name = f"{data.get('bottleneck_channels') or channels or '?'} ch"
     if method in ("hnd", "ghnd"):
-        name = f"{method.upper()} {name}"
+        name = f"{method.upper()} {name}" + (f", {epochs} ep" if epochs else "")
     return f"{name} + filter" if with_filter else name if method in ("hnd", "ghnd") else f"{name} student"
 
 

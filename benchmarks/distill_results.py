@@ -41,6 +41,7 @@ class Evaluation:
     method: str
     channels: int | None
     jpeg: bool = False
+    note: str = ""  #: what sets this run apart from the others of its method, for the table
 
     def argv(self, runs: Path, out: Path) -> list[str]:
         args = ["--ckpt", str(runs / self.run / "final.pt"), "--config", self.config]
@@ -66,6 +67,15 @@ EVALUATIONS: tuple[Evaluation, ...] = (
     ),
     _student("hnd", "faster_rcnn", 3),
     _student("ghnd", "faster_rcnn", 3, "configs/ghnd/synthetic-demo.yaml"),
+    Evaluation(
+        "ghnd-long-synthetic-faster_rcnn-resnet18-b3ch",
+        "ghnd-long-synthetic-faster_rcnn-resnet18-b3ch",
+        "configs/ghnd/synthetic-faster_rcnn-resnet18-b3ch-long.yaml",
+        "faster_rcnn",
+        "ghnd",
+        3,
+        note="4,000 images x 8 epochs",
+    ),
     _student("hnd", "faster_rcnn", 6),
     _student("ghnd", "faster_rcnn", 6),
     _student("hnd", "faster_rcnn", 12),
@@ -125,7 +135,7 @@ def summary_table(reports: dict[str, dict]) -> list[str]:
                 + " | ".join(
                     [
                         ev.arch,
-                        ev.method.upper(),
+                        ev.method.upper() + (f" ({ev.note})" if ev.note else ""),
                         str(ev.channels),
                         iou,
                         _pts(t_ap),
