@@ -29,11 +29,8 @@ import glob
 import itertools
 import os
 import platform
-import selectors
 import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -48,6 +45,7 @@ from benchmarks.netem import NetemError, NetemLink, unavailable
 from benchmarks.shaper import LinkShaper, Trace
 from common.checkpoint import CheckpointError
 from common.demo import demo_checkpoint
+from edge_server.process import ServerProcess, ServerStartError
 from mobile_client import sources
 from mobile_client.link import Link, LinkConfig, LinkError
 from mobile_client.pipeline import ClientModel, FrameResult, Options, Pipeline, SetupError
@@ -169,57 +167,6 @@ def open_emulator(choice: str, stack: ExitStack, traces: bool) -> tuple[Userspac
 
 
 # ---- the edge server ----
-
-
-class EdgeServer:
-    """``edge-server`` in a child process (inside the server's namespace under netem); ``port`` once started."""
-
-    def __init__(self, ckpt: Path, host: str, wrap: Callable[[list[str]], list[str]], threads: int, device: str):
-        self.cmd = wrap(
-            [sys.executable, "-m", "edge_server", "--ckpt", str(ckpt), "--host", host, "--port", "0", "--device",
-             device, "--torch-threads", str(threads), "--workers", "8", "--log-level", "WARNING"]
-        )  # fmt: skip
-        self.port = 0
-
-    def __enter__(self) -> EdgeServer:
-        self._log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            deadline = time.monotonic() + SERVER_START_S
-            while not self.port:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
-                    self._fail(f"not listening after {SERVER_START_S:g} s")
-                line = self.proc.stdout.readline()
-                if line.startswith("listening on "):
-                    self.port = int(line.rsplit(":", 1)[1])
-                elif not line:
-                    self._fail(self._exit_status())
-        return self
-
-    def _exit_status(self) -> str:
-        try:
-            return f"exit status {self.proc.wait(timeout=10)}"
-        except subprocess.TimeoutExpired:
-            return "it closed its output"
-
-    def _fail(self, why: str) -> None:
-        self._log.seek(0)
-        lines = self._log.read().strip().splitlines()
-        self.__exit__()
-        raise SetupError(f"edge-server did not start ({why}): {lines[-1] if lines else 'no output'}")
-
-    def __exit__(self, *exc) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
-        self._log.close()
 
 
 # ---- one run ----
@@ -525,7 +472,9 @@ def bench(args: argparse.Namespace, command: str) -> dict:
     with ExitStack() as stack:
         if remote:
             emulator, netem_reason = open_emulator(args.emulator, stack, any(s.up_trace for s in links))
-            server = EdgeServer(ckpt, emulator.host, emulator.wrap, args.server_threads, args.server_device)
+            server_args = ["--ckpt", str(ckpt), "--host", emulator.host, "--device", args.server_device]
+            server_args += ["--torch-threads", str(args.server_threads), "--workers", "8", "--log-level", "WARNING"]
+            server = ServerProcess(server_args, SERVER_START_S, args.server_threads, emulator.wrap)
             port = stack.enter_context(server).port
             device = server_device(f"{emulator.host}:{port}", args.timeout_s)
             _log(f"edge-server on {emulator.host}:{port} ({device}); emulator: {emulator.name}")
@@ -577,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         report = bench(args, shlex.join(["split-bench", *argv]))
-    except (SetupError, SourceError, CheckpointError, FileNotFoundError, NetemError) as e:
+    except (SetupError, SourceError, CheckpointError, FileNotFoundError, NetemError, ServerStartError) as e:
         _log(f"error: {e}")
         return 2
     except KeyboardInterrupt:
