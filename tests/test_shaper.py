@@ -76,9 +76,10 @@ def test_uplink_and_downlink_rates_within_10_percent():
     assert down_s == pytest.approx(200_000 * 8 / 4e6, rel=0.10)
 
 
-def test_one_way_delay_and_default_rto_on_loss():
+def _one_way_s(**link) -> float:
+    """Seconds an 8-byte message takes through a shaper with ``link`` settings to a listening peer."""
     peer = Peer(message=8)
-    with LinkShaper(peer.address, delay_ms=40) as shaper:
+    with LinkShaper(peer.address, **link) as shaper:
         conn = socket.create_connection(("127.0.0.1", shaper.port))
         time.sleep(0.1)  # let the shaper connect to the peer first
         sent = time.monotonic()
@@ -86,18 +87,12 @@ def test_one_way_delay_and_default_rto_on_loss():
         while not peer.arrivals:
             time.sleep(0.001)
         conn.close()
-    assert 0.040 <= peer.arrivals[0][0] - sent < 0.055
+    return peer.arrivals[0][0] - sent
 
-    lossy = Peer(message=8)
-    with LinkShaper(lossy.address, delay_ms=10, loss=1.0) as shaper:  # every packet lost once: RTO max(200 ms, 2 RTT)
-        conn = socket.create_connection(("127.0.0.1", shaper.port))
-        time.sleep(0.1)
-        sent = time.monotonic()
-        conn.sendall(b"12345678")
-        while not lossy.arrivals:
-            time.sleep(0.001)
-        conn.close()
-    assert 0.210 <= lossy.arrivals[0][0] - sent < 0.230
+
+def test_one_way_delay_and_default_rto_on_loss():
+    assert 0.040 <= _one_way_s(delay_ms=40) < 0.055
+    assert 0.210 <= _one_way_s(delay_ms=10, loss=1.0) < 0.230  # every packet lost once: RTO max(200 ms, 2 RTT)
 
 
 def test_loss_charges_the_link_twice_and_waits_the_rto():
