@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.checkpoint import save_checkpoint
 from common.models import build_student
 
 torch.set_num_threads(2)
 
 TINY = dict(min_size=64, max_size=96, fpn_channels=32, box_representation_size=64)
+TINY_NAMES = ["__background__", "disc", "ring", "star"]  #: class names of the ``ckpt`` fixture
 
 
 def tiny_student(arch: str = "faster_rcnn", channels: int = 3, seed: int = 0, **overrides):
@@ -45,3 +47,11 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A tiny Faster R-CNN student checkpoint (classes :data:`TINY_NAMES`), one per test module."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(tiny_student("faster_rcnn"), path, TINY_NAMES)
+    return path

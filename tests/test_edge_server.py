@@ -38,10 +38,10 @@ from edge_server.server import ServerError, serve
 from mobile_client import cli as mobile_cli
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
-from tests.conftest import self_signed_cert, tiny_student
+from tests.conftest import TINY_NAMES, self_signed_cert, tiny_student
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ["__background__", "disc", "ring", "star"]
+NAMES = TINY_NAMES
 EXACT = CodecSettings(quantization="none", compression="raw")
 Q8 = CodecSettings(quantization="per_tensor", compression="zstd")
 
@@ -61,13 +61,6 @@ class Client:
             out = self.head(images, use_filter=False)
             frame = encode_frame(out.bottleneck, out.meta, settings, self.fingerprint, frame_id)
             return frame, self.tail(out.bottleneck, out.meta)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(tiny_student("faster_rcnn"), path, NAMES)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from benchmarks import load
-from common.checkpoint import save_checkpoint
 from edge_server.process import ServerProcess
 from edge_server.server import serve
 from mobile_client import cli
@@ -29,18 +28,11 @@ from mobile_client.pipeline import ClientModel, FrameResult, Options, Pipeline
 from mobile_client.sources import Frame
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
-from tests.conftest import tiny_student
+from tests.conftest import TINY_NAMES
 
-NAMES = ["__background__", "disc", "ring", "star"]
+NAMES = TINY_NAMES
 IMAGE = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
 TINY_SERVER = ["--workers", "2", "--torch-threads", "1", "--log-level", "WARNING"]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("faults") / "tiny.pt"
-    save_checkpoint(tiny_student("faster_rcnn"), path, NAMES)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,12 @@ from benchmarks.fuzz_server import (
     make_seeds,
     still_serving,
 )
-from common.checkpoint import save_checkpoint
 from edge_server.process import ServerProcess
 from edge_server.servicer import MAX_DETAILS
 from proto import splitdet_pb2 as pb
-from tests.conftest import tiny_student
+from tests.conftest import TINY_NAMES
 
-NAMES = ["__background__", "disc", "ring", "star"]
+NAMES = TINY_NAMES
 CATEGORIES = {
     "bottleneck/clean",
     "bottleneck/mutated",
@@ -37,13 +36,6 @@ CATEGORIES = {
     "random bytes",
     "info",
 }
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fuzz") / "tiny.pt"
-    save_checkpoint(tiny_student("faster_rcnn"), path, NAMES)
-    return path
 
 
 @pytest.fixture(scope="module")
