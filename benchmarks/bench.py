@@ -46,8 +46,8 @@ from benchmarks.shaper import LinkShaper, Trace
 from common.checkpoint import CheckpointError
 from common.demo import demo_checkpoint
 from edge_server.process import ServerProcess, ServerStartError
-from mobile_client import sources
-from mobile_client.link import Link, LinkConfig, LinkError
+from mobile_client import handshake, sources
+from mobile_client.link import LinkConfig
 from mobile_client.pipeline import ClientModel, FrameResult, Options, Pipeline, SetupError
 from mobile_client.sources import Frame, SourceError
 
@@ -185,22 +185,14 @@ def build_pipeline(mode: str, window: int, model: ClientModel, target: str | Non
     options = Options(
         mode=mode.split("+")[0],
         use_filter=mode == "split+filter",
-        filter_threshold=model.checkpoint.filter_threshold,
         codec=model.checkpoint.codec,
         jpeg_quality=settings.jpeg_quality,
         window=window,
     )
     link = None
     if target is not None:
-        link = Link(LinkConfig(target, timeout_s=settings.timeout_s))
-        try:
-            info = link.model_info()
-        except LinkError as e:
-            link.close()
-            raise SetupError(f"handshake with the edge server at {target} failed: {e}") from None
-        if mode != "offload" and info.fingerprint != model.fingerprint:
-            link.close()
-            raise SetupError(f"the edge server runs fingerprint {info.fingerprint}, the client {model.fingerprint}")
+        fingerprint = None if mode == "offload" else model.fingerprint
+        link, _ = handshake.connect(LinkConfig(target, timeout_s=settings.timeout_s), fingerprint=fingerprint)
     class_names = list(model.checkpoint.class_names)
     return Pipeline(options, class_names, model=None if mode == "offload" else model, link=link)
 
@@ -407,13 +399,9 @@ def _progress(step: int, total: int, run: str, window: int, results: list[FrameR
 
 def server_device(target: str, timeout_s: float) -> str:
     """The device the edge server runs on, from its ``GetModelInfo`` (straight, not through the shaper)."""
-    link = Link(LinkConfig(target, timeout_s=timeout_s))
-    try:
-        return link.model_info().device
-    except LinkError as e:
-        raise SetupError(f"handshake with the edge server at {target} failed: {e}") from None
-    finally:
-        link.close()
+    link, info = handshake.connect(LinkConfig(target, timeout_s=timeout_s))
+    link.close()
+    return info.device
 
 
 def run_plan(

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from common.checkpoint import load_checkpoint
+from common.codec import CodecSettings
 from common.models import build_student
 from common.split import split
 from common.synthetic import SceneConfig, render_scene
-from common.wire import CodecSettings, FrameLimits, decode_frame, encode_frame
+from common.wire import FrameLimits, decode_frame, encode_frame
 
 
 def _ms(fn, repeats: int) -> float:

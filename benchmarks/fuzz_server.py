@@ -43,10 +43,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from common.checkpoint import load_checkpoint
+from common.codec import CodecSettings
 from common.demo import demo_checkpoint
-from common.split import bottleneck_shape, split
+from common.split import bottleneck_shape, image_tensor, split
 from common.synthetic import SceneConfig, render_scene
-from common.wire import CodecSettings, decode_detections, encode_frame
+from common.wire import decode_detections, encode_frame
 from edge_server.process import ServerProcess
 from proto import splitdet_pb2 as pb
 
@@ -137,7 +138,7 @@ def make_seeds(ckpt: Path, max_message_bytes: int) -> Seeds:
     head, tail = split(checkpoint.build_model())
     fingerprint = checkpoint.side_fingerprint(head=head)
     scenes = [np.array(render_scene(seed, SceneConfig(height=96, width=128))[0]) for seed in (3, 4)]
-    tensors = [torch.from_numpy(s).permute(2, 0, 1).float().div(255) for s in scenes]
+    tensors = [image_tensor(s) for s in scenes]
     frames, expected = [], []
     with torch.inference_mode():
         one = head(tensors[:1], use_filter=False)

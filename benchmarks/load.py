@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from common.checkpoint import load_checkpoint
 from common.demo import demo_checkpoint
-from common.split import split
+from common.split import image_tensor, split
 from common.synthetic import SceneConfig, render_scene
 from common.wire import encode_frame
 from edge_server.process import ServerProcess
@@ -60,7 +60,7 @@ def make_frames(ckpt: Path, size: tuple[int, int]) -> list[pb.BottleneckFrame]:
     with torch.inference_mode():
         for seed in range(FRAMES):
             scene = np.array(render_scene(seed, SceneConfig(height=size[0], width=size[1]))[0])
-            out = head([torch.from_numpy(scene).permute(2, 0, 1).float().div(255)], use_filter=False)
+            out = head([image_tensor(scene)], use_filter=False)
             frames.append(encode_frame(out.bottleneck, out.meta, checkpoint.codec, fingerprint))
     return frames
 

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
+from common.codec import CodecSettings
 from common.filter import DEFAULT_THRESHOLD
 from common.models import ModelConfig, build_model
 from common.split import Head, Tail, split, state_digest
-from common.wire import CodecSettings
 
 FORMAT = "splitdet-checkpoint"
 VERSION = 1

@@ -8,9 +8,14 @@ Both halves share the model's modules (no copies); ``tail(*head(images))`` equal
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
@@ -69,6 +74,24 @@ def bottleneck_shape(channels: int, batch_shape: Size) -> tuple[int, int, int]:
     return channels, (h + 3) // 4 + 4, (w + 3) // 4 + 4
 
 
+def image_tensor(rgb: np.ndarray) -> Tensor:
+    """RGB uint8 ``H x W x 3`` -> float ``3 x H x W`` in [0, 1], as torchvision detection models take."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+
+
+@contextmanager
+def _timed(timing: dict[str, float] | None, stage: str) -> Iterator[None]:
+    """Add the seconds spent in the block to ``timing[stage]`` (nothing when ``timing`` is None)."""
+    if timing is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[stage] = timing.get(stage, 0.0) + time.perf_counter() - start
+
+
 def state_digest(module: nn.Module) -> str:
     """SHA-256 of a module's state (names, dtypes, shapes, values; floats compared as float32)."""
     h = hashlib.sha256()
@@ -110,22 +133,31 @@ class Head(nn.Module):
             raise RuntimeError("this model has no neural filter")
         return self.neural_filter.object_probability(stem)
 
-    def forward(self, images: list[Tensor], use_filter: bool | None = None) -> HeadOutput:
-        """Run the head; ``use_filter=None`` uses the filter when the model has one."""
-        x, meta = self.preprocess(images)
-        stem = self.stem(x)
+    def forward(
+        self, images: list[Tensor], use_filter: bool | None = None, timing: dict[str, float] | None = None
+    ) -> HeadOutput:
+        """Run the head; ``use_filter=None`` uses the filter when the model has one.
+
+        With ``timing``, the seconds spent are added under ``"head"`` (preprocess, stem, encoder) and ``"filter"``.
+        """
+        with _timed(timing, "head"):
+            x, meta = self.preprocess(images)
+            stem = self.stem(x)
         use_filter = self.neural_filter is not None if use_filter is None else use_filter
         prob = None
         kept = list(range(len(images)))
         if use_filter:
-            prob = self.object_probability(stem)
+            with _timed(timing, "filter"):
+                prob = self.object_probability(stem)
             kept = [i for i in kept if float(prob[i]) >= self.filter_threshold]
             if not kept:
                 return HeadOutput(None, meta.select([]), [], len(images), prob)
             if len(kept) < len(images):
                 stem = stem[kept]
                 meta = meta.select(kept)
-        return HeadOutput(self.encoder(stem), meta, kept, len(images), prob)
+        with _timed(timing, "head"):
+            bottleneck = self.encoder(stem)
+        return HeadOutput(bottleneck, meta, kept, len(images), prob)
 
     def digest(self) -> str:
         """Digest of the weights that shape the bottleneck (stem + encoder; the filter does not)."""

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch import Tensor
 
 from common import codec
+from common.codec import CodecSettings
+from common.masks import binary_masks, encode_rle
 from common.split import BatchMeta, bottleneck_shape
 from proto import splitdet_pb2 as pb
 
 FORMAT_VERSION = 1
-MASK_THRESHOLD = 0.5
 
 QUANTIZATION_TO_PB = {
     "none": pb.NONE,
@@ -37,23 +37,6 @@ PB_TO_COMPRESSION = {v: k for k, v in COMPRESSION_TO_PB.items()}
 
 class FrameError(ValueError):
     """A received frame is malformed; the message says which field and why."""
-
-
-@dataclass(frozen=True)
-class CodecSettings:
-    """How the head encodes a bottleneck for the wire."""
-
-    quantization: str = "per_tensor"
-    compression: str = "zstd"
-    level: int = 3
-
-    def __post_init__(self) -> None:
-        if self.quantization not in QUANTIZATION_TO_PB:
-            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_TO_PB)}, got {self.quantization!r}")
-        if self.compression not in COMPRESSION_TO_PB:
-            raise ValueError(f"compression must be one of {', '.join(COMPRESSION_TO_PB)}, got {self.compression!r}")
-        if not 1 <= self.level <= 22:
-            raise ValueError(f"zstd level must be in 1..22, got {self.level}")
 
 
 @dataclass(frozen=True)
@@ -176,7 +159,7 @@ def decode_frame(frame: pb.BottleneckFrame, limits: FrameLimits = FrameLimits())
 
 
 def encode_detections(det: dict[str, Tensor]) -> pb.ImageDetections:
-    """Pack one image's torchvision detections; masks become COCO RLE at ``MASK_THRESHOLD``."""
+    """Pack one image's torchvision detections; masks become COCO RLE (:mod:`common.masks`)."""
     boxes = det["boxes"].detach().cpu().float().numpy()
     msg = pb.ImageDetections(
         count=len(boxes),
@@ -185,10 +168,9 @@ def encode_detections(det: dict[str, Tensor]) -> pb.ImageDetections:
         labels=det["labels"].detach().cpu().numpy().astype("<i4").tobytes(),
     )
     if "masks" in det:
-        binary = (det["masks"].detach().cpu()[:, 0] >= MASK_THRESHOLD).numpy().astype(np.uint8)
-        for rle in mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0))) if len(binary) else []:
+        for rle in encode_rle(binary_masks(det["masks"])):
             h, w = rle["size"]
-            msg.masks.add(height=h, width=w, counts=rle["counts"])
+            msg.masks.add(height=h, width=w, counts=rle["counts"].encode("ascii"))
     if "keypoints" in det:
         kps = det["keypoints"].detach().cpu().float().numpy()
         msg.num_keypoints = kps.shape[1] if kps.ndim == 3 else 0

@@ -25,6 +25,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from common.split import image_tensor
 from common.synthetic import SceneConfig, build_coco_annotations, build_coco_dict, image_seed, render_scene
 
 __all__ = [
@@ -68,8 +69,7 @@ def _jpeg_roundtrip(img: Image.Image, quality: int) -> Image.Image:
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
-    arr = np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+    return image_tensor(np.array(img.convert("RGB"), dtype=np.uint8))  # a writable copy
 
 
 class CocoDetection(Dataset):

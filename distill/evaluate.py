@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
@@ -29,9 +28,11 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from tqdm import tqdm
 
 from common.checkpoint import Checkpoint, load_checkpoint
+from common.codec import CodecSettings
 from common.filter import DEFAULT_THRESHOLD
+from common.masks import binary_masks, encode_rle
 from common.split import split
-from common.wire import MASK_THRESHOLD, CodecSettings, decode_frame, encode_frame
+from common.wire import decode_frame, encode_frame
 from distill.datasets import coco_from_dict, has_object_label
 
 __all__ = [
@@ -138,8 +139,7 @@ def _results_for_image(det: dict[str, Tensor], image_id: int, label_to_cat_id: d
     labels = det["labels"].detach().cpu().tolist()
     rles: list[dict] | None = None
     if "masks" in det:
-        binary = (det["masks"].detach().cpu()[:, 0] >= MASK_THRESHOLD).numpy().astype(np.uint8)
-        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+        rles = encode_rle(binary_masks(det["masks"]))
     kps = kp_scores = None
     if "keypoints" in det:
         kps = det["keypoints"].detach().cpu().float().numpy()
@@ -155,8 +155,7 @@ def _results_for_image(det: dict[str, Tensor], image_id: int, label_to_cat_id: d
             "score": float(score),
         }
         if rles is not None:
-            rle = rles[i]
-            r["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            r["segmentation"] = rles[i]
         if kps is not None:
             vis = np.where(kp_scores[i] > 0, 2.0, 1.0)
             r["keypoints"] = [round(float(v), 3) for v in np.column_stack([kps[i, :, :2], vis]).reshape(-1)]
@@ -184,7 +183,8 @@ def predict(
     progress: bool = True,
 ) -> Predictions:
     """Run a model over ``dataset`` ("whole" or "split": head -> encode_frame -> decode_frame -> tail, one image per
-    frame). ``filter_threshold`` overrides the checkpoint's (or the default) neural-filter threshold."""
+    frame, exactly as the client and the edge server run it). ``filter_threshold`` overrides the checkpoint's (or the
+    default) neural-filter threshold."""
     if mode not in ("whole", "split"):
         raise ValueError(f"mode must be 'whole' or 'split', got {mode!r}")
     if batch_size < 1:
@@ -216,10 +216,16 @@ def predict(
             if mode == "whole":
                 dets: list[dict[str, Tensor] | None] = list(model(images))
             else:
-                out = head(images, use_filter=use_filter)
                 dets = [None] * len(images)
-                for pos, i in enumerate(out.kept):
-                    bottleneck, meta = out.bottleneck[pos : pos + 1], out.meta.select([pos])
+                for i, image in enumerate(images):
+                    # One frame per image, as the client sends it (a padded batch would change the bottleneck).
+                    out = head([image], use_filter=use_filter)
+                    stats[i].skipped = out.bottleneck is None
+                    if out.object_prob is not None:
+                        stats[i].object_prob = float(out.object_prob[0])
+                    if out.bottleneck is None:
+                        continue
+                    bottleneck, meta = out.bottleneck, out.meta
                     frame = encode_frame(bottleneck, meta, settings)
                     c, h, w = bottleneck.shape[1:]
                     stats[i].raw_bytes = c * h * w * 4
@@ -231,10 +237,6 @@ def predict(
                         stats[i].zstd_bytes = len(encode_frame(bottleneck, meta, zstd8).payload)
                     x, meta2 = decode_frame(frame)
                     dets[i] = tail(x.to(device), meta2)[0]
-                for i, skipped in enumerate(out.skipped):
-                    stats[i].skipped = skipped
-                    if out.object_prob is not None:
-                        stats[i].object_prob = float(out.object_prob[i])
             for s, det in zip(stats, dets, strict=True):
                 if det is not None:
                     preds.results.extend(_results_for_image(det, s.image_id, dataset.label_to_cat_id))

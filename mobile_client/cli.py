@@ -17,13 +17,12 @@ import torch
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError
-from common.codec import QUANTIZATIONS
+from common.codec import QUANTIZATIONS, CodecSettings
 from common.demo import demo_checkpoint
 from common.token_file import TokenFileError, read_token
-from common.wire import QUANTIZATION_TO_PB, CodecSettings
-from mobile_client import sources, visualize
+from mobile_client import handshake, sources, visualize
 from mobile_client.auto import AutoPolicy
-from mobile_client.link import Link, LinkConfig, LinkError
+from mobile_client.link import Link, LinkConfig
 from mobile_client.pipeline import MODES, ClientModel, Options, Pipeline, SetupError
 from mobile_client.report import Report
 from mobile_client.sources import Source, SourceError
@@ -100,14 +99,14 @@ def open_source(args: argparse.Namespace) -> Source:
 
 def load_model(args: argparse.Namespace) -> ClientModel:
     path = Path(args.ckpt) if args.ckpt else demo_checkpoint()
-    model = ClientModel.load(path)
+    model = ClientModel.load(path, args.filter_threshold)
     if args.filter and not model.has_filter:
         raise SetupError(f"{path} has no neural filter; run without --filter")
     return model
 
 
 def connect(args: argparse.Namespace, model: ClientModel | None, quantization: str) -> tuple[Link, pb.ModelInfo]:
-    """Open the channel and do the GetModelInfo handshake; refuse a server running another model."""
+    """Open the channel and do the handshake; refuse a server running another model."""
     if args.tls_ca is not None and not Path(args.tls_ca).is_file():
         raise SetupError(f"CA certificate not found: {args.tls_ca}")
     config = LinkConfig(
@@ -117,23 +116,12 @@ def connect(args: argparse.Namespace, model: ClientModel | None, quantization: s
         timeout_s=args.timeout_s,
         attempts=args.attempts,
     )
-    link = Link(config)
-    try:
-        info = link.model_info()
-        if model is not None and args.mode != "offload" and info.fingerprint != model.fingerprint:
-            raise SetupError(
-                f"model mismatch: the edge server at {args.server} runs fingerprint {info.fingerprint}, this client's "
-                f"checkpoint has {model.fingerprint}; use the same checkpoint on both sides"
-            )
-        if model is not None and info.quantizations and QUANTIZATION_TO_PB[quantization] not in info.quantizations:
-            raise SetupError(f"the edge server at {args.server} does not accept {quantization} bottlenecks")
-    except LinkError as e:
-        link.close()
-        raise SetupError(f"handshake with the edge server at {args.server} failed: {e}") from None
-    except SetupError:
-        link.close()
-        raise
-    return link, info
+    sends_bottlenecks = model is not None and args.mode != "offload"
+    return handshake.connect(
+        config,
+        fingerprint=model.fingerprint if sends_bottlenecks else None,
+        quantization=quantization if model is not None else None,
+    )
 
 
 def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, list[str], Source]:
@@ -148,13 +136,9 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, list[str], Sourc
         codec = replace(codec, quantization=args.quantization)
     link, info = (None, None) if args.mode == "local" else connect(args, model, codec.quantization)
     use_filter = model is not None and (model.has_filter if args.filter is None else args.filter)
-    threshold = args.filter_threshold
-    if threshold is None:
-        threshold = model.checkpoint.filter_threshold if model is not None else 0.0
     options = Options(
         mode=args.mode,
         use_filter=use_filter,
-        filter_threshold=threshold,
         codec=codec,
         jpeg_quality=args.jpeg_quality,
         score_threshold=args.score_threshold,

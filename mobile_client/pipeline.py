@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from common.checkpoint import Checkpoint, load_checkpoint
-from common.filter import DEFAULT_THRESHOLD
-from common.split import Head, Tail, split
-from common.wire import CodecSettings, decode_detections, encode_detections, encode_frame
+from common.codec import CodecSettings
+from common.split import Head, Tail, image_tensor, split
+from common.wire import decode_detections, encode_detections, encode_frame
 from mobile_client.link import Link, LinkError, Reply, StreamLink
 from mobile_client.sources import Frame
 from proto import splitdet_pb2 as pb
@@ -56,11 +56,13 @@ class ClientModel:
     fingerprint: str  #: what this head presents to the server: its live weights + the recorded tail digest
 
     @classmethod
-    def load(cls, path: str | Path) -> ClientModel:
+    def load(cls, path: str | Path, filter_threshold: float | None = None) -> ClientModel:
+        """The checkpoint's head and tail; ``filter_threshold`` overrides the checkpoint's filter threshold."""
         checkpoint = load_checkpoint(path)
         if not checkpoint.config.is_student:
             raise SetupError(f"{path} holds a teacher; the client needs a bottleneck-injected student")
-        head, tail = split(checkpoint.build_model(), checkpoint.filter_threshold)
+        threshold = checkpoint.filter_threshold if filter_threshold is None else filter_threshold
+        head, tail = split(checkpoint.build_model(), threshold)
         return cls(checkpoint, head, tail, checkpoint.side_fingerprint(head=head))
 
     @property
@@ -72,7 +74,6 @@ class ClientModel:
 class Options:
     mode: str = "split"
     use_filter: bool = False
-    filter_threshold: float = DEFAULT_THRESHOLD
     codec: CodecSettings = field(default_factory=CodecSettings)
     jpeg_quality: int = 95
     score_threshold: float = 0.5
@@ -112,11 +113,6 @@ class _Work:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """RGB uint8 ``H x W x 3`` -> float ``3 x H x W`` in [0, 1], as torchvision detection models take."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
 def detections_json(det: dict, class_names: list[str], score_threshold: float) -> list[dict]:
@@ -189,30 +185,20 @@ class Pipeline:
         work.request = pb.ImageFrame(frame_id=work.frame.index, jpeg=jpeg.tobytes())
 
     def _run_head(self, work: _Work) -> None:
-        head = self.model.head
-        t0 = time.perf_counter()
-        batch, meta = head.preprocess([to_tensor(work.frame.image)])
-        stem = head.stem(batch)
-        head_s = time.perf_counter() - t0
-        if self.options.use_filter:
-            t0 = time.perf_counter()
-            object_prob = float(head.object_probability(stem)[0])
-            work.timing["filter"] = _ms(time.perf_counter() - t0)
-            if object_prob < self.options.filter_threshold:
-                work.timing["head"] = _ms(head_s)
-                work.result = self._result(work, skipped=True)
-                return
-        t0 = time.perf_counter()
-        bottleneck = head.encoder(stem)
-        work.timing["head"] = _ms(head_s + time.perf_counter() - t0)
+        seconds: dict[str, float] = {}
+        out = self.model.head([image_tensor(work.frame.image)], use_filter=self.options.use_filter, timing=seconds)
+        work.timing.update({stage: _ms(s) for stage, s in seconds.items()})
+        if out.bottleneck is None:
+            work.result = self._result(work, skipped=True)
+            return
         t0 = time.perf_counter()
         if work.mode == "local":
-            detections = self.model.tail(bottleneck, meta)[0]
+            detections = self.model.tail(out.bottleneck, out.meta)[0]
             work.timing["tail"] = _ms(time.perf_counter() - t0)
             work.result = self._result(work, detections=self._json(decode_detections(encode_detections(detections))))
             return
         work.request = encode_frame(
-            bottleneck, meta, self.options.codec, fingerprint=self.model.fingerprint, frame_id=work.frame.index
+            out.bottleneck, out.meta, self.options.codec, fingerprint=self.model.fingerprint, frame_id=work.frame.index
         )
         work.timing["encode"] = _ms(time.perf_counter() - t0)
 

@@ -29,8 +29,9 @@ from PIL import Image
 
 from common import demo
 from common.checkpoint import load_checkpoint, save_checkpoint
+from common.codec import CodecSettings
 from common.split import split
-from common.wire import CodecSettings, decode_detections, encode_detections, encode_frame
+from common.wire import decode_detections, encode_detections, encode_frame
 from edge_server import cli, healthcheck
 from edge_server.batching import Batcher, Closed, Expired, QueueFull
 from edge_server.engine import BatchKey, ImageError, decode_image

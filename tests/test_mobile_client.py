@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from common.checkpoint import save_checkpoint
-from common.wire import CodecSettings
+from common.codec import CodecSettings
 from edge_server.server import serve
 from mobile_client import cli, demo, sources, visualize
 from mobile_client.auto import AutoPolicy, link_estimate

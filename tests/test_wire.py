@@ -8,9 +8,11 @@ import torch
 import zstandard
 from pycocotools import mask as mask_utils
 
+from common import codec
+from common.codec import CodecSettings
 from common.split import BatchMeta
 from common.wire import (
-    CodecSettings,
+    QUANTIZATION_TO_PB,
     FrameError,
     FrameLimits,
     decode_detections,
@@ -134,3 +136,7 @@ def test_empty_detections():
     }
     out = decode_detections(encode_detections(det))
     assert out["boxes"].shape == (0, 4) and "masks" not in out
+
+
+def test_wire_speaks_every_quantization_the_codec_has():
+    assert set(QUANTIZATION_TO_PB) == set(codec.QUANTIZATIONS)

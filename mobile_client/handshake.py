@@ -1,0 +1,37 @@
+"""The ``GetModelInfo`` handshake: open the link and make sure the server runs the model this client holds."""
+
+from __future__ import annotations
+
+from common.wire import QUANTIZATION_TO_PB
+from mobile_client.link import Link, LinkConfig, LinkError
+from mobile_client.pipeline import SetupError
+from proto import splitdet_pb2 as pb
+
+
+def connect(
+    config: LinkConfig, fingerprint: str | None = None, quantization: str | None = None
+) -> tuple[Link, pb.ModelInfo]:
+    """The open link and the server's :class:`ModelInfo`.
+
+    ``fingerprint`` (the client head's, for modes that send bottlenecks) must equal the server's and
+    ``quantization`` must be one the server accepts; otherwise, or when the server cannot be reached, the link is
+    closed and :class:`SetupError` says why in one line.
+    """
+    link = Link(config)
+    try:
+        info = link.model_info()
+        if fingerprint is not None and info.fingerprint != fingerprint:
+            raise SetupError(
+                f"model mismatch: the edge server at {config.target} runs fingerprint {info.fingerprint}, this "
+                f"client's checkpoint has {fingerprint}; use the same checkpoint on both sides"
+            )
+        accepted = info.quantizations
+        if quantization is not None and accepted and QUANTIZATION_TO_PB[quantization] not in accepted:
+            raise SetupError(f"the edge server at {config.target} does not accept {quantization} bottlenecks")
+    except LinkError as e:
+        link.close()
+        raise SetupError(f"handshake with the edge server at {config.target} failed: {e}") from None
+    except SetupError:
+        link.close()
+        raise
+    return link, info
