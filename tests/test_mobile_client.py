@@ -17,6 +17,7 @@ from PIL import Image
 
 from common.checkpoint import save_checkpoint
 from common.codec import CodecSettings
+from common.drawing import color_for
 from edge_server.server import serve
 from mobile_client import cli, demo, sources, visualize
 from mobile_client.auto import AutoPolicy, link_estimate
@@ -331,6 +332,28 @@ def test_visualize_draws_skeleton():
     drawn = visualize.annotate(result, visualize.skeleton_for(visualize.SYNTHETIC_KEYPOINTS))
     assert drawn[25, 25].any()  # on the limb from keypoint 1 to 2
     assert not image.any()
+
+
+def test_visualize_labels_are_readable_and_drawn_once():
+    image = np.full((576, 768, 3), 200, dtype=np.uint8)  # a 768-px photo, light gray
+    dets = [{"box": [100, 200, 400, 500], "label": "person", "score": 0.91}]
+    drawn = visualize.annotate(FrameResult(0, "x", "split", detections=dets, image=image), [])
+    band = np.flatnonzero((drawn[:, 0] == 0).all(axis=1))  # the status line's black band at the top
+    below = drawn[band.max() + 1 :]
+    top = 200 - (band.max() + 1)
+    fill = np.all(below == color_for("person"), axis=2)
+    fill[:, :105] = fill[:, 395:] = False  # leave out the box outline
+    fill[: top + 5] = fill[top + 295 :] = False
+    ys, xs = np.nonzero(fill)
+    label_box = (ys.min(), ys.max(), xs.min(), xs.max())
+    assert label_box[1] - label_box[0] + 1 >= 14  # a filled label box tall enough to read
+    assert label_box[1] < top + 40  # at the top of the box
+    text = np.all(below < 60, axis=2)  # the label's dark text
+    ty, tx = np.nonzero(text)
+    assert len(ty) > 50
+    m = 2  # anti-aliased glyph edges
+    inside = (ty >= label_box[0] - m) & (ty <= label_box[1] + m) & (tx >= label_box[2] - m) & (tx <= label_box[3] + m)
+    assert inside.all()  # no second, offset copy of the text anywhere else
 
 
 def test_link_estimate():
