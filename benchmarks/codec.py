@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import load_checkpoint
-from common.codec import CodecSettings
+from common.codec_settings import CodecSettings
 from common.models import build_student
 from common.split import split
 from common.synthetic import SceneConfig, render_scene

@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from common.checkpoint import load_checkpoint
-from common.codec import CodecSettings
+from common.codec_settings import CodecSettings
 from common.demo import demo_checkpoint
 from common.split import bottleneck_shape, image_tensor, split
 from common.synthetic import SceneConfig, render_scene

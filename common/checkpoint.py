@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from common.codec import CodecSettings
+from common.codec_settings import CodecSettings
 from common.filter import DEFAULT_THRESHOLD
 from common.models import ModelConfig, build_model
 from common.split import Head, Tail, split, state_digest

@@ -8,17 +8,14 @@ keeps every element within ``scale / 2`` of its original value even when the ran
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import zstandard
 from torch import Tensor
 
-Quantization = Literal["per_tensor", "per_channel", "float16", "none"]
-QUANTIZATIONS: tuple[str, ...] = ("per_tensor", "per_channel", "float16", "none")
-Compression = Literal["zstd", "raw"]
-COMPRESSIONS: tuple[str, ...] = ("zstd", "raw")
+from common.codec_settings import QUANTIZATIONS, Quantization, check_level
+
 QMAX = 255
 
 
@@ -34,28 +31,6 @@ class Encoded:
     quantization: str
     scale: Tensor
     zero_point: Tensor
-
-
-def check_level(level: int) -> None:
-    """Refuse a zstd level outside 1..22."""
-    if not 1 <= level <= 22:
-        raise ValueError(f"zstd level must be in 1..22, got {level}")
-
-
-@dataclass(frozen=True)
-class CodecSettings:
-    """How the head encodes a bottleneck for the wire."""
-
-    quantization: str = "per_tensor"
-    compression: str = "zstd"
-    level: int = 3
-
-    def __post_init__(self) -> None:
-        if self.quantization not in QUANTIZATIONS:
-            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
-        if self.compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
-        check_level(self.level)
 
 
 def _check_finite(x: Tensor) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from common import codec
-from common.codec import CodecSettings
+from common.codec_settings import CodecSettings
 from common.masks import binary_masks, encode_rle
 from common.split import BatchMeta, bottleneck_shape
 from proto import splitdet_pb2 as pb

@@ -28,7 +28,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from tqdm import tqdm
 
 from common.checkpoint import Checkpoint, load_checkpoint
-from common.codec import CodecSettings
+from common.codec_settings import CodecSettings
 from common.filter import DEFAULT_THRESHOLD
 from common.masks import binary_masks, encode_rle
 from common.split import split

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError
-from common.codec import QUANTIZATIONS, CodecSettings
+from common.codec_settings import QUANTIZATIONS, CodecSettings
 from common.demo import demo_checkpoint
 from common.token_file import TokenFileError, read_token
 from mobile_client import handshake, sources, visualize

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import Checkpoint, load_checkpoint
-from common.codec import CodecSettings
+from common.codec_settings import CodecSettings
 from common.split import Head, Tail, image_tensor, split
 from common.wire import decode_detections, encode_detections, encode_frame
 from mobile_client.link import Link, LinkError, Reply, StreamLink

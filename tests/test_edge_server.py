@@ -29,7 +29,7 @@ from PIL import Image
 
 from common import demo
 from common.checkpoint import load_checkpoint, save_checkpoint
-from common.codec import CodecSettings
+from common.codec_settings import CodecSettings
 from common.split import split
 from common.wire import decode_detections, encode_detections, encode_frame
 from edge_server import cli, healthcheck

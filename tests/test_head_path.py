@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.checkpoint import save_checkpoint
-from common.codec import CodecSettings
+from common.codec_settings import CodecSettings
 from common.synthetic import SceneConfig
 from distill import evaluate
 from distill.datasets import SyntheticCoco

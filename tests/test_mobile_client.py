@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from common.checkpoint import save_checkpoint
-from common.codec import CodecSettings
+from common.codec_settings import CodecSettings
 from common.drawing import color_for
 from edge_server.server import serve
 from mobile_client import cli, demo, sources, visualize

@@ -8,8 +8,7 @@ import torch
 import zstandard
 from pycocotools import mask as mask_utils
 
-from common import codec
-from common.codec import CodecSettings
+from common.codec_settings import QUANTIZATIONS, CodecSettings
 from common.split import BatchMeta
 from common.wire import (
     QUANTIZATION_TO_PB,
@@ -139,4 +138,4 @@ def test_empty_detections():
 
 
 def test_wire_speaks_every_quantization_the_codec_has():
-    assert set(QUANTIZATION_TO_PB) == set(codec.QUANTIZATIONS)
+    assert set(QUANTIZATION_TO_PB) == set(QUANTIZATIONS)
