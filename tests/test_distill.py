@@ -366,3 +366,37 @@ def test_student_bottleneck_starts_from_another_student(tmp_path):
     wider = build_student("faster_rcnn", "resnet18", 6, num_classes=3, **SMALL)
     with pytest.raises(ConfigError, match="3-channel student; this one is resnet18 6-channel"):
         init_bottleneck(wider, tmp_path / "s.pt")
+
+
+def test_torchrun_two_ranks_train_in_sync_and_write_one_checkpoint(tmp_path):
+    """What the README's ``torchrun --nproc_per_node 8`` line does, on 2 CPU processes with gloo: one GHND epoch;
+    both ranks finish with the same weights and only rank 0 writes checkpoints."""
+    import os
+    import re
+
+    from common.checkpoint import save_checkpoint
+    from distill.train import state_digest
+
+    torch.manual_seed(0)
+    teacher = build_teacher("faster_rcnn", "resnet18", num_classes=3, norm_layer="bn", **SMALL)
+    save_checkpoint(teacher, tmp_path / "teacher.pt", ["__background__", "a", "b"])
+    raw = base_config(tmp_path)
+    raw["dataset"]["train"]["num_images"] = 8  # 2 steps of 2 images on each rank
+    raw["train"]["criterion"]["terms"] = [{"student": f"backbone.body.layer{i}"} for i in (1, 2, 3, 4)]
+    (tmp_path / "ghnd.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "distill.cli", "--config", str(tmp_path / "ghnd.yaml")]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    digests = dict(
+        re.findall(r"^split-distill: rank (\d) of 2 done; weights sha256 ([0-9a-f]{64})$", proc.stdout, re.M)
+    )
+    assert set(digests) == {"0", "1"}, proc.stdout
+    assert digests["0"] == digests["1"]
+    assert proc.stdout.count("wrote ") == 1 and f"wrote {tmp_path / 'out' / 'final.pt'}" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["final.pt", "last.pt"]
+    final = load_checkpoint(tmp_path / "out" / "final.pt")
+    assert final.training["epoch"] == 1
+    student = final.build_model()
+    assert state_digest(student) == digests["0"]  # what was written is what both ranks hold
