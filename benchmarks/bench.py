@@ -40,8 +40,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.bench_report import STAGES, accuracy_points, bytes_by_mode, markdown, summarize, write_outputs
+from benchmarks.bench_report import (
+    STAGES,
+    accuracy_points,
+    bytes_by_mode,
+    describe_input,
+    markdown,
+    summarize,
+    write_outputs,
+)
 from benchmarks.netem import NetemError, NetemLink, unavailable
+from benchmarks.paths import shown_args, shown_path
 from benchmarks.shaper import LinkShaper, Trace
 from common.checkpoint import CheckpointError
 from common.demo import demo_checkpoint
@@ -472,9 +481,10 @@ def bench(args: argparse.Namespace, command: str) -> dict:
     accuracy, notes = accuracy_points(evals, model.checkpoint.config.arch)
     summary = summarize(rows, runs, args.window)
     first = frames[0].image
+    config = model.checkpoint.config
     return {
         "command": command,
-        "checkpoint": str(ckpt),
+        "checkpoint": shown_path(ckpt),
         "machine": machine_info(args.server_threads, device),
         "emulator": {
             "name": settings.emulator,
@@ -493,6 +503,7 @@ def bench(args: argparse.Namespace, command: str) -> dict:
             "jpeg_quality": args.jpeg_quality,
             "source": source_label,
             "frame_size": "-" if first is None else f"{first.shape[0]}x{first.shape[1]}",
+            "input_size": None if first is None else describe_input(*first.shape[:2], config.min_size, config.max_size),
             "link_note": f"RTT {args.rtt_ms:g} ms, loss {args.loss:g}, {settings.emulator} emulator",
         },
         "summary": summary,
@@ -513,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        report = bench(args, shlex.join(["split-bench", *argv]))
+        report = bench(args, shlex.join(["split-bench", *shown_args(argv)]))
     except (SetupError, SourceError, CheckpointError, FileNotFoundError, NetemError, ServerStartError) as e:
         _log(f"error: {e}")
         return 2

@@ -42,6 +42,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from PIL import Image
 
+from benchmarks.paths import shown_args
 from common.checkpoint import load_checkpoint
 from common.codec_settings import CodecSettings
 from common.demo import demo_checkpoint
@@ -559,7 +560,7 @@ def report(tally: Tally, command: str, ckpt: Path, server_args: list[str], memor
         "",
         f"Command: `{command}`",
         "",
-        f"Server: `edge-server {' '.join(server_args)}` (child process) serving `{ckpt.name}`.",
+        f"Server: `edge-server {' '.join(shown_args(server_args))}` (child process) serving `{ckpt.name}`.",
         f"Machine: {_machine()}.",
         "",
         f"{tally.cases} cases in {tally.seconds:.0f} s ({tally.cases / max(tally.seconds, 1e-9):.1f} cases/s); "
@@ -623,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         end, peak = server.memory_mb()
         tracebacks = server.log().count("Traceback")
     memory = {"start": start, "end": end, "max": max(tally.rss_mb, default=end), "peak": peak}
-    command = "python -m benchmarks.fuzz_server " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.fuzz_server " + " ".join(shown_args(argv if argv is not None else sys.argv[1:]))
     text = report(tally, command, ckpt, server_args, memory, final)
     text += f"\nTracebacks in the server log: {tracebacks}.\n"
     print(text)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from benchmarks.paths import shown_args
 from common.checkpoint import load_checkpoint
 from common.demo import demo_checkpoint
 from common.split import image_tensor, split
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     server_args += ["--torch-threads", str(args.server_threads), "--log-level", "WARNING"]
     run = run_load(server_args, args.server_threads, frames, args)
     header = [
-        f"Server: `edge-server {' '.join(server_args)}` (child process) serving `{ckpt.name}` on loopback.",
+        f"Server: `edge-server {' '.join(shown_args(server_args))}` (child process) serving `{ckpt.name}` on loopback.",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, grpcio {grpc.__version__}; "
         f"load average at the end {os.getloadavg()[0]:.2f}.",
         "",
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.minutes:g} min ({run.elapsed:.0f} s), {height}x{width} camera frames, "
         f"{np.mean([f.ByteSize() for f in frames]):.0f} B per frame on the wire.",
     ]
-    command = "python -m benchmarks.load " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.load " + " ".join(shown_args(argv if argv is not None else sys.argv[1:]))
     text = markdown(run, command, header, args.sample_s, args.out.name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)

@@ -12,6 +12,6 @@ def demo_checkpoint() -> Path:
     if not DEMO_CHECKPOINT.is_file():
         raise FileNotFoundError(
             f"the demo checkpoint {DEMO_CHECKPOINT} is not there yet: make it with "
-            "`split-distill --config configs/ghnd/synthetic-demo.yaml` (see README) or pass --ckpt"
+            "`python -m distill.make_demo` (see README) or pass --ckpt"
         )
     return DEMO_CHECKPOINT

@@ -2,7 +2,8 @@
 
 Head: the model's own transform (normalize, resize, batch) -> stem -> optional neural filter -> encoder.
 Tail: decoder -> layer2..4 -> FPN -> RPN -> RoI heads -> postprocess to original image coordinates.
-Both halves share the model's modules (no copies); ``tail(*head(images))`` equals ``model(images)``.
+Both halves share the model's modules (no copies); ``out = head(images); tail(out.bottleneck, out.meta)`` equals
+``model(images)``.
 """
 
 from __future__ import annotations

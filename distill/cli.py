@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("split-distill: interrupted; resume with --resume", file=sys.stderr)
         return 130
-    print(f"wrote {final}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes checkpoints
+        print(f"wrote {final}")
     return 0
 
 

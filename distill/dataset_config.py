@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from common.synthetic import SceneConfig
-from distill.config import ConfigError
+from distill.config import ConfigError, check_keys
 from distill.datasets import CocoDetection, SyntheticCoco, coco_2017
 
 
@@ -24,10 +24,9 @@ class DatasetInfo:
 
 def scene_config(section: dict[str, Any]) -> SceneConfig:
     """A :class:`SceneConfig` from a config mapping; unknown keys are an error."""
-    known = {f.name for f in fields(SceneConfig)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ConfigError(f"dataset.scene: unknown keys {', '.join(unknown)}")
+    if not isinstance(section, dict):
+        raise ConfigError(f"dataset.scene must be a mapping, got {section!r}")
+    check_keys(section, [f.name for f in fields(SceneConfig)], "dataset.scene", "")
     try:
         return SceneConfig(**section)
     except (TypeError, ValueError) as e:

@@ -8,6 +8,7 @@ format is written after every epoch (``last.pt``, with the optimizer state for `
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -216,6 +217,25 @@ def _init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def state_digest(model: nn.Module) -> str:
+    """sha256 over ``model``'s state (names, dtypes, shapes, values): the same on every DDP rank when in sync."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def average_buffers(module: nn.Module, world: int) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over the ranks. DDP broadcasts rank 0's
+    buffers at the start of each forward, so after the last step of an epoch every rank holds its own statistics;
+    without this the replicas (and what rank 0 saves) differ."""
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer.div_(world)
+
+
 def _to(device: torch.device, images: list[Tensor], targets: list[dict[str, Tensor]]):
     return [im.to(device) for im in images], [
         {k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets
@@ -309,6 +329,8 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
             if step % config.log_every == 0:
                 bar.set_postfix(loss=f"{running:.4g}", **{k: f"{v.item():.3g}" for k, v in losses.items()})
         scheduler.step()
+        if world > 1:
+            average_buffers(task.module, world)
         metrics["train_loss"] = running
         if rank == 0:
             training = {
@@ -328,6 +350,8 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         training = {"epoch": config.epochs, "method": config.method}
         save_checkpoint(task.model, final, training=training, metrics=metrics, **final_kwargs)
     if world > 1:
+        # every rank says what it holds: DDP keeps the replicas identical, and a test compares these lines
+        print(f"split-distill: rank {rank} of {world} done; weights sha256 {state_digest(task.model)}", flush=True)
         dist.barrier()
         dist.destroy_process_group()
     return final

@@ -190,3 +190,37 @@ def test_netem_works_or_fails_in_one_line_leaving_nothing_behind():
     if shutil.which("ip"):
         assert link.namespace not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert subprocess.run(["ip", "link", "show", link.client_if], capture_output=True).returncode != 0
+
+
+def test_report_names_largest_overhead_in_ms_and_in_percent_and_the_real_input_size(tmp_path):
+    from benchmarks.bench_report import describe_input, targets
+
+    def run(link: str, rate: float, ms: float, pct: float) -> dict:
+        return {
+            "mode": "split", "link": link, "rate_mbps": rate, "trace": False, "bytes_per_sent_frame": None,
+            "p50_ms": 100.0, "overhead_p50_ms": ms, "overhead_pct": pct, "encode_p50_ms": 0.4,
+            "server_decode_p50_ms": 0.5,
+        }  # fmt: skip
+
+    lines = targets(
+        [run("0.5 Mbps", 0.5, 4.8, 2.4), run("1 Mbps", 1.0, 4.5, 2.7)], 95, describe_input(240, 320, 160, 160)
+    )
+    overhead = next(line for line in lines if "runtime overhead" in line)
+    assert "largest 4.8 ms (2.4 %) for split at 0.5 Mbps" in overhead
+    assert "largest share of the floor 2.7 % (4.5 ms) for split at 1 Mbps" in overhead
+    codec = next(line for line in lines if "quantize+zstd" in line)
+    assert "input size (120x160, padded to 128x160, from 240x320 frames at min/max size 160/160)" in codec
+    assert "800x1333" not in codec
+
+
+def test_report_paths_are_relative_to_the_repository(tmp_path):
+    from benchmarks.paths import REPO, shown_args, shown_path
+
+    assert shown_path(REPO / "common" / "assets" / "demo.pt") == "common/assets/demo.pt"
+    assert shown_path("runs/x/final.pt") == "runs/x/final.pt"
+    assert shown_path(Path("/elsewhere/on/some/machine/student.pt")) == "student.pt"
+    assert shown_args(["--ckpt", str(REPO / "a.pt"), "--workers", "2"]) == ["--ckpt", "a.pt", "--workers", "2"]
+    for committed in (REPO / "benchmarks" / "results").rglob("*"):
+        if committed.suffix in (".md", ".json", ".csv"):
+            text = committed.read_text()
+            assert not any(root in text for root in ("/work/", "/root/", "/tmp/", "/home/")), committed

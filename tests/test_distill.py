@@ -143,6 +143,85 @@ def test_cli_config_errors_exit_2(tmp_path):
         assert proc.stderr.startswith("split-distill: error:")
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda raw: raw.update(outptu=raw.pop("output")),
+            "unknown key 'outptu' in the top level (did you mean 'output'?)",
+        ),
+        (
+            lambda raw: raw["teacher"].update(ckt=raw["teacher"].pop("ckpt")),
+            "unknown key 'ckt' in teacher (did you mean 'ckpt'?)",
+        ),
+    ],
+    ids=["top-level", "teacher"],
+)
+def test_cli_misspelled_keys_exit_2_with_one_line(tmp_path, edit, message):
+    raw = base_config(tmp_path)
+    edit(raw)
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "distill.cli", "--config", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr == f"split-distill: error: {path}: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("section", "edit", "message"),
+    [
+        ("train", lambda raw: raw["train"].update(epoch=3), "unknown key 'epoch' in train (did you mean 'epochs'?)"),
+        (
+            "dataset",
+            lambda raw: raw["dataset"].update(typ="coco"),
+            "unknown key 'typ' in dataset (did you mean 'type'?)",
+        ),
+        ("dataset.train", lambda raw: raw["dataset"]["train"].update(num_image=4), "in dataset.train (did you mean"),
+        ("criterion", lambda raw: raw["train"]["criterion"].update(reduce="sum"), "in train.criterion"),
+        (
+            "term",
+            lambda raw: raw["train"]["criterion"]["terms"][0].update(weight=2),
+            "'weight' in train.criterion.terms[0]",
+        ),
+        (
+            "optimizer",
+            lambda raw: raw["train"]["optimizer"].update(momentum=0.9),
+            "'momentum' in train.optimizer (Adam)",
+        ),
+        ("scheduler", lambda raw: raw["train"].update(scheduler={"milestone": [2]}), "did you mean 'milestones'?"),
+        ("student", lambda raw: raw["student"].update(ckpt="s.pt"), "'ckpt' in student (method ghnd)"),
+        ("type", lambda raw: raw["train"].update(epochs="two"), "train.epochs must be an integer, got 'two'"),
+        ("type-float", lambda raw: raw["train"]["optimizer"].update(lr="fast"), "train.optimizer.lr must be a number"),
+    ],
+)
+def test_unknown_keys_and_wrong_types_name_key_and_section(tmp_path, section, edit, message):
+    raw = base_config(tmp_path)
+    edit(raw)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "x.yaml")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_misspelled_scene_key_is_one_line(tmp_path):
+    from distill.dataset_config import build_dataset
+
+    raw = base_config(tmp_path)
+    raw["dataset"]["scene"]["heigth"] = 64
+    config = parse_config(raw)
+    with pytest.raises(ConfigError, match=r"unknown key 'heigth' in dataset.scene \(did you mean 'height'\?\)"):
+        build_dataset(config.dataset, "train")
+
+
+def test_config_key_lists_match_the_model_config():
+    from dataclasses import fields
+
+    from common.models import ModelConfig
+    from distill.config import MODEL_KEYS
+
+    overridden = {"bottleneck_channels", "num_classes", "num_keypoints", "with_filter"}
+    assert set(MODEL_KEYS) == {f.name for f in fields(ModelConfig)} - overridden
+
+
 def test_shipped_configs_parse():
     from pathlib import Path
 
@@ -287,3 +366,37 @@ def test_student_bottleneck_starts_from_another_student(tmp_path):
     wider = build_student("faster_rcnn", "resnet18", 6, num_classes=3, **SMALL)
     with pytest.raises(ConfigError, match="3-channel student; this one is resnet18 6-channel"):
         init_bottleneck(wider, tmp_path / "s.pt")
+
+
+def test_torchrun_two_ranks_train_in_sync_and_write_one_checkpoint(tmp_path):
+    """What the README's ``torchrun --nproc_per_node 8`` line does, on 2 CPU processes with gloo: one GHND epoch;
+    both ranks finish with the same weights and only rank 0 writes checkpoints."""
+    import os
+    import re
+
+    from common.checkpoint import save_checkpoint
+    from distill.train import state_digest
+
+    torch.manual_seed(0)
+    teacher = build_teacher("faster_rcnn", "resnet18", num_classes=3, norm_layer="bn", **SMALL)
+    save_checkpoint(teacher, tmp_path / "teacher.pt", ["__background__", "a", "b"])
+    raw = base_config(tmp_path)
+    raw["dataset"]["train"]["num_images"] = 8  # 2 steps of 2 images on each rank
+    raw["train"]["criterion"]["terms"] = [{"student": f"backbone.body.layer{i}"} for i in (1, 2, 3, 4)]
+    (tmp_path / "ghnd.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "distill.cli", "--config", str(tmp_path / "ghnd.yaml")]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    digests = dict(
+        re.findall(r"^split-distill: rank (\d) of 2 done; weights sha256 ([0-9a-f]{64})$", proc.stdout, re.M)
+    )
+    assert set(digests) == {"0", "1"}, proc.stdout
+    assert digests["0"] == digests["1"]
+    assert proc.stdout.count("wrote ") == 1 and f"wrote {tmp_path / 'out' / 'final.pt'}" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["final.pt", "last.pt"]
+    final = load_checkpoint(tmp_path / "out" / "final.pt")
+    assert final.training["epoch"] == 1
+    student = final.build_model()
+    assert state_digest(student) == digests["0"]  # what was written is what both ranks hold

@@ -532,7 +532,7 @@ def test_demo_checkpoint(monkeypatch, tmp_path):
     assert demo.DEMO_CHECKPOINT == REPO / "common" / "assets" / "demo-ghnd-faster_rcnn-resnet18-b3ch.pt"
     missing = tmp_path / "demo.pt"
     monkeypatch.setattr(demo, "DEMO_CHECKPOINT", missing)
-    command = "`split-distill --config configs/ghnd/synthetic-demo.yaml` (see README)"
+    command = "`python -m distill.make_demo` (see README)"
     with pytest.raises(FileNotFoundError, match=re.escape(command)):
         demo.demo_checkpoint()
     missing.write_bytes(b"x")

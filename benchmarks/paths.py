@@ -1,0 +1,26 @@
+"""Paths as committed reports show them: relative to the repository, never one machine's absolute path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` relative to the repository (or the working directory) when it lies inside, else its file name;
+    a relative path is kept as given."""
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    for root in (REPO, Path.cwd().resolve()):
+        try:
+            return str(path.resolve().relative_to(root))
+        except ValueError:
+            continue
+    return path.name
+
+
+def shown_args(args: list[str]) -> list[str]:
+    """Command-line arguments with every absolute path among them shown as :func:`shown_path` shows it."""
+    return [shown_path(a) if a.startswith("/") else a for a in args]
