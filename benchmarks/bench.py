@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_report import (
-    STAGES,
+    REPORT_STAGES,
     accuracy_points,
     bytes_by_mode,
     describe_input,
@@ -57,10 +57,11 @@ from common.demo import demo_checkpoint
 from edge_server.process import ServerProcess, ServerStartError
 from mobile_client import handshake, sources
 from mobile_client.link import LinkConfig
-from mobile_client.pipeline import ClientModel, FrameResult, Options, Pipeline, SetupError
+from mobile_client.pipeline import ClientModel, FrameResult, Pipeline
+from mobile_client.settings import Options, SetupError
 from mobile_client.sources import Frame, SourceError
 
-MODES = ("local", "offload", "split", "split+filter")
+BENCH_MODES = ("local", "offload", "split", "split+filter")
 SERVER_START_S = 180.0
 EVAL_GLOB = "benchmarks/results/*eval*.json"
 
@@ -101,7 +102,7 @@ class LinkSpec:
 
 
 @dataclass
-class Wire:
+class EmulatedPath:
     """The client's way to the server over one emulated link, and the bytes that crossed it (up, down)."""
 
     target: str
@@ -122,7 +123,7 @@ class Userspace:
         return cmd
 
     @contextmanager
-    def link(self, server_port: int, spec: LinkSpec) -> Iterator[Wire]:
+    def link(self, server_port: int, spec: LinkSpec) -> Iterator[EmulatedPath]:
         shaper = LinkShaper(
             (self.host, server_port),
             up_mbps=None if spec.up_trace else spec.up_mbps,
@@ -134,7 +135,7 @@ class Userspace:
             down_trace=spec.down_trace,
         )
         with shaper:
-            yield Wire(f"{self.host}:{shaper.port}", lambda: (shaper.up_bytes, shaper.down_bytes))
+            yield EmulatedPath(f"{self.host}:{shaper.port}", lambda: (shaper.up_bytes, shaper.down_bytes))
 
 
 class Netem:
@@ -154,9 +155,9 @@ class Netem:
         return self.net.wrap(cmd)
 
     @contextmanager
-    def link(self, server_port: int, spec: LinkSpec) -> Iterator[Wire]:
+    def link(self, server_port: int, spec: LinkSpec) -> Iterator[EmulatedPath]:
         self.net.configure(spec.up_mbps, spec.down_mbps, spec.rtt_ms / 2, spec.jitter_ms, spec.loss)
-        yield Wire(f"{self.host}:{server_port}", self.net.counters)
+        yield EmulatedPath(f"{self.host}:{server_port}", self.net.counters)
 
 
 def open_emulator(choice: str, stack: ExitStack, traces: bool) -> tuple[Userspace | Netem, str | None]:
@@ -243,7 +244,7 @@ def frame_row(
         "received_bytes": result.received_bytes,
         "wire_up_bytes": wire[0] if wire else None,
         "wire_down_bytes": wire[1] if wire else None,
-        **{f"{stage}_ms": t.get(stage) for stage in STAGES},
+        **{f"{stage}_ms": t.get(stage) for stage in REPORT_STAGES},
         "server_ms": result.server_ms,
         "total_ms": total,
         "floor_ms": None if floor is None else round(floor, 3),
@@ -288,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trace", nargs="+", metavar="FILE", help="also run a mahimahi trace link: UPLINK [DOWNLINK] (userspace only)"
     )
-    p.add_argument("--modes", metavar="LIST", help=f"comma list of {', '.join(MODES)} (default: all)")
+    p.add_argument("--modes", metavar="LIST", help=f"comma list of {', '.join(BENCH_MODES)} (default: all)")
     p.add_argument("--frames", type=int, default=30, metavar="N", help="frames per run (default 30)")
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="unrecorded frames before each run (default 2)")
     src = p.add_mutually_exclusive_group()
@@ -341,14 +342,14 @@ def parse_modes(text: str | None, has_filter: bool, ckpt: Path) -> list[str]:
     if text is None:
         if not has_filter:
             _log(f"{ckpt} has no neural filter: split+filter left out")
-        return [m for m in MODES if has_filter or m != "split+filter"]
+        return [m for m in BENCH_MODES if has_filter or m != "split+filter"]
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes if m not in BENCH_MODES]
     if unknown or not modes or len(set(modes)) != len(modes):
-        raise SetupError(f"--modes must list distinct modes out of {', '.join(MODES)}")
+        raise SetupError(f"--modes must list distinct modes out of {', '.join(BENCH_MODES)}")
     if "split+filter" in modes and not has_filter:
         raise SetupError(f"split+filter needs a checkpoint with a neural filter; {ckpt} has none")
-    return [m for m in MODES if m in modes]
+    return [m for m in BENCH_MODES if m in modes]
 
 
 def _check(args: argparse.Namespace) -> None:

@@ -15,12 +15,12 @@ from benchmarks import plots
 from benchmarks.paths import shown_path
 from common.checkpoint import CheckpointError, load_checkpoint
 
-STAGES = ("head", "filter", "encode", "network", "server_decode", "tail")
+REPORT_STAGES = ("head", "filter", "encode", "network", "server_decode", "tail")
 REMOTE = ("offload", "split", "split+filter")
 COLUMNS = (
     "mode", "emulator", "link", "rate_mbps", "down_mbps", "rtt_ms", "jitter_ms", "loss", "window", "frame", "source",
     "skipped", "error", "sent_bytes", "received_bytes", "wire_up_bytes", "wire_down_bytes",
-    *(f"{stage}_ms" for stage in STAGES), "server_ms", "total_ms", "floor_ms", "overhead_ms",
+    *(f"{stage}_ms" for stage in REPORT_STAGES), "server_ms", "total_ms", "floor_ms", "overhead_ms",
 )  # fmt: skip
 
 
@@ -77,7 +77,7 @@ def summarize(rows: list[dict], runs: list[dict], window: int) -> list[dict]:
         floor = summary["floor_p50_ms"]
         overhead = summary["overhead_p50_ms"]
         summary["overhead_pct"] = round(100 * overhead / floor, 2) if floor else None
-        for stage in STAGES:
+        for stage in REPORT_STAGES:
             summary[f"{stage}_p50_ms"] = _pct([r[f"{stage}_ms"] for r in ok if r[f"{stage}_ms"] is not None], 50)
         summary["breakdown_ms"] = _breakdown(ok, run["mode"])
         summaries.append(summary)

@@ -25,7 +25,7 @@ from common.synthetic import SceneConfig, render_scene
 from common.wire import FrameLimits, decode_frame, encode_frame
 
 
-def _ms(fn, repeats: int) -> float:
+def _median_ms(fn, repeats: int) -> float:
     fn()  # warm-up, not timed
     times = []
     for _ in range(repeats):
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         z, meta = out.bottleneck, out.meta
         c = z.shape[1]
         frame = encode_frame(z, meta, settings)
-        encode_ms = _ms(lambda z=z, meta=meta: encode_frame(z, meta, settings), args.repeats)
-        decode_ms = _ms(lambda frame=frame, c=c: decode_frame(frame, FrameLimits(channels=c)), args.repeats)
+        encode_ms = _median_ms(lambda z=z, meta=meta: encode_frame(z, meta, settings), args.repeats)
+        decode_ms = _median_ms(lambda frame=frame, c=c: decode_frame(frame, FrameLimits(channels=c)), args.repeats)
         lines.append(
             f"| {c} | {'x'.join(map(str, z.shape[1:]))} | {z.numel() * 4} | {z.numel()} | {len(frame.payload)} "
             f"| {frame.ByteSize()} | {encode_ms:.2f} | {decode_ms:.2f} |"

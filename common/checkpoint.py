@@ -137,6 +137,8 @@ def save_checkpoint(
 def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with one-line errors; never runs pickled code."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give the checkpoint file inside it (a .pt file)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

@@ -30,9 +30,9 @@ from common.synthetic import SceneConfig, build_coco_annotations, build_coco_dic
 
 __all__ = [
     "TASKS",
+    "AnnotationKind",
     "CocoDetection",
     "SyntheticCoco",
-    "Task",
     "coco_2017",
     "coco_from_dict",
     "collate_detection",
@@ -40,7 +40,7 @@ __all__ = [
     "load_coco",
 ]
 
-Task = Literal["bbox", "segm", "keypoints"]
+AnnotationKind = Literal["bbox", "segm", "keypoints"]
 TASKS: tuple[str, ...] = ("bbox", "segm", "keypoints")
 Transforms = Callable[[torch.Tensor, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
 
@@ -90,7 +90,7 @@ class CocoDetection(Dataset):
         self,
         root: str | Path,
         ann_file: str | Path,
-        task: Task = "bbox",
+        task: AnnotationKind = "bbox",
         transforms: Transforms | None = None,
         remove_images_without_annotations: bool = False,
         jpeg_quality: int | None = None,
@@ -247,7 +247,7 @@ class SyntheticCoco(CocoDetection):
         num_images: int,
         seed: int,
         config: SceneConfig = SceneConfig(),
-        task: Task = "bbox",
+        task: AnnotationKind = "bbox",
         transforms: Transforms | None = None,
         remove_images_without_annotations: bool = False,
         jpeg_quality: int | None = None,
@@ -273,7 +273,9 @@ class SyntheticCoco(CocoDetection):
         return render_scene(image_seed(self.seed, image_id - 1), self.config)[0]
 
 
-def coco_2017(coco_root: str | Path, split: Literal["train", "val"], task: Task = "bbox", **kw: Any) -> CocoDetection:
+def coco_2017(
+    coco_root: str | Path, split: Literal["train", "val"], task: AnnotationKind = "bbox", **kw: Any
+) -> CocoDetection:
     """COCO 2017 from ``{coco_root}/{split}2017/`` and ``{coco_root}/annotations/instances_{split}2017.json``
     (``person_keypoints_{split}2017.json`` for the keypoints task). ``kw`` go to :class:`CocoDetection`."""
     if split not in ("train", "val"):

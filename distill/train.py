@@ -33,7 +33,7 @@ from distill.mimic import HeadMimic
 
 
 @dataclass
-class Task:
+class TrainingTask:
     """What one method trains: the loss module, the model saved in checkpoints, and how to save it."""
 
     module: nn.Module
@@ -154,7 +154,7 @@ def init_bottleneck(student: nn.Module, ckpt_path: str | Path) -> None:
     student.load_state_dict({k: v for k, v in source.state_dict.items() if k.startswith(prefix)}, strict=False)
 
 
-def build_task(config: TrainConfig, info: DatasetInfo) -> Task:
+def build_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
     """Build the model(s) and loss module for ``config.method``."""
     names = {"class_names": info.class_names, "keypoint_names": info.keypoint_names}
     if config.method == "teacher":
@@ -171,7 +171,7 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> Task:
         frozen = list(config.init.get("freeze") or [])
         if config.init:
             warm_start(model, config.init["ckpt"], frozen)
-        return Task(DetectionTraining(model, frozen), model, info, names)
+        return TrainingTask(DetectionTraining(model, frozen), model, info, names)
     if config.method in ("hnd", "ghnd"):
         teacher, names = _teacher_from(config.teacher, info)
         student_cfg = teacher.config.replace(
@@ -182,7 +182,7 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> Task:
         if "init" in config.student:
             init_bottleneck(student, config.student["init"])
         module = HeadMimic(student, teacher, config.terms, config.reduction, config.detection_loss)
-        return Task(module, student, info, names)
+        return TrainingTask(module, student, info, names)
     ckpt = load_checkpoint(config.student["ckpt"])
     if not ckpt.config.is_student:
         raise ConfigError(f"student.ckpt {config.student['ckpt']} holds a teacher; the filter needs a student")
@@ -196,7 +196,7 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> Task:
         "keypoint_names": ckpt.keypoint_names,
         "codec": ckpt.codec,
     }
-    return Task(FilterTraining(model, positive), model, info, kwargs, dict(ckpt.metrics))
+    return TrainingTask(FilterTraining(model, positive), model, info, kwargs, dict(ckpt.metrics))
 
 
 def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.wire import QUANTIZATION_TO_PB
 from mobile_client.link import Link, LinkConfig, LinkError
-from mobile_client.pipeline import SetupError
+from mobile_client.settings import SetupError
 from proto import splitdet_pb2 as pb
 
 

@@ -31,19 +31,14 @@ import numpy as np
 import torch
 
 from common.checkpoint import Checkpoint, load_checkpoint
-from common.codec_settings import CodecSettings
 from common.split import Head, Tail, image_tensor, split
 from common.wire import decode_detections, encode_detections, encode_frame
 from mobile_client.link import Link, LinkError, Reply, StreamLink
+from mobile_client.settings import Options, SetupError
 from mobile_client.sources import Frame
 from proto import splitdet_pb2 as pb
 
-MODES = ("split", "offload", "local", "auto")
-STAGES = ("head", "filter", "encode", "network", "server_decode", "tail", "total")
-
-
-class SetupError(RuntimeError):
-    """The client cannot start; the message is one line for the user."""
+FRAME_STAGES = ("head", "filter", "encode", "network", "server_decode", "tail", "total")
 
 
 @dataclass
@@ -68,16 +63,6 @@ class ClientModel:
     @property
     def has_filter(self) -> bool:
         return self.head.neural_filter is not None
-
-
-@dataclass(frozen=True)
-class Options:
-    mode: str = "split"
-    use_filter: bool = False
-    codec: CodecSettings = field(default_factory=CodecSettings)
-    jpeg_quality: int = 95
-    score_threshold: float = 0.5
-    window: int = 4
 
 
 @dataclass
@@ -228,7 +213,7 @@ class Pipeline:
         return detections_json(det, self.class_names, self.options.score_threshold)
 
     def _result(self, work: _Work, skipped: bool = False, detections=None, error: str | None = None) -> FrameResult:
-        timing = {stage: work.timing[stage] for stage in STAGES if stage in work.timing}
+        timing = {stage: work.timing[stage] for stage in FRAME_STAGES if stage in work.timing}
         timing["total"] = _ms(time.monotonic() - work.started_at)
         sent = work.request.ByteSize() if work.request is not None and error is None else 0
         return FrameResult(

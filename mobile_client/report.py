@@ -9,7 +9,7 @@ from typing import TextIO
 
 import numpy as np
 
-from mobile_client.pipeline import STAGES, FrameResult
+from mobile_client.pipeline import FRAME_STAGES, FrameResult
 
 
 def result_json(result: FrameResult) -> dict:
@@ -40,7 +40,7 @@ class Report:
         self.failed = 0
         self.sent_bytes: list[int] = []
         self.modes: Counter[str] = Counter()
-        self.stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
+        self.stages: dict[str, list[float]] = {stage: [] for stage in FRAME_STAGES}
 
     def add(self, result: FrameResult) -> None:
         self.out.write(json.dumps(result_json(result)) + "\n")
@@ -75,7 +75,7 @@ class Report:
         if len(self.modes) > 1 or self.mode == "auto":
             lines.append("  frames by mode: " + ", ".join(f"{m} {n}" for m, n in sorted(self.modes.items())))
         lines.append(f"  {'stage':<14}{'frames':>8}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
-        for stage in STAGES:
+        for stage in FRAME_STAGES:
             values = self.stages[stage]
             if values:
                 p50, p95 = np.percentile(values, [50, 95])

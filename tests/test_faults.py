@@ -23,8 +23,9 @@ import pytest
 from benchmarks import load
 from edge_server.process import ServerProcess
 from edge_server.server import serve
-from mobile_client import cli
-from mobile_client.pipeline import ClientModel, FrameResult, Options, Pipeline
+from mobile_client import cli, runner
+from mobile_client.pipeline import ClientModel, FrameResult, Pipeline
+from mobile_client.settings import Options
 from mobile_client.sources import Frame
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
@@ -94,7 +95,7 @@ class Proxy:
 
 def client_pipeline(target: str, ckpt: Path, timeout_s: float, window: int) -> Pipeline:
     argv = ["--server", target, "--ckpt", str(ckpt), "--synthetic", "1", "--no-filter", "--score-threshold", "0"]
-    pipeline, _, _ = cli.build_pipeline(
+    pipeline, _, _ = runner.build_pipeline(
         cli.build_parser().parse_args([*argv, "--timeout-s", str(timeout_s), "--window", str(window)])
     )
     return pipeline

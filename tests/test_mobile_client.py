@@ -19,7 +19,7 @@ from common.checkpoint import save_checkpoint
 from common.codec_settings import CodecSettings
 from common.drawing import color_for
 from edge_server.server import serve
-from mobile_client import cli, demo, sources, visualize
+from mobile_client import cli, demo, runner, sources, visualize
 from mobile_client.auto import AutoPolicy, link_estimate
 from mobile_client.link import LinkConfig, StreamLink, channel_options
 from mobile_client.pipeline import FrameResult
@@ -164,7 +164,7 @@ def test_server_restart_fails_frames_then_resumes(ckpts, window):
     port = server.port
     argv = ["--server", f"127.0.0.1:{port}", "--ckpt", str(ckpts["q8"]), "--synthetic", "1", "--no-filter"]
     argv += ["--timeout-s", "1.5", "--window", str(window)]
-    pipeline, _, _ = cli.build_pipeline(cli.build_parser().parse_args(argv))
+    pipeline, _, _ = runner.build_pipeline(cli.build_parser().parse_args(argv))
     image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
     results: list[FrameResult] = []
 

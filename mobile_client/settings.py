@@ -1,0 +1,23 @@
+"""What the user chose for the client (no torch, so the command line is checked before the model loads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.codec_settings import CodecSettings
+
+CLIENT_MODES = ("split", "offload", "local", "auto")
+
+
+class SetupError(RuntimeError):
+    """The client cannot start; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Options:
+    mode: str = "split"
+    use_filter: bool = False
+    codec: CodecSettings = field(default_factory=CodecSettings)
+    jpeg_quality: int = 95
+    score_threshold: float = 0.5
+    window: int = 4
