@@ -25,11 +25,10 @@ from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, Keypoi
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from common.architectures import ARCHS, BACKBONES
 from common.bottleneck import Bottleneck
 from common.filter import NeuralFilter
 
-ARCHS = ("faster_rcnn", "mask_rcnn", "keypoint_rcnn")
-BACKBONES = ("resnet18", "resnet34", "resnet50")
 NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
 LAYER1_CHANNELS = {"resnet18": 64, "resnet34": 64, "resnet50": 256}
 TUPLE_FIELDS = ("anchor_sizes", "mask_head_layers", "keypoint_head_layers")

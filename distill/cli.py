@@ -8,15 +8,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from common.checkpoint import CheckpointError
 from distill.config import ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="split-distill", description=__doc__)
     parser.add_argument("--config", type=Path, required=True, help="YAML file, e.g. configs/ghnd/...yaml")
-    parser.add_argument("--output", type=Path, help="write checkpoints here instead of the config's output")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt when it exists")
+    parser.add_argument("--output", type=Path, help="write checkpoints here (default: the config's output)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUTPUT/last.pt when it exists (default: start afresh)"
+    )
     return parser
 
 
@@ -24,12 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
-        if args.output is not None:
-            config = replace(config, output=args.output)
-        from distill.train import run  # heavy imports only once the config is known to be valid
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"split-distill: error: {e}", file=sys.stderr)
+        return 2
+    if args.output is not None:
+        config = replace(config, output=args.output)
+    from common.checkpoint import CheckpointError  # torch loads only once the config is known to be valid
+    from distill.train import run
 
+    try:
         final = run(config, resume=args.resume)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, FileNotFoundError) as e:
         print(f"split-distill: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

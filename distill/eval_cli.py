@@ -7,10 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from common.checkpoint import CheckpointError
+from common.codec_settings import QUANTIZATIONS
 from distill.config import ConfigError, load_config
-from distill.dataset_config import build_dataset
-from distill.evaluate import evaluate, format_markdown
 
 
 def _csv(value: str) -> list[str]:
@@ -28,16 +26,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="split-eval", description=__doc__)
     p.add_argument("--ckpt", required=True, help="checkpoint to evaluate (student or teacher)")
     p.add_argument("--config", required=True, help="training config whose dataset section names the data")
-    p.add_argument("--teacher", help="teacher checkpoint: also score against its detections (fidelity)")
-    p.add_argument("--split", default="val", choices=("train", "val"), help="dataset split (default val)")
-    p.add_argument("--quantization", type=_csv, default=["none", "per_tensor"], help="comma list for split runs")
-    p.add_argument("--no-filter", action="store_true", help="do not use the neural filter in split runs")
-    p.add_argument("--jpeg", type=_qualities, default=[], help="comma list of JPEG qualities to compare bytes")
-    p.add_argument("--teacher-score", type=float, default=0.5, help="teacher detections kept as ground truth")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", dest="json_out", help="write the report as JSON")
-    p.add_argument("--md", dest="md_out", help="write the markdown table")
+    p.add_argument("--teacher", help="teacher checkpoint: also score against its detections, fidelity (default: none)")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="dataset split (default: %(default)s)")
+    p.add_argument(
+        "--quantization", type=_csv, default="none,per_tensor", help="comma list for split runs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--no-filter", action="store_true", help="do not use the neural filter in split runs (default: use it)"
+    )
+    p.add_argument(
+        "--jpeg", type=_qualities, default="", help="comma list of JPEG qualities to compare (default: none)"
+    )
+    p.add_argument(
+        "--teacher-score",
+        type=float,
+        default=0.5,
+        help="teacher detections kept as ground truth (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=1, help="images per forward pass in whole-model runs (default: %(default)s)"
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--json", dest="json_out", help="write the report as JSON (default: not written)")
+    p.add_argument("--md", dest="md_out", help="write the markdown table (default: not written)")
     return p
 
 
@@ -45,13 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         for q in args.quantization:
-            if q not in ("none", "per_tensor", "per_channel", "float16"):
-                raise ConfigError(f"--quantization: unknown {q!r} (none, per_tensor, per_channel, float16)")
-        if not Path(args.ckpt).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {args.ckpt}")
-        if args.teacher is not None and not Path(args.teacher).is_file():
-            raise FileNotFoundError(f"teacher checkpoint not found: {args.teacher}")
+            if q not in QUANTIZATIONS:
+                raise ConfigError(f"--quantization: unknown {q!r} ({', '.join(QUANTIZATIONS)})")
+        for option, path in (("--ckpt", args.ckpt), ("--teacher", args.teacher)):
+            if path is not None and Path(path).is_dir():
+                raise FileNotFoundError(f"{option} {path} is a directory; give the checkpoint file inside it")
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"{option}: checkpoint not found: {path}")
         cfg = load_config(args.config)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"split-eval: error: {e}", file=sys.stderr)
+        return 2
+    from common.checkpoint import CheckpointError  # torch loads only once the command line is known to be good
+    from distill.dataset_config import build_dataset
+    from distill.evaluate import evaluate, format_markdown
+
+    try:
         dataset, _ = build_dataset(cfg.dataset, args.split)
         report = evaluate(
             args.ckpt,

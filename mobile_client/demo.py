@@ -11,9 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.checkpoint import CheckpointError
 from common.demo import demo_checkpoint
-from edge_server.server import ServerError, serve
 from mobile_client import cli
 
 
@@ -21,11 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="split-demo", description="Start an edge server on loopback and stream synthetic frames through it."
     )
-    p.add_argument("--frames", type=int, default=60, metavar="N", help="synthetic frames to stream (default 60)")
-    p.add_argument("--save-vis", metavar="DIR", help="write annotated frames into DIR")
+    p.add_argument(
+        "--frames", type=int, default=60, metavar="N", help="synthetic frames to stream (default: %(default)s)"
+    )
+    p.add_argument("--save-vis", metavar="DIR", help="write annotated frames into DIR (default: none written)")
     p.add_argument("--ckpt", metavar="PATH", help="checkpoint for both sides (default: the bundled demo checkpoint)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video (default 0)")
-    p.add_argument("--window", type=int, default=4, metavar="N", help="frames in flight (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video (default: %(default)s)")
+    p.add_argument("--window", type=int, default=4, metavar="N", help="frames in flight (default: %(default)s)")
     return p
 
 
@@ -34,8 +34,16 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    if args.frames < 1 or args.window < 1:
+        print("split-demo: error: --frames and --window must be >= 1", file=sys.stderr)
+        return 2
+    from common.checkpoint import CheckpointError  # torch loads only once the command line is known to be good
+    from edge_server.server import ServerError, serve
+
     try:
         ckpt = Path(args.ckpt) if args.ckpt else demo_checkpoint()
+        if ckpt.is_dir():
+            raise FileNotFoundError(f"{ckpt} is a directory; give the checkpoint file inside it")
         if not ckpt.is_file():
             raise FileNotFoundError(f"checkpoint not found: {ckpt}")
         server = serve(ckpt, host="127.0.0.1", port=0)
