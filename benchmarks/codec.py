@@ -20,8 +20,8 @@ import torch
 from common.checkpoint import load_checkpoint
 from common.models import build_student
 from common.split import split
-from common.synthetic import SceneConfig, render_scene
 from common.wire import CodecSettings, FrameLimits, decode_frame, encode_frame
+from synthetic import SceneConfig, render_scene
 
 
 def _ms(fn, repeats: int) -> float:

@@ -45,10 +45,10 @@ from PIL import Image
 from common.checkpoint import load_checkpoint
 from common.demo import demo_checkpoint
 from common.split import bottleneck_shape, split
-from common.synthetic import SceneConfig, render_scene
 from common.wire import CodecSettings, decode_detections, encode_frame
 from edge_server.process import ServerProcess
 from proto import splitdet_pb2 as pb
+from synthetic import SceneConfig, render_scene
 
 SERVICE = "splitdet.v1.SplitDetection"
 METHODS = {  # name -> streaming

@@ -30,11 +30,11 @@ from matplotlib.figure import Figure
 from common.checkpoint import load_checkpoint
 from common.demo import demo_checkpoint
 from common.split import split
-from common.synthetic import SceneConfig, render_scene
 from common.wire import encode_frame
 from edge_server.process import ServerProcess
 from mobile_client.link import Link, LinkConfig, LinkError
 from proto import splitdet_pb2 as pb
+from synthetic import SceneConfig, render_scene
 
 FRAMES = 8  # distinct precomputed frames each client cycles through
 

@@ -1,7 +1,7 @@
 """COCO-format detection datasets read through pycocotools, in torchvision's detection format.
 
 * :class:`CocoDetection` reads any COCO-format tree (real COCO 2017 or one written by
-  :func:`common.synthetic.write_coco_dataset`) for the ``bbox``, ``segm`` or ``keypoints`` task.
+  :func:`synthetic.write_coco_dataset`) for the ``bbox``, ``segm`` or ``keypoints`` task.
 * :class:`SyntheticCoco` is the same dataset over scenes generated in memory (no disk).
 * :func:`coco_2017` locates the standard COCO 2017 layout under a root directory.
 
@@ -25,7 +25,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from common.synthetic import SceneConfig, build_coco_annotations, build_coco_dict, image_seed, render_scene
+from synthetic import SceneConfig, build_coco_annotations, build_coco_dict, image_seed, render_scene
 
 __all__ = [
     "TASKS",
@@ -235,7 +235,7 @@ class CocoDetection(Dataset):
 
 
 class SyntheticCoco(CocoDetection):
-    """:class:`CocoDetection` over :mod:`common.synthetic` scenes generated in memory (no disk).
+    """:class:`CocoDetection` over :mod:`synthetic` scenes generated in memory (no disk).
 
     Image ids are 1..num_images; ``.coco`` is a pycocotools ``COCO`` over the generated annotations
     (usable as COCOeval ground truth). With ``cache_images=False`` images are not kept but rendered
