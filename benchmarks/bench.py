@@ -42,10 +42,10 @@ import torch
 
 from benchmarks.bench_report import STAGES, accuracy_points, bytes_by_mode, markdown, summarize, write_outputs
 from benchmarks.netem import NetemError, NetemLink, unavailable
+from benchmarks.server_process import ServerProcess, ServerStartError
 from benchmarks.shaper import LinkShaper, Trace
 from common.checkpoint import CheckpointError
 from common.demo import demo_checkpoint
-from edge_server.process import ServerProcess, ServerStartError
 from mobile_client import sources
 from mobile_client.link import Link, LinkConfig, LinkError
 from mobile_client.pipeline import ClientModel, FrameResult, Options, Pipeline, SetupError

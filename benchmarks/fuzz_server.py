@@ -42,11 +42,11 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from PIL import Image
 
+from benchmarks.server_process import ServerProcess
 from common.checkpoint import load_checkpoint
 from common.demo import demo_checkpoint
 from common.split import bottleneck_shape, split
 from common.wire import CodecSettings, decode_detections, encode_frame
-from edge_server.process import ServerProcess
 from proto import splitdet_pb2 as pb
 from synthetic import SceneConfig, render_scene
 

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from benchmarks.server_process import ServerProcess
 from common.checkpoint import load_checkpoint
 from common.demo import demo_checkpoint
 from common.split import split
 from common.wire import encode_frame
-from edge_server.process import ServerProcess
 from mobile_client.link import Link, LinkConfig, LinkError
 from proto import splitdet_pb2 as pb
 from synthetic import SceneConfig, render_scene
