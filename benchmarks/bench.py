@@ -166,9 +166,6 @@ def open_emulator(choice: str, stack: ExitStack, traces: bool) -> tuple[Userspac
     return Userspace(), reason
 
 
-# ---- the edge server ----
-
-
 # ---- one run ----
 
 

@@ -162,10 +162,6 @@ class CocoDetection(Dataset):
         """Number of classes including the background (torchvision's ``num_classes``)."""
         return len(self._names) + 1
 
-    def get_img_info(self, index: int) -> dict:
-        """COCO ``images`` entry (id, file_name, height, width) of item ``index``."""
-        return self.coco.imgs[self.ids[index]]
-
     def __len__(self) -> int:
         return len(self.ids)
 
