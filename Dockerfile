@@ -17,6 +17,7 @@ COPY edge_server ./edge_server
 COPY mobile_client ./mobile_client
 COPY distill ./distill
 COPY benchmarks ./benchmarks
+COPY synthetic ./synthetic
 COPY configs ./configs
 # torch==2.14.1 and torchvision==0.29.1 are pinned by pyproject.toml.
 RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} . \

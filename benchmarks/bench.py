@@ -51,10 +51,10 @@ from benchmarks.bench_report import (
 )
 from benchmarks.netem import NetemError, NetemLink, unavailable
 from benchmarks.paths import shown_args, shown_path
+from benchmarks.server_process import ServerProcess, ServerStartError
 from benchmarks.shaper import LinkShaper, Trace
 from common.checkpoint import CheckpointError
 from common.demo import demo_checkpoint
-from edge_server.process import ServerProcess, ServerStartError
 from mobile_client import handshake, sources
 from mobile_client.link import LinkConfig
 from mobile_client.pipeline import ClientModel, FrameResult, Pipeline
@@ -174,9 +174,6 @@ def open_emulator(choice: str, stack: ExitStack, traces: bool) -> tuple[Userspac
         raise SetupError(reason)
     _log(f"netem not used ({reason}); using the userspace shaper")
     return Userspace(), reason
-
-
-# ---- the edge server ----
 
 
 # ---- one run ----

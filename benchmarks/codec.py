@@ -21,8 +21,8 @@ from common.checkpoint import load_checkpoint
 from common.codec_settings import CodecSettings
 from common.models import build_student
 from common.split import split
-from common.synthetic import SceneConfig, render_scene
 from common.wire import FrameLimits, decode_frame, encode_frame
+from synthetic import SceneConfig, render_scene
 
 
 def _median_ms(fn, repeats: int) -> float:

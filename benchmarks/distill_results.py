@@ -85,7 +85,7 @@ EVALUATIONS: tuple[Evaluation, ...] = (
 )
 
 
-def _ap(report: dict, run: dict | None, iou: str, key: str = "ap") -> float | None:
+def _ap(run: dict | None, iou: str, key: str = "ap") -> float | None:
     if run is None or iou not in (run.get(key) or {}):
         return None
     return run[key][iou]["AP"]
@@ -128,7 +128,7 @@ def summary_table(reports: dict[str, dict]) -> list[str]:
         zstd = (q8 or {}).get("bytes", {}).get("zstd")
         for iou in report["iou_types"]:
             t_ap = report.get("teacher", {}).get("ap", {}).get(iou, {}).get("AP")
-            a_none, a_q8 = _ap(report, none, iou), _ap(report, q8, iou)
+            a_none, a_q8 = _ap(none, iou), _ap(q8, iou)
             cost = None if a_none is None or a_q8 is None else a_none - a_q8
             lines.append(
                 "| "
@@ -139,11 +139,11 @@ def summary_table(reports: dict[str, dict]) -> list[str]:
                         str(ev.channels),
                         iou,
                         _pts(t_ap),
-                        _pts(_ap(report, whole, iou)),
+                        _pts(_ap(whole, iou)),
                         _pts(a_none),
                         _pts(a_q8),
                         _pts(cost, 2),
-                        _pts(_ap(report, q8, iou, "fidelity")),
+                        _pts(_ap(q8, iou, "fidelity")),
                         _fmt(zstd, 0),
                         "-" if not (zstd and jpeg95) else f"{zstd / jpeg95:.2f}x",
                     ]

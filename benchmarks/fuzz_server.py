@@ -43,14 +43,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from benchmarks.paths import shown_args
+from benchmarks.server_process import ServerProcess
 from common.checkpoint import load_checkpoint
 from common.codec_settings import CodecSettings
 from common.demo import demo_checkpoint
 from common.split import bottleneck_shape, image_tensor, split
-from common.synthetic import SceneConfig, render_scene
 from common.wire import decode_detections, encode_frame
-from edge_server.process import ServerProcess
 from proto import splitdet_pb2 as pb
+from synthetic import SceneConfig, render_scene
 
 SERVICE = "splitdet.v1.SplitDetection"
 METHODS = {  # name -> streaming

@@ -28,14 +28,14 @@ import torch
 from matplotlib.figure import Figure
 
 from benchmarks.paths import shown_args
+from benchmarks.server_process import ServerProcess
 from common.checkpoint import load_checkpoint
 from common.demo import demo_checkpoint
 from common.split import image_tensor, split
-from common.synthetic import SceneConfig, render_scene
 from common.wire import encode_frame
-from edge_server.process import ServerProcess
 from mobile_client.link import Link, LinkConfig, LinkError
 from proto import splitdet_pb2 as pb
+from synthetic import SceneConfig, render_scene
 
 FRAMES = 8  # distinct precomputed frames each client cycles through
 

@@ -109,10 +109,6 @@ class TrainConfig:
     log_every: int = 20
     source: Path | None = None
 
-    @property
-    def max_layer(self) -> int:
-        return max((t.layer for t in self.terms), default=1)
-
 
 def _require(d: dict, key: str, where: str) -> Any:
     if key not in d:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from common.synthetic import SceneConfig
 from distill.config import ConfigError, check_keys
 from distill.datasets import CocoDetection, SyntheticCoco, coco_2017
+from synthetic import SceneConfig
 
 
 @dataclass(frozen=True)

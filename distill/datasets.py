@@ -1,7 +1,7 @@
 """COCO-format detection datasets read through pycocotools, in torchvision's detection format.
 
 * :class:`CocoDetection` reads any COCO-format tree (real COCO 2017 or one written by
-  :func:`common.synthetic.write_coco_dataset`) for the ``bbox``, ``segm`` or ``keypoints`` task.
+  :func:`synthetic.write_coco_dataset`) for the ``bbox``, ``segm`` or ``keypoints`` task.
 * :class:`SyntheticCoco` is the same dataset over scenes generated in memory (no disk).
 * :func:`coco_2017` locates the standard COCO 2017 layout under a root directory.
 
@@ -26,7 +26,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from common.split import image_tensor
-from common.synthetic import SceneConfig, build_coco_annotations, build_coco_dict, image_seed, render_scene
+from synthetic import SceneConfig, build_coco_annotations, build_coco_dict, image_seed, render_scene
 
 __all__ = [
     "TASKS",
@@ -162,10 +162,6 @@ class CocoDetection(Dataset):
         """Number of classes including the background (torchvision's ``num_classes``)."""
         return len(self._names) + 1
 
-    def get_img_info(self, index: int) -> dict:
-        """COCO ``images`` entry (id, file_name, height, width) of item ``index``."""
-        return self.coco.imgs[self.ids[index]]
-
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -235,7 +231,7 @@ class CocoDetection(Dataset):
 
 
 class SyntheticCoco(CocoDetection):
-    """:class:`CocoDetection` over :mod:`common.synthetic` scenes generated in memory (no disk).
+    """:class:`CocoDetection` over :mod:`synthetic` scenes generated in memory (no disk).
 
     Image ids are 1..num_images; ``.coco`` is a pycocotools ``COCO`` over the generated annotations
     (usable as COCOeval ground truth). With ``cache_images=False`` images are not kept but rendered

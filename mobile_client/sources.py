@@ -16,8 +16,6 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from common.synthetic import SyntheticVideo
-
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -110,7 +108,9 @@ def images(spec: str) -> Source:
 
 
 def synthetic(num_frames: int, seed: int = 0) -> Source:
-    """:class:`common.synthetic.SyntheticVideo`: moving objects with stretches of empty frames."""
+    """:class:`synthetic.SyntheticVideo`: moving objects with stretches of empty frames."""
+    from synthetic.video import SyntheticVideo  # only --synthetic needs the data generator
+
     if num_frames < 1:
         raise SourceError(f"--synthetic needs at least 1 frame, got {num_frames}")
     frames = SyntheticVideo(num_frames, seed=seed)

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 
 from common.drawing import Drawable, draw
-from common.synthetic import KEYPOINT_NAMES as SYNTHETIC_KEYPOINTS
-from common.synthetic import SKELETON as SYNTHETIC_SKELETON
 from mobile_client.pipeline import FrameResult
+from synthetic import KEYPOINT_NAMES as SYNTHETIC_KEYPOINTS
+from synthetic import SKELETON as SYNTHETIC_SKELETON
 
 COCO_KEYPOINTS = [
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",

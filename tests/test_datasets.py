@@ -12,7 +12,6 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-from common.synthetic import KEYPOINT_NAMES, PERSON_CATEGORY_ID, SceneConfig, write_coco_dataset
 from distill.datasets import (
     CocoDetection,
     SyntheticCoco,
@@ -20,6 +19,7 @@ from distill.datasets import (
     collate_detection,
     has_object_label,
 )
+from synthetic import KEYPOINT_NAMES, PERSON_CATEGORY_ID, SceneConfig, write_coco_dataset
 
 CFG = SceneConfig(height=96, width=112, person_ratio=0.5, empty_ratio=0.25)
 N = 10

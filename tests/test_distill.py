@@ -284,9 +284,9 @@ def test_teacher_then_ghnd_then_filter_runs_end_to_end(tmp_path):
 
 def test_filter_learns_above_chance():
     """On a tiny synthetic set the filter separates empty from object frames better than chance."""
-    from common.synthetic import SceneConfig
     from distill.datasets import SyntheticCoco, collate_detection
     from distill.train import FilterTraining, evaluate_filter
+    from synthetic import SceneConfig
 
     torch.manual_seed(0)
     student = build_student("faster_rcnn", "resnet18", 3, num_classes=7, with_filter=True, **SMALL).eval()

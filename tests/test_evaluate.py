@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from common.checkpoint import save_checkpoint
-from common.synthetic import SceneConfig
 from distill import eval_cli
 from distill.datasets import SyntheticCoco
 from distill.evaluate import (
@@ -19,6 +18,7 @@ from distill.evaluate import (
     teacher_as_ground_truth,
     with_jpeg_quality,
 )
+from synthetic import SceneConfig
 from tests.conftest import tiny_student
 
 SCENE = SceneConfig(height=64, width=64)

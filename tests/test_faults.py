@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from benchmarks import load
-from edge_server.process import ServerProcess
+from benchmarks.server_process import ServerProcess
 from edge_server.server import serve
 from mobile_client import cli, runner
 from mobile_client.pipeline import ClientModel, FrameResult, Pipeline

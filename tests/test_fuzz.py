@@ -19,7 +19,7 @@ from benchmarks.fuzz_server import (
     make_seeds,
     still_serving,
 )
-from edge_server.process import ServerProcess
+from benchmarks.server_process import ServerProcess
 from edge_server.servicer import MAX_DETAILS
 from proto import splitdet_pb2 as pb
 from tests.conftest import TINY_NAMES

@@ -1,11 +1,10 @@
-"""``edge-server`` as a child process on loopback, for benchmarks and fault tests: start, RSS, SIGTERM, SIGKILL."""
+"""``edge-server`` as a child process on loopback, for benchmarks and fault tests: start, RSS, SIGKILL."""
 
 from __future__ import annotations
 
 import os
 import re
 import selectors
-import signal
 import subprocess
 import sys
 import tempfile
@@ -79,12 +78,6 @@ class ServerProcess:
         """(current RSS, peak RSS) in MiB, from ``/proc/PID/status`` (VmRSS, VmHWM)."""
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.pid}/status").read_text().splitlines())
         return tuple(int(fields[name].split()[0]) / 1024 for name in ("VmRSS", "VmHWM"))
-
-    def terminate(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM (a graceful stop); the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: the server dies on the spot, mid-frame."""
