@@ -26,13 +26,14 @@ MASK_ALPHA = 0.45
 class Drawable:
     """What to draw on one picture: boxes ``[x1, y1, x2, y2]``, their label texts and the names that pick colors.
 
-    ``masks`` are COCO RLE dicts (``counts`` as str or bytes); ``keypoints`` are ``[N, K, 3]`` (x, y, visibility).
+    ``masks`` are COCO RLE dicts (``counts`` as str or bytes) or ``[N, H, W]`` binary arrays; ``keypoints`` are
+    ``[N, K, 3]`` (x, y, visibility).
     """
 
     boxes: list[list[float]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     color_keys: list[str] = field(default_factory=list)
-    masks: list[dict] | None = None
+    masks: list[dict] | np.ndarray | None = None
     keypoints: np.ndarray | None = None
 
 
@@ -67,8 +68,9 @@ def draw(
     h, w = image.shape[:2]
     canvas = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
     colors = [color_for(k) for k in items.color_keys]
-    if items.masks:
-        masks = torch.from_numpy(np.stack([_decode(m) for m in items.masks])).bool()
+    if items.masks is not None and len(items.masks):
+        binary = items.masks if isinstance(items.masks, np.ndarray) else np.stack([_decode(m) for m in items.masks])
+        masks = torch.from_numpy(binary).bool()
         canvas = draw_segmentation_masks(canvas, masks, alpha=MASK_ALPHA, colors=colors)
     if items.boxes:
         size = font_size(h, w)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from pycocotools import mask as mask_utils
-from torch import Tensor
+
+if TYPE_CHECKING:  # the synthetic data generator uses this module without torch
+    from torch import Tensor
 
 MASK_THRESHOLD = 0.5  #: a Mask R-CNN pixel belongs to the instance when its probability is at least this
 

@@ -32,7 +32,6 @@ from synthetic.categories import (
 )
 from synthetic.coco import build_coco_annotations, build_coco_dict, write_coco_dataset
 from synthetic.config import SceneConfig, image_seed
-from synthetic.draw import draw_annotations
 from synthetic.scene import iter_scenes, render_scene
 from synthetic.video import SyntheticVideo
 
@@ -47,7 +46,6 @@ __all__ = [
     "SyntheticVideo",
     "build_coco_annotations",
     "build_coco_dict",
-    "draw_annotations",
     "image_seed",
     "iter_scenes",
     "render_scene",

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from common.masks import encode_rle
 from synthetic.config import SceneConfig
 from synthetic.geometry import Op, person_geometry, sample_pose, shape_ops
 from synthetic.raster import (
@@ -275,16 +276,13 @@ def visible_annotations(
 
 
 def annotation(layer: Layer, vis: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(vis.astype(np.uint8)))
-    bbox = [float(v) for v in mask_utils.toBbox(rle)]
-    area = float(mask_utils.area(rle))
-    rle["counts"] = rle["counts"].decode("ascii")
+    (rle,) = encode_rle(vis)
     ann = {
         "category_id": int(layer.spec.category_id),
-        "bbox": bbox,
-        "area": area,
+        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+        "area": float(mask_utils.area(rle)),
         "iscrowd": 0,
-        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"]},
+        "segmentation": rle,
     }
     if layer.keypoints is not None:
         h, w = vis.shape
