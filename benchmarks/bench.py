@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.bench_cli import BENCH_MODES, EVAL_GLOB
 from benchmarks.bench_report import (
     REPORT_STAGES,
     accuracy_points,
@@ -61,9 +62,7 @@ from mobile_client.pipeline import ClientModel, FrameResult, Pipeline
 from mobile_client.settings import Options, SetupError
 from mobile_client.sources import Frame, SourceError
 
-BENCH_MODES = ("local", "offload", "split", "split+filter")
 SERVER_START_S = 180.0
-EVAL_GLOB = "benchmarks/results/*eval*.json"
 
 
 def _log(message: str) -> None:
@@ -272,41 +271,6 @@ def run_frames(
 # ---- command line ----
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="split-bench",
-        description="Latency, bytes and throughput of local, offload, split and split+filter over emulated links.",
-    )
-    p.add_argument("--ckpt", metavar="PATH", help="student checkpoint for both sides (default: the demo checkpoint)")
-    p.add_argument("--rates", default="0.5,1,2,5,10,50", metavar="LIST", help="uplink rates in Mbit/s (comma list)")
-    p.add_argument("--down-mbps", type=float, metavar="R", help="downlink rate (default: each uplink rate)")
-    p.add_argument("--rtt-ms", type=float, default=20.0, help="round-trip time added by the link (default 20)")
-    p.add_argument("--jitter-ms", type=float, default=0.0, help="± jitter on each one-way delay (default 0)")
-    p.add_argument("--loss", type=float, default=0.0, help="packet loss probability per direction (default 0)")
-    p.add_argument(
-        "--trace", nargs="+", metavar="FILE", help="also run a mahimahi trace link: UPLINK [DOWNLINK] (userspace only)"
-    )
-    p.add_argument("--modes", metavar="LIST", help=f"comma list of {', '.join(BENCH_MODES)} (default: all)")
-    p.add_argument("--frames", type=int, default=30, metavar="N", help="frames per run (default 30)")
-    p.add_argument("--warmup", type=int, default=2, metavar="N", help="unrecorded frames before each run (default 2)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--images", metavar="PATH|DIR|GLOB", help="frames from image files")
-    src.add_argument("--synthetic", type=int, metavar="N", help="synthetic video of N frames (the default source)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video (default 0)")
-    p.add_argument("--jpeg-quality", type=int, default=95, metavar="Q", help="offload JPEG quality (default 95)")
-    p.add_argument("--window", type=int, default=4, metavar="N", help="frames in flight when streaming (default 4)")
-    p.add_argument(
-        "--emulator", choices=("auto", "userspace", "netem"), default="auto", help="default auto: netem where it works"
-    )
-    p.add_argument("--eval-json", nargs="+", metavar="PATH", help=f"split-eval results (default {EVAL_GLOB})")
-    p.add_argument("--out", default="benchmarks/results/bench", metavar="DIR", help="output folder")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="client torch threads (default 1)")
-    p.add_argument("--server-threads", type=int, default=1, metavar="N", help="server torch threads (default 1)")
-    p.add_argument("--server-device", default="auto", help="edge-server --device (default auto)")
-    p.add_argument("--timeout-s", type=float, default=30.0, metavar="T", help="per-frame deadline (default 30)")
-    return p
-
-
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -347,22 +311,6 @@ def parse_modes(text: str | None, has_filter: bool, ckpt: Path) -> list[str]:
     if "split+filter" in modes and not has_filter:
         raise SetupError(f"split+filter needs a checkpoint with a neural filter; {ckpt} has none")
     return [m for m in BENCH_MODES if m in modes]
-
-
-def _check(args: argparse.Namespace) -> None:
-    checks = [
-        (args.rtt_ms >= 0 and args.jitter_ms >= 0, "--rtt-ms and --jitter-ms must be >= 0"),
-        (0.0 <= args.loss < 1.0, "--loss must be in [0, 1)"),
-        (args.down_mbps is None or args.down_mbps > 0, "--down-mbps must be positive"),
-        (args.frames >= 1 and args.warmup >= 0, "--frames must be >= 1 and --warmup >= 0"),
-        (1 <= args.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
-        (args.window >= 2, "--window must be >= 2 (window 1 is the latency run)"),
-        (args.threads >= 1 and args.server_threads >= 1, "--threads and --server-threads must be >= 1"),
-        (args.timeout_s > 0, "--timeout-s must be positive"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise SetupError(message)
 
 
 def load_frames(args: argparse.Namespace) -> tuple[list[Frame], str]:
@@ -450,7 +398,6 @@ def run_plan(
 
 def bench(args: argparse.Namespace, command: str) -> dict:
     """Every run; the report that :func:`write_outputs` writes."""
-    _check(args)
     links = parse_links(args)
     ckpt = Path(args.ckpt) if args.ckpt else demo_checkpoint()
     if not ckpt.is_file():
@@ -513,12 +460,8 @@ def bench(args: argparse.Namespace, command: str) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run the benchmark the checked ``args`` describe and write its outputs; the exit status."""
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

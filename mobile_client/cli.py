@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--server",
         metavar="HOST[:PORT]",
         help=f"edge server; port {DEFAULT_PORT} when none is given; dns:///HOST:PORT balances over replicas "
-        "(required except in local mode)",
+        "(default: none; required except in local mode)",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--camera", type=int, metavar="N", help="OpenCV camera index")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench
+from benchmarks import bench, bench_cli
 from benchmarks.bench_report import COLUMNS, accuracy_points
 from benchmarks.netem import NetemError, NetemLink, netem_args
 from common.checkpoint import save_checkpoint
@@ -54,7 +54,7 @@ def test_split_bench_writes_rows_tables_and_plots(ckpt, tmp_path, capsys):
     trace.write_text("\n".join(str(t) for t in range(2, 201, 2)))  # 1500 bytes every 2 ms: 6 Mbit/s
     out = tmp_path / "out"
     argv = ["--ckpt", ckpt, "--rates", "1,10", "--trace", trace, "--synthetic", 3, "--frames", 2, "--warmup", 1]
-    code = bench.main([*argv, "--emulator", "userspace", "--eval-json", *evals, "--out", out])
+    code = bench_cli.main([*argv, "--emulator", "userspace", "--eval-json", *evals, "--out", out])
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
     assert all((out / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in PLOTS)
@@ -153,7 +153,7 @@ def test_accuracy_points_of_a_teacher_and_unreadable_files(tmp_path):
 )
 def test_usage_errors_exit_2_with_one_line(argv, message, ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "unavailable", lambda: "netem needs root (network namespaces and tc)")
-    code = bench.main(["--ckpt", ckpt, "--frames", 1, "--out", tmp_path / "out", *argv])
+    code = bench_cli.main(["--ckpt", ckpt, "--frames", 1, "--out", tmp_path / "out", *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("split-bench: error: ") and message in err[0]
@@ -162,14 +162,14 @@ def test_usage_errors_exit_2_with_one_line(argv, message, ckpt, tmp_path, monkey
 def test_split_filter_needs_a_filter(tmp_path, capsys):
     path = tmp_path / "nofilter.pt"
     save_checkpoint(tiny_student("faster_rcnn"), path, NAMES)
-    code = bench.main(["--ckpt", path, "--modes", "split+filter", "--frames", 1, "--out", tmp_path / "out"])
+    code = bench_cli.main(["--ckpt", path, "--modes", "split+filter", "--frames", 1, "--out", tmp_path / "out"])
     assert code == 2 and "has none" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_server_that_cannot_start_exits_2(ckpt, tmp_path, capsys):
     argv = ["--ckpt", ckpt, "--modes", "split", "--frames", 1, "--emulator", "userspace", "--server-device", "cuda"]
-    assert bench.main([*argv, "--out", tmp_path / "out"]) == 2
+    assert bench_cli.main([*argv, "--out", tmp_path / "out"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("split-bench: error: edge-server did not start (exit status 2): edge-server: error:")
 

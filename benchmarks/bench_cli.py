@@ -1,0 +1,107 @@
+"""``split-bench`` command line: parsed and checked before torch is imported; :mod:`benchmarks.bench` runs it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mobile_client.settings import SetupError
+
+BENCH_MODES = ("local", "offload", "split", "split+filter")
+EVAL_GLOB = "benchmarks/results/*eval*.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="split-bench",
+        description="Latency, bytes and throughput of local, offload, split and split+filter over emulated links.",
+    )
+    p.add_argument("--ckpt", metavar="PATH", help="student checkpoint for both sides (default: the demo checkpoint)")
+    p.add_argument(
+        "--rates",
+        default="0.5,1,2,5,10,50",
+        metavar="LIST",
+        help="uplink rates in Mbit/s, comma list (default: %(default)s)",
+    )
+    p.add_argument("--down-mbps", type=float, metavar="R", help="downlink rate (default: each uplink rate)")
+    p.add_argument(
+        "--rtt-ms", type=float, default=20.0, help="round-trip time added by the link (default: %(default)s)"
+    )
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="± jitter on each one-way delay (default: %(default)s)")
+    p.add_argument(
+        "--loss", type=float, default=0.0, help="packet loss probability per direction (default: %(default)s)"
+    )
+    p.add_argument(
+        "--trace",
+        nargs="+",
+        metavar="FILE",
+        help="also run a mahimahi trace link: UPLINK [DOWNLINK], userspace only (default: none)",
+    )
+    p.add_argument("--modes", metavar="LIST", help=f"comma list of {', '.join(BENCH_MODES)} (default: all)")
+    p.add_argument("--frames", type=int, default=30, metavar="N", help="frames per run (default: %(default)s)")
+    p.add_argument(
+        "--warmup", type=int, default=2, metavar="N", help="unrecorded frames before each run (default: %(default)s)"
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--images", metavar="PATH|DIR|GLOB", help="frames from image files (default: the synthetic video)")
+    src.add_argument(
+        "--synthetic", type=int, metavar="N", help="synthetic video of N frames (default: --frames frames)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video (default: %(default)s)")
+    p.add_argument(
+        "--jpeg-quality", type=int, default=95, metavar="Q", help="offload JPEG quality (default: %(default)s)"
+    )
+    p.add_argument(
+        "--window", type=int, default=4, metavar="N", help="frames in flight when streaming (default: %(default)s)"
+    )
+    p.add_argument(
+        "--emulator",
+        choices=("auto", "userspace", "netem"),
+        default="auto",
+        help="link emulator; auto uses netem where it works (default: %(default)s)",
+    )
+    p.add_argument("--eval-json", nargs="+", metavar="PATH", help=f"split-eval results (default: {EVAL_GLOB})")
+    p.add_argument(
+        "--out", default="benchmarks/results/bench", metavar="DIR", help="output folder (default: %(default)s)"
+    )
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="client torch threads (default: %(default)s)")
+    p.add_argument(
+        "--server-threads", type=int, default=1, metavar="N", help="server torch threads (default: %(default)s)"
+    )
+    p.add_argument("--server-device", default="auto", help="edge-server --device (default: %(default)s)")
+    p.add_argument(
+        "--timeout-s", type=float, default=30.0, metavar="T", help="per-frame deadline (default: %(default)s)"
+    )
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse option values that cannot work, with a one-line :class:`SetupError`."""
+    checks = [
+        (args.rtt_ms >= 0 and args.jitter_ms >= 0, "--rtt-ms and --jitter-ms must be >= 0"),
+        (0.0 <= args.loss < 1.0, "--loss must be in [0, 1)"),
+        (args.down_mbps is None or args.down_mbps > 0, "--down-mbps must be positive"),
+        (args.frames >= 1 and args.warmup >= 0, "--frames must be >= 1 and --warmup >= 0"),
+        (1 <= args.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
+        (args.window >= 2, "--window must be >= 2 (window 1 is the latency run)"),
+        (args.threads >= 1 and args.server_threads >= 1, "--threads and --server-threads must be >= 1"),
+        (args.timeout_s > 0, "--timeout-s must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SetupError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        args = build_parser().parse_args(argv)
+        check_args(args)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except SetupError as e:
+        print(f"split-bench: error: {e}", file=sys.stderr)
+        return 2
+    from benchmarks import bench  # torch loads only once the command line is known to be good
+
+    return bench.run(args, argv)

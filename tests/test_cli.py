@@ -1,0 +1,97 @@
+"""Command-line habits every console script keeps: fast --help, every default shown, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from common.endpoint import DEFAULT_PORT, with_default_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+PARSERS = {name: target.split(":")[0] for name, target in SCRIPTS.items()}
+
+
+def _run(module: str, argv: list[str]) -> tuple[int, str, list[str]]:
+    """Run ``module.main(argv)`` in a fresh interpreter: exit code, stderr and the heavy modules it imported."""
+    code = (
+        "import sys\n"
+        f"import {module} as m\n"
+        "try:\n"
+        f"    rc = m.main({argv!r})\n"
+        "except SystemExit as e:\n"
+        "    rc = e.code\n"
+        "print([n for n in ('torch', 'torchvision', 'grpc') if n in sys.modules], file=sys.stderr)\n"
+        "sys.exit(rc or 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    *lines, imported = proc.stderr.strip().splitlines()
+    return proc.returncode, "\n".join(lines), eval(imported)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_help_answers_without_torch(script):
+    code, _, imported = _run(PARSERS[script], ["--help"])
+    assert code == 0
+    assert "torch" not in imported
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("mobile-client", ["--synthetic", "2", "--window", "0"], "--server HOST[:PORT] is required"),
+        ("mobile-client", ["--synthetic", "2", "--mode", "local", "--window", "0"], "--window must be >= 1"),
+        ("split-bench", ["--loss", "2"], "--loss must be in [0, 1)"),
+        ("split-demo", ["--frames", "0"], "--frames and --window must be >= 1"),
+        ("split-eval", ["--ckpt", "missing.pt", "--config", "x.yaml"], "checkpoint not found"),
+        ("split-distill", ["--config", "missing.yaml"], "missing.yaml"),
+        ("edge-server", ["--port", "-1"], "--port"),
+    ],
+)
+def test_usage_errors_are_one_line_before_torch(script, argv, message):
+    code, err, imported = _run(PARSERS[script], argv)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err
+    assert "torch" not in imported
+
+
+def _actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:  # argparse has no public way to walk the options of a parser
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _actions(sub)
+        elif not isinstance(action, argparse._HelpAction):
+            yield action
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_option_shows_its_default(script):
+    parser = importlib.import_module(PARSERS[script]).build_parser()
+    for action in _actions(parser):
+        assert action.help, f"{script} {action.option_strings or action.dest} has no help"
+        assert "``" not in action.help
+        if action.option_strings and not action.required:
+            in_required_group = any(
+                action in group._group_actions and group.required for group in parser._mutually_exclusive_groups
+            )
+            assert in_required_group or "default" in action.help, f"{script} {action.option_strings} shows no default"
+
+
+def test_server_without_port_means_the_default_port():
+    assert with_default_port("edge") == f"edge:{DEFAULT_PORT}"
+    assert with_default_port("dns:///edge.ns.svc") == f"dns:///edge.ns.svc:{DEFAULT_PORT}"
+    assert with_default_port("[::1]") == f"[::1]:{DEFAULT_PORT}"
+    for target in ("edge:7", "dns:///edge:7", "[::1]:7", "10.0.0.1:7"):
+        assert with_default_port(target) == target
+
+
+def test_checkpoint_directory_is_named(tmp_path):
+    code, err, _ = _run("mobile_client.cli", ["--ckpt", str(tmp_path), "--synthetic", "1", "--mode", "local"])
+    assert code == 2
+    assert err == f"mobile-client: error: {tmp_path} is a directory; give the checkpoint file inside it (a .pt file)"
