@@ -39,7 +39,7 @@ class TokenInterceptor(grpc.ServerInterceptor):
             return handler
         message = "missing bearer token" if sent is None else "wrong bearer token"
         if self._stats is not None:
-            self._stats.error(grpc.StatusCode.UNAUTHENTICATED.name)
+            self._stats.error(details.method.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED.name)
 
         def deny(request, context: grpc.ServicerContext):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, message)

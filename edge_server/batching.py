@@ -49,7 +49,8 @@ class _Request:
 
 
 class Batcher:
-    """Queue plus one worker thread; ``run(key, items)`` returns one result per item, in order."""
+    """Queue plus one worker thread; ``run(key, items)`` returns one result per item, in order; ``on_batch(size)``
+    is told the size of each batch that ran."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class Batcher:
         max_batch: int = 1,
         max_delay_s: float = 0.005,
         max_queue: int = 64,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("need max_batch >= 1, max_queue >= 1 and max_delay_s >= 0")
@@ -66,6 +68,7 @@ class Batcher:
         self.batches = 0
         self.items = 0
         self._run = run
+        self._on_batch = on_batch
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -142,6 +145,8 @@ class Batcher:
         run_ms = (time.perf_counter() - start) * 1000
         self.batches += 1
         self.items += len(requests)
+        if self._on_batch is not None:
+            self._on_batch(len(requests))
         for request, value in zip(requests, results, strict=True):
             queue_ms = (start - request.enqueued) * 1000
             request.future.set_result(Done(value, queue_ms, run_ms, len(requests)))

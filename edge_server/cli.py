@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="intra-op threads for CPU inference (default: torch's, one per physical core); "
         "the model runs on one batch thread, so this pool is not oversubscribed",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve Prometheus metrics at http://HOST:N/metrics, HOST being --host (default 0: not served)",
+    )
     p.add_argument("--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT, time to finish frames (default 5)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             max_message_mb=args.max_message_mb,
             max_calls=args.max_calls,
             keepalive_s=args.keepalive_s,
+            metrics_port=args.metrics_port or None,
         )
     except (CheckpointError, ServerError, TokenFileError, FileNotFoundError) as e:
         print(f"edge-server: error: {e}", file=sys.stderr)
@@ -113,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for sig in (signal.SIGTERM, signal.SIGINT):  # both stop the server the way Ctrl-C does: KeyboardInterrupt
         signal.signal(sig, signal.default_int_handler)
+    if server.metrics_port is not None:
+        print(f"metrics on {args.host}:{server.metrics_port}", flush=True)
     print(f"listening on {args.host}:{server.port}", flush=True)
     try:
         server.wait()

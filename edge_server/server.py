@@ -1,4 +1,5 @@
-"""Build and start the gRPC server: engine, batcher, servicer, health service, optional TLS and token."""
+"""Build and start the gRPC server: engine, batcher, servicer, health and reflection services, optional TLS, token
+and Prometheus ``/metrics`` endpoint."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from edge_server.auth import TokenInterceptor
 from edge_server.batching import Batcher
 from edge_server.engine import DeviceError, Engine
+from edge_server.metrics import MetricsServer
 from edge_server.servicer import SERVICE_NAME, Servicer, method_handlers
 from edge_server.stats import Stats
 
 QUEUE_PER_SLOT = 4  # queued frames allowed per (batch slot x worker) before RESOURCE_EXHAUSTED
 CALLS_PER_WORKER = 2  # default limit of open calls (running or waiting for a worker) per worker thread
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 class ServerError(RuntimeError):
@@ -25,7 +29,8 @@ class ServerError(RuntimeError):
 
 
 class RunningServer:
-    """A started server. ``port`` is the bound port (the real one when 0 was asked for)."""
+    """A started server. ``port`` is the bound port (the real one when 0 was asked for); ``metrics_port`` likewise
+    for ``/metrics``, None when it is not served."""
 
     def __init__(
         self,
@@ -35,18 +40,22 @@ class RunningServer:
         batcher: Batcher,
         stats: Stats,
         health_servicer: health.HealthServicer,
+        metrics_server: MetricsServer | None,
     ) -> None:
         self.port = port
+        self.metrics_port = metrics_server.port if metrics_server else None
         self.engine = engine
         self.batcher = batcher
         self.stats = stats
         self._server = server
         self._health = health_servicer
+        self._metrics_server = metrics_server
         self._lock = threading.Lock()
         self._stopped = False
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Report NOT_SERVING, refuse new calls, let in-flight ones finish for up to ``grace`` seconds."""
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish for up to ``grace`` seconds, then stop
+        serving ``/metrics``."""
         with self._lock:
             if self._stopped:
                 return
@@ -54,6 +63,8 @@ class RunningServer:
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
         self.batcher.close()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
 
     def wait(self) -> None:
         """Block until the server has stopped."""
@@ -92,6 +103,7 @@ def serve(
     max_message_mb: float = 16,
     max_calls: int | None = None,
     keepalive_s: float = 30.0,
+    metrics_port: int | None = None,
 ) -> RunningServer:
     """Load the checkpoint and start serving; raises CheckpointError or :class:`ServerError`.
 
@@ -99,12 +111,17 @@ def serve(
     worker, and calls beyond are refused with RESOURCE_EXHAUSTED, so memory stays bounded under any load. Every
     connection is pinged each ``keepalive_s`` seconds and dropped when a ping goes unanswered for as long, which
     ends the streams of clients that vanished without closing them and frees their workers.
+
+    With ``metrics_port`` (0 picks a free one) Prometheus metrics are served over HTTP at ``host:metrics_port``
+    ``/metrics``; reflection lists the SplitDetection and health services.
     """
     max_calls = CALLS_PER_WORKER * workers if max_calls is None else max_calls
     if workers < 1 or max_batch < 1 or max_batch_delay_ms < 0 or max_message_mb <= 0:
         raise ServerError("need workers >= 1, max_batch >= 1, max_batch_delay_ms >= 0 and max_message_mb > 0")
     if max_calls < 1 or keepalive_s <= 0:
         raise ServerError("need max_calls >= 1 and keepalive_s > 0")
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        raise ServerError(f"the metrics port must be in 0..65535, not {metrics_port}")
     if token is not None and not token:
         raise ServerError("the token is empty")
     credentials = _tls_credentials(tls_cert, tls_key)
@@ -114,7 +131,11 @@ def serve(
         raise ServerError(str(e)) from None
     stats = Stats()
     batcher = Batcher(
-        engine.run_batch, max_batch, max_batch_delay_ms / 1000, max_queue=QUEUE_PER_SLOT * max_batch * workers
+        engine.run_batch,
+        max_batch,
+        max_batch_delay_ms / 1000,
+        max_queue=QUEUE_PER_SLOT * max_batch * workers,
+        on_batch=stats.batch,
     )
     max_bytes = int(max_message_mb * 1024 * 1024)
     keepalive_ms = int(keepalive_s * 1000)
@@ -138,6 +159,7 @@ def serve(
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = _address(host, port)
     try:
         bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
@@ -146,7 +168,16 @@ def serve(
     if not bound:
         batcher.close()
         raise ServerError(f"cannot listen on {address}: the port is in use or the address is not available")
+    metrics_server = None
+    if metrics_port is not None:
+        try:
+            metrics_server = MetricsServer(stats.metrics, host, metrics_port)
+        except OSError as e:
+            server.stop(None)
+            batcher.close()
+            metrics_address = _address(host, metrics_port)
+            raise ServerError(f"cannot serve metrics on {metrics_address}: {e.strerror or e}") from None
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, bound, engine, batcher, stats, health_servicer)
+    return RunningServer(server, bound, engine, batcher, stats, health_servicer, metrics_server)

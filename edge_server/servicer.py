@@ -114,7 +114,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
     # ---- RPCs ----
 
     def GetModelInfo(self, request: pb.ModelInfoRequest | Unparsable, context: grpc.ServicerContext) -> pb.ModelInfo:
-        self._refuse_unparsable(request, context)
+        self._refuse_unparsable("GetModelInfo", request, context)
         ckpt, config = self.engine.checkpoint, self.engine.checkpoint.config
         return pb.ModelInfo(
             format_version=FORMAT_VERSION,
@@ -137,7 +137,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
         )
 
     def GetStats(self, request: pb.StatsRequest | Unparsable, context: grpc.ServicerContext) -> pb.Stats:
-        self._refuse_unparsable(request, context)
+        self._refuse_unparsable("GetStats", request, context)
         return self.stats.snapshot()
 
     def Infer(self, request: pb.BottleneckFrame | Unparsable, context: grpc.ServicerContext) -> pb.InferResponse:
@@ -193,9 +193,9 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
 
     # ---- errors, counters, logging ----
 
-    def _refuse_unparsable(self, request: Message | Unparsable, context: grpc.ServicerContext) -> None:
+    def _refuse_unparsable(self, method: str, request: Message | Unparsable, context: grpc.ServicerContext) -> None:
         if isinstance(request, Unparsable):
-            self.stats.error(grpc.StatusCode.INVALID_ARGUMENT.name)
+            self.stats.error(method, grpc.StatusCode.INVALID_ARGUMENT.name)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, _clip(request.error))
 
     def _stream(
@@ -206,12 +206,12 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
         handle: Callable[[Message, grpc.ServicerContext], pb.InferResponse],
     ) -> Iterator[pb.InferResponse]:
         """Answer a stream's frames in order; counted in ``streams`` until the call ends, however it ends."""
-        self.stats.stream_opened()
+        self.stats.stream_opened(method)
         try:
             for request in requests:
                 yield self._answer(method, request, context, handle)
         finally:
-            self.stats.stream_closed()
+            self.stats.stream_closed(method)
 
     def _answer(
         self,
@@ -221,7 +221,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
         handle: Callable[[Message, grpc.ServicerContext], pb.InferResponse],
     ) -> pb.InferResponse:
         """Run ``handle``; count and log the frame; turn any exception into a status (``context.abort``)."""
-        self.stats.begin()
+        self.stats.begin(method)
         start = time.perf_counter()
         bytes_in = request.ByteSize()
         response, code, message = None, grpc.StatusCode.OK, ""
@@ -232,7 +232,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
         except Exception as e:
             code, message = _status(method, e)
         total_ms = _ms(start)
-        self.stats.end(bytes_in, response, total_ms, None if response is not None else code.name)
+        self.stats.end(method, bytes_in, response, total_ms, None if response is not None else code.name)
         log.debug(
             "method=%s frame_id=%d images=%d bytes_in=%d status=%s ms=%.2f",
             method,

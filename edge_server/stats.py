@@ -1,4 +1,8 @@
-"""Server counters for the GetStats RPC: frames, bytes, errors by status code and per-stage latency."""
+"""Server counters for the GetStats RPC: frames, bytes, errors by status code and per-stage latency.
+
+Every event is also recorded into the server's Prometheus :class:`edge_server.metrics.Metrics` here, so GetStats and
+``/metrics`` count the same things at the same points.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections import Counter, deque
 
 import numpy as np
 
+from edge_server.metrics import Metrics
 from proto import splitdet_pb2 as pb
 
 STAGES = ("queue", "decode", "tail", "encode", "total")
@@ -16,9 +21,11 @@ STAGES = ("queue", "decode", "tail", "encode", "total")
 class Stats:
     """Thread-safe counters. ``frames``/``images`` count answered frames, ``errors`` refused ones;
     latencies cover the last ``window`` answered frames; ``in_flight`` and ``streams`` are frames being worked on
-    and streams open right now."""
+    and streams open right now. ``method`` arguments are RPC short names (``Infer``); ``metrics`` gets every event
+    too, with these labels."""
 
     def __init__(self, window: int = 1024) -> None:
+        self.metrics = Metrics()
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._frames = 0
@@ -30,38 +37,56 @@ class Stats:
         self._errors: Counter[str] = Counter()
         self._latency: dict[str, deque[float]] = {stage: deque(maxlen=window) for stage in STAGES}
 
-    def begin(self) -> None:
+    def begin(self, method: str) -> None:
         """A frame arrived and is being worked on."""
         with self._lock:
             self._in_flight += 1
+            self.metrics.in_flight.labels(method).inc()
 
-    def end(self, bytes_in: int, response: pb.InferResponse | None, total_ms: float, error: str | None) -> None:
+    def end(
+        self, method: str, bytes_in: int, response: pb.InferResponse | None, total_ms: float, error: str | None
+    ) -> None:
         """A frame counted by :meth:`begin` is done: answered with ``response`` or refused with ``error``."""
+        m = self.metrics
         with self._lock:
             self._in_flight -= 1
             self._bytes_in += bytes_in
+            m.in_flight.labels(method).dec()
+            m.received_bytes.labels(method).inc(bytes_in)
             if error is not None:
                 self._errors[error] += 1
+                m.errors.labels(method, error).inc()
                 return
+            bytes_out = response.ByteSize()
             self._frames += 1
             self._images += len(response.images)
-            self._bytes_out += response.ByteSize()
+            self._bytes_out += bytes_out
+            m.frames.labels(method).inc()
+            m.sent_bytes.labels(method).inc(bytes_out)
             t = response.timings
             for stage, ms in zip(STAGES, (t.queue_ms, t.decode_ms, t.tail_ms, t.encode_ms, total_ms), strict=True):
                 self._latency[stage].append(ms)
+                m.stage_seconds.labels(stage).observe(ms / 1000)
 
-    def stream_opened(self) -> None:
+    def stream_opened(self, method: str) -> None:
         with self._lock:
             self._streams += 1
+            self.metrics.streams.labels(method).inc()
 
-    def stream_closed(self) -> None:
+    def stream_closed(self, method: str) -> None:
         with self._lock:
             self._streams -= 1
+            self.metrics.streams.labels(method).dec()
 
-    def error(self, code: str) -> None:
-        """A call refused before it reached the servicer (e.g. by the token check)."""
+    def error(self, method: str, code: str) -> None:
+        """A call refused before it reached the servicer's frame path (e.g. by the token check)."""
         with self._lock:
             self._errors[code] += 1
+            self.metrics.errors.labels(method, code).inc()
+
+    def batch(self, size: int) -> None:
+        """The model ran one batch of ``size`` frames."""
+        self.metrics.batch_size.observe(size)
 
     def snapshot(self) -> pb.Stats:
         with self._lock:
