@@ -14,7 +14,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 class Metrics:
     """Counters, gauges and histograms of one server in a private ``registry`` (servers in one process never
     collide). Labels: ``method`` is the RPC's short name (``Infer``), ``code`` a gRPC status code name, ``stage``
-    one of :data:`edge_server.stats.STAGES`."""
+    one of :data:`edge_server.stats.SERVER_STAGES`."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

@@ -98,7 +98,7 @@ def _alive(context: grpc.ServicerContext) -> Callable[[], bool]:
     return lambda: context.is_active() and context.time_remaining() > 0
 
 
-def _ms(since: float) -> float:
+def _elapsed_ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
 
 
@@ -170,7 +170,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
             )
         start = time.perf_counter()
         bottleneck, meta = decode_frame(frame, self.engine.limits)
-        decode_ms = _ms(start)
+        decode_ms = _elapsed_ms(start)
         key = BatchKey.for_bottleneck(bottleneck, meta)
         done = self.batcher.submit(key, (bottleneck, meta), _alive(context)).result()
         return self._respond(frame.frame_id, done, decode_ms)
@@ -179,7 +179,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
         """Encoded image -> detections with the whole model (the pure offloading baseline)."""
         start = time.perf_counter()
         image = self.engine.decode_image(frame.jpeg)
-        decode_ms = _ms(start)
+        decode_ms = _elapsed_ms(start)
         done = self.batcher.submit(BatchKey.for_image(image), image, _alive(context)).result()
         return self._respond(frame.frame_id, done, decode_ms)
 
@@ -187,7 +187,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
         start = time.perf_counter()
         images = [encode_detections(d) for d in done.value]
         timings = pb.ServerTimings(
-            queue_ms=done.queue_ms, decode_ms=decode_ms, tail_ms=done.run_ms, encode_ms=_ms(start)
+            queue_ms=done.queue_ms, decode_ms=decode_ms, tail_ms=done.run_ms, encode_ms=_elapsed_ms(start)
         )
         return pb.InferResponse(frame_id=frame_id, images=images, timings=timings)
 
@@ -231,7 +231,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
             response = handle(request, context)
         except Exception as e:
             code, message = _status(method, e)
-        total_ms = _ms(start)
+        total_ms = _elapsed_ms(start)
         self.stats.end(method, bytes_in, response, total_ms, None if response is not None else code.name)
         log.debug(
             "method=%s frame_id=%d images=%d bytes_in=%d status=%s ms=%.2f",

@@ -15,7 +15,7 @@ import numpy as np
 from edge_server.metrics import Metrics
 from proto import splitdet_pb2 as pb
 
-STAGES = ("queue", "decode", "tail", "encode", "total")
+SERVER_STAGES = ("queue", "decode", "tail", "encode", "total")
 
 
 class Stats:
@@ -35,7 +35,7 @@ class Stats:
         self._in_flight = 0
         self._streams = 0
         self._errors: Counter[str] = Counter()
-        self._latency: dict[str, deque[float]] = {stage: deque(maxlen=window) for stage in STAGES}
+        self._latency: dict[str, deque[float]] = {stage: deque(maxlen=window) for stage in SERVER_STAGES}
 
     def begin(self, method: str) -> None:
         """A frame arrived and is being worked on."""
@@ -64,7 +64,9 @@ class Stats:
             m.frames.labels(method).inc()
             m.sent_bytes.labels(method).inc(bytes_out)
             t = response.timings
-            for stage, ms in zip(STAGES, (t.queue_ms, t.decode_ms, t.tail_ms, t.encode_ms, total_ms), strict=True):
+            for stage, ms in zip(
+                SERVER_STAGES, (t.queue_ms, t.decode_ms, t.tail_ms, t.encode_ms, total_ms), strict=True
+            ):
                 self._latency[stage].append(ms)
                 m.stage_seconds.labels(stage).observe(ms / 1000)
 
