@@ -24,13 +24,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge_server import cli
 from edge_server.server import ServerError, serve
 from edge_server.servicer import SERVICE
+from edge_server.stats import SERVER_STAGES
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
 from tests.test_edge_server import Client, rand_images, status_of
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = {"splitdet.v1.SplitDetection", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
-STAGES = ("queue", "decode", "tail", "encode", "total")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_one_frame_counted_in_metrics_and_stats(server, channel, ckpt):
     assert rise("splitdet_sent_bytes_total", method="Infer") == reply.ByteSize()
     assert sample(after, "splitdet_in_flight_frames", method="Infer") == 0
     assert rise("splitdet_batch_size_count") == 1 and rise("splitdet_batch_size_bucket", le="1.0") == 1
-    for stage in STAGES:
+    for stage in SERVER_STAGES:
         assert rise("splitdet_stage_seconds_count", stage=stage) == 1, stage
     assert rise("splitdet_stage_seconds_sum", stage="total") >= rise("splitdet_stage_seconds_sum", stage="tail") > 0
 
