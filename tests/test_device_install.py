@@ -5,52 +5,28 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.device_client import make_device_venv
 from benchmarks.server_process import ServerProcess
 from common import model_cli
 from common.checkpoint import save_checkpoint
 from synthetic import SceneConfig, render_scene
 from tests.conftest import TINY_NAMES, tiny_student
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-
 pytestmark = pytest.mark.device_install
-
-
-def copy_project(dest: Path) -> Path:
-    """The files ``pip install`` builds from (no checkpoints: the device needs none, and they are large)."""
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, dest / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pt", "results")
-    for package in {p.rstrip("*") for p in PACKAGES}:
-        shutil.copytree(ROOT / package, dest / package, ignore=ignore)
-    return dest
 
 
 @pytest.fixture(scope="module")
 def device_venv(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("device")
-    source = copy_project(tmp_path_factory.mktemp("source"))
-    venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_REQUIRE_VIRTUALENV")}
-    proc = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{source}[device]"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return venv
+    work = tmp_path_factory.mktemp("device")
+    make_device_venv(work / "venv", work)
+    return work / "venv"
 
 
 def test_device_extra_installs_no_torch(device_venv):
