@@ -232,7 +232,7 @@ def test_wrong_fingerprint_refused(ckpts, capsys):
     ("argv", "message"),
     [
         (["--server", "127.0.0.1:1", "--camera", "99"], "cannot open camera 99"),
-        (["--synthetic", "2"], "--server HOST:PORT is required in split mode"),
+        (["--synthetic", "2"], "--server HOST[:PORT] is required in split mode"),
         (["--mode", "local", "--synthetic", "2", "--filter-threshold", "1.5"], "--filter-threshold must be in [0, 1]"),
         (["--mode", "local", "--images", "/nonexistent/*.png"], "no images match /nonexistent/*.png"),
     ],
