@@ -19,8 +19,8 @@ COPY distill ./distill
 COPY benchmarks ./benchmarks
 COPY synthetic ./synthetic
 COPY configs ./configs
-# torch==2.14.1 and torchvision==0.29.1 are pinned by pyproject.toml.
-RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} . \
+# torch==2.14.1 and torchvision==0.29.1 are pinned by pyproject.toml's `full` extra.
+RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} ".[full]" \
     && useradd --create-home --uid 10001 splitdet
 
 USER splitdet

@@ -58,9 +58,10 @@ from common.checkpoint import CheckpointError
 from common.demo import demo_checkpoint
 from mobile_client import handshake, sources
 from mobile_client.link import LinkConfig
-from mobile_client.pipeline import ClientModel, FrameResult, Pipeline
+from mobile_client.pipeline import FrameResult, Pipeline
 from mobile_client.settings import Options, SetupError
 from mobile_client.sources import Frame, SourceError
+from mobile_client.torch_head import ClientModel
 
 SERVER_START_S = 180.0
 

@@ -68,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         head, _ = split(model)
         with torch.inference_mode():
             out = head([image], use_filter=False)
-        z, meta = out.bottleneck, out.meta
+        z, meta = out.bottleneck.numpy(), out.meta
         c = z.shape[1]
         frame = encode_frame(z, meta, settings)
         encode_ms = _median_ms(lambda z=z, meta=meta: encode_frame(z, meta, settings), args.repeats)
         decode_ms = _median_ms(lambda frame=frame, c=c: decode_frame(frame, FrameLimits(channels=c)), args.repeats)
         lines.append(
-            f"| {c} | {'x'.join(map(str, z.shape[1:]))} | {z.numel() * 4} | {z.numel()} | {len(frame.payload)} "
+            f"| {c} | {'x'.join(map(str, z.shape[1:]))} | {z.size * 4} | {z.size} | {len(frame.payload)} "
             f"| {frame.ByteSize()} | {encode_ms:.2f} | {decode_ms:.2f} |"
         )
     text = "\n".join(lines)

@@ -145,8 +145,8 @@ def make_seeds(ckpt: Path, max_message_bytes: int) -> Seeds:
         one = head(tensors[:1], use_filter=False)
         two = head([tensors[0], tensors[1][:, :80, :]], use_filter=False)
         for i, settings_ in enumerate(CODECS):
-            frames.append(encode_frame(one.bottleneck, one.meta, settings_, fingerprint, frame_id=i + 1))
-        frames.append(encode_frame(two.bottleneck, two.meta, CODECS[1], fingerprint, frame_id=len(CODECS) + 1))
+            frames.append(encode_frame(one.bottleneck.numpy(), one.meta, settings_, fingerprint, frame_id=i + 1))
+        frames.append(encode_frame(two.bottleneck.numpy(), two.meta, CODECS[1], fingerprint, frame_id=len(CODECS) + 1))
         expected = [{k: v.numpy() for k, v in d.items()} for d in tail(one.bottleneck, one.meta)]
     images = [_png(scenes[0]), _jpeg(scenes[1]), _png(scenes[0][:1, :7]), _png(scenes[1], "L"), _png(scenes[1], "P")]
     bombs = [_zstd_bomb(256 << 20, declare=False), _zstd_bomb(64 << 20, declare=True)]

@@ -62,7 +62,7 @@ def make_frames(ckpt: Path, size: tuple[int, int]) -> list[pb.BottleneckFrame]:
         for seed in range(FRAMES):
             scene = np.array(render_scene(seed, SceneConfig(height=size[0], width=size[1]))[0])
             out = head([image_tensor(scene)], use_filter=False)
-            frames.append(encode_frame(out.bottleneck, out.meta, checkpoint.codec, fingerprint))
+            frames.append(encode_frame(out.bottleneck.numpy(), out.meta, checkpoint.codec, fingerprint))
     return frames
 
 

@@ -3,6 +3,10 @@
 Quantization is the seed's min-max affine scheme, ``q = round(x / scale + zero_point)``, with one correction:
 the zero point is kept as a real number instead of being clamped and truncated to an integer, which is what
 keeps every element within ``scale / 2`` of its original value even when the range does not include 0.
+
+Everything here works on numpy arrays and never imports torch: the torch head passes ``tensor.numpy()``, the ONNX
+head its output array, so both devices send the bytes of this one quantizer. The arithmetic is float32 throughout
+(IEEE division, addition and round-half-to-even, as torch did before), so the payloads are unchanged.
 """
 
 from __future__ import annotations
@@ -10,9 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 import zstandard
-from torch import Tensor
 
 from common.codec_settings import QUANTIZATIONS, Quantization, check_level
 
@@ -25,54 +27,55 @@ class CodecError(ValueError):
 
 @dataclass(frozen=True)
 class Encoded:
-    """Quantized values plus what dequantization needs."""
+    """Quantized values plus what dequantization needs (float32 ``scale`` and ``zero_point``, empty for float)."""
 
-    values: Tensor
+    values: np.ndarray
     quantization: str
-    scale: Tensor
-    zero_point: Tensor
+    scale: np.ndarray
+    zero_point: np.ndarray
 
 
-def _check_finite(x: Tensor) -> None:
-    if not torch.isfinite(x).all():
+def _check_finite(x: np.ndarray) -> None:
+    if not np.isfinite(x).all():
         raise ValueError("cannot quantize a tensor holding NaN or infinity")
 
 
-def quantize(x: Tensor, quantization: Quantization = "per_tensor") -> Encoded:
-    """Quantize an ``[N, C, H, W]`` float tensor (per channel means per ``C``)."""
+def quantize(x: np.ndarray, quantization: Quantization = "per_tensor") -> Encoded:
+    """Quantize an ``[N, C, H, W]`` float array (per channel means per ``C``)."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
-    empty = x.new_zeros(0)
+    x = np.asarray(x)
+    empty = np.zeros(0, dtype=np.float32)
     if quantization == "none":
-        return Encoded(x.float().contiguous(), quantization, empty, empty)
-    if quantization == "float16":
-        _check_finite(x)
-        return Encoded(x.half().contiguous(), quantization, empty, empty)
+        return Encoded(np.ascontiguousarray(x, dtype=np.float32), quantization, empty, empty)
     _check_finite(x)
-    x = x.float()
+    if quantization == "float16":
+        return Encoded(np.ascontiguousarray(x, dtype=np.float16), quantization, empty, empty)
+    x = x.astype(np.float32, copy=False)
     if quantization == "per_tensor":
         lo, hi = x.min().reshape(1), x.max().reshape(1)
         view = (1, 1, 1, 1)
     else:
-        if x.dim() != 4:
+        if x.ndim != 4:
             raise ValueError(f"per-channel quantization needs an [N, C, H, W] tensor, got {tuple(x.shape)}")
-        lo = x.amin(dim=(0, 2, 3))
-        hi = x.amax(dim=(0, 2, 3))
+        lo, hi = x.min(axis=(0, 2, 3)), x.max(axis=(0, 2, 3))
         view = (1, -1, 1, 1)
-    scale = (hi - lo) / QMAX
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zero_point = -lo / scale
-    q = torch.round(x / scale.view(view) + zero_point.view(view)).clamp_(0, QMAX).to(torch.uint8)
-    return Encoded(q.contiguous(), quantization, scale, zero_point)
+    scale = (hi - lo) / np.float32(QMAX)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    zero_point = (-lo / scale).astype(np.float32)
+    q = np.round(x / scale.reshape(view) + zero_point.reshape(view))
+    return Encoded(np.ascontiguousarray(np.clip(q, 0, QMAX).astype(np.uint8)), quantization, scale, zero_point)
 
 
-def dequantize(encoded: Encoded) -> Tensor:
-    """Float32 tensor back from :func:`quantize`."""
+def dequantize(encoded: Encoded) -> np.ndarray:
+    """Float32 array back from :func:`quantize`."""
     v = encoded.values
     if encoded.quantization in ("none", "float16"):
-        return v.float()
+        return v.astype(np.float32)
     view = (1, 1, 1, 1) if encoded.quantization == "per_tensor" else (1, -1, 1, 1)
-    return (v.float() - encoded.zero_point.view(view)) * encoded.scale.view(view)
+    scale = np.asarray(encoded.scale, dtype=np.float32).reshape(view)
+    zero_point = np.asarray(encoded.zero_point, dtype=np.float32).reshape(view)
+    return (v.astype(np.float32) - zero_point) * scale
 
 
 def compress(data: bytes, level: int = 3) -> bytes:
@@ -113,18 +116,18 @@ def decompress(data: bytes, expected_size: int) -> bytes:
     return b"".join(chunks)
 
 
-def tensor_bytes(values: Tensor) -> bytes:
-    """Raw bytes of a contiguous CPU tensor (uint8, float16 or float32)."""
-    return values.detach().cpu().contiguous().numpy().tobytes()
+def tensor_bytes(values: np.ndarray) -> bytes:
+    """Raw bytes of an array (uint8, float16 or float32), C order."""
+    return np.ascontiguousarray(values).tobytes()
 
 
 NUMPY_DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32}
 
 
-def tensor_from_bytes(data: bytes, dtype: str, shape: tuple[int, ...]) -> Tensor:
-    """Tensor of ``shape`` from raw bytes; the byte count must match exactly."""
+def tensor_from_bytes(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Writable array of ``shape`` from raw bytes; the byte count must match exactly."""
     np_dtype = np.dtype(NUMPY_DTYPES[dtype])
     need = int(np.prod(shape)) * np_dtype.itemsize
     if len(data) != need:
         raise CodecError(f"payload holds {len(data)} bytes, shape {list(shape)} of {dtype} needs {need}")
-    return torch.from_numpy(np.frombuffer(data, dtype=np_dtype).reshape(shape).copy())
+    return np.frombuffer(data, dtype=np_dtype).reshape(shape).copy()

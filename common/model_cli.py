@@ -38,10 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input-size", type=_parse_size, help="HxW: report bottleneck shape, bytes and MACs (default: not reported)"
     )
-    p = sub.add_parser("export", help="copy a checkpoint for deployment: no optimizer state, optionally float16")
+    p = sub.add_parser(
+        "export",
+        help="copy a checkpoint for deployment (no optimizer state, optionally float16), or write its head as ONNX "
+        "for the torch-free device client (mobile-client --runtime onnx --head FILE)",
+    )
     p.add_argument("path", type=Path, help="checkpoint")
     p.add_argument("--out", type=Path, required=True, help="file to write")
-    p.add_argument("--half", action="store_true", help="store weights as float16, half the size (default: float32)")
+    p.add_argument(
+        "--format",
+        choices=("checkpoint", "onnx"),
+        default="checkpoint",
+        help="checkpoint: a .pt for both sides; onnx: the head (transform, stem, encoder, filter) as one ONNX graph "
+        "with the fingerprint, size rules, codec and class names in its metadata (default: %(default)s)",
+    )
+    p.add_argument(
+        "--half",
+        action="store_true",
+        help="store weights as float16, half the size; checkpoint only (default: float32)",
+    )
     p = sub.add_parser("import-seed", help="convert a checkpoint of the seed's published zips")
     p.add_argument("seed", type=Path, help="the seed's checkpoint file")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
@@ -50,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "export" and args.format == "onnx" and args.half:
+        print("split-model: error: --half applies to --format checkpoint only", file=sys.stderr)
+        return 2
     from common import model_commands  # torch loads only once the command line is known to be good
     from common.checkpoint import CheckpointError
 

@@ -85,6 +85,16 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    if args.format == "onnx":
+        from common.onnx_export import export_onnx_head
+
+        meta = export_onnx_head(args.path, args.out)
+        size = args.out.stat().st_size / 1e6
+        print(
+            f"wrote {args.out} ({size:.1f} MB ONNX head, {meta['quantization']} codec, filter {meta['filter']}, "
+            f"fingerprint {meta['fingerprint']})"
+        )
+        return
     ckpt = load_checkpoint(args.path)
     exported = save_checkpoint(
         ckpt.build_model(),

@@ -9,10 +9,7 @@ Both halves share the model's modules (no copies); ``out = head(images); tail(ou
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,35 +19,8 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 
 from common.filter import DEFAULT_THRESHOLD
-
-Size = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class BatchMeta:
-    """What the tail needs besides the bottleneck: per-image sizes and the padded batch shape."""
-
-    original_sizes: list[Size]
-    image_sizes: list[Size]
-    batch_shape: Size
-
-    def __post_init__(self) -> None:
-        if len(self.original_sizes) != len(self.image_sizes):
-            raise ValueError("original_sizes and image_sizes must have one entry per image")
-        bh, bw = self.batch_shape
-        for h, w in self.image_sizes:
-            if not (0 < h <= bh and 0 < w <= bw):
-                raise ValueError(f"resized image size {h}x{w} does not fit the batch shape {bh}x{bw}")
-        for h, w in self.original_sizes:
-            if h <= 0 or w <= 0:
-                raise ValueError(f"original image size must be positive, got {h}x{w}")
-
-    def select(self, indices: list[int]) -> BatchMeta:
-        return BatchMeta(
-            [self.original_sizes[i] for i in indices],
-            [self.image_sizes[i] for i in indices],
-            self.batch_shape,
-        )
+from common.shapes import BatchMeta, Size, bottleneck_shape  # noqa: F401 (re-exported: the head/tail API)
+from common.timing import timed
 
 
 @dataclass
@@ -69,28 +39,9 @@ class HeadOutput:
         return [i not in kept for i in range(self.num_images)]
 
 
-def bottleneck_shape(channels: int, batch_shape: Size) -> tuple[int, int, int]:
-    """C x (H/4+4) x (W/4+4) for a padded batch of H x W pixels."""
-    h, w = batch_shape
-    return channels, (h + 3) // 4 + 4, (w + 3) // 4 + 4
-
-
 def image_tensor(rgb: np.ndarray) -> Tensor:
     """RGB uint8 ``H x W x 3`` -> float ``3 x H x W`` in [0, 1], as torchvision detection models take."""
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
-
-
-@contextmanager
-def _timed(timing: dict[str, float] | None, stage: str) -> Iterator[None]:
-    """Add the seconds spent in the block to ``timing[stage]`` (nothing when ``timing`` is None)."""
-    if timing is None:
-        yield
-        return
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timing[stage] = timing.get(stage, 0.0) + time.perf_counter() - start
 
 
 def state_digest(module: nn.Module) -> str:
@@ -141,14 +92,14 @@ class Head(nn.Module):
 
         With ``timing``, the seconds spent are added under ``"head"`` (preprocess, stem, encoder) and ``"filter"``.
         """
-        with _timed(timing, "head"):
+        with timed(timing, "head"):
             x, meta = self.preprocess(images)
             stem = self.stem(x)
         use_filter = self.neural_filter is not None if use_filter is None else use_filter
         prob = None
         kept = list(range(len(images)))
         if use_filter:
-            with _timed(timing, "filter"):
+            with timed(timing, "filter"):
                 prob = self.object_probability(stem)
             kept = [i for i in kept if float(prob[i]) >= self.filter_threshold]
             if not kept:
@@ -156,7 +107,7 @@ class Head(nn.Module):
             if len(kept) < len(images):
                 stem = stem[kept]
                 meta = meta.select(kept)
-        with _timed(timing, "head"):
+        with timed(timing, "head"):
             bottleneck = self.encoder(stem)
         return HeadOutput(bottleneck, meta, kept, len(images), prob)
 

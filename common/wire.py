@@ -1,23 +1,32 @@
-"""Convert between tensors / detections and the protobuf messages of ``proto/splitdet.proto``.
+"""Convert between bottlenecks / detections and the protobuf messages of ``proto/splitdet.proto``.
 
 Decoding trusts nothing: every field of a received frame is checked against the declared shape and the
 receiver's limits before any allocation, and a bad frame raises :class:`FrameError` saying what is wrong.
+
+This module never imports torch at import time: the torch-free device client (``--runtime onnx``) uses it to
+encode frames (:func:`encode_frame` takes a numpy array) and to decode the server's detections. The frame is
+checked and dequantized in numpy (:func:`decode_bottleneck`); only :func:`decode_frame`, the server's and
+``split-eval``'s entry point, turns the result into a torch tensor and imports torch when it is called (the
+callers that reach it have torch loaded already). :func:`encode_detections` takes torch detections but needs no
+torch import: it only calls tensor methods.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from common import codec
 from common.codec_settings import CodecSettings
 from common.masks import binary_masks, encode_rle
-from common.split import BatchMeta, bottleneck_shape
+from common.shapes import BatchMeta, bottleneck_shape
 from proto import splitdet_pb2 as pb
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 FORMAT_VERSION = 1
 
@@ -54,16 +63,17 @@ def _size(pair: tuple[int, int]) -> pb.ImageSize:
 
 
 def encode_frame(
-    bottleneck: Tensor,
+    bottleneck: np.ndarray,
     meta: BatchMeta,
     settings: CodecSettings = CodecSettings(),
     fingerprint: str = "",
     frame_id: int = 0,
 ) -> pb.BottleneckFrame:
-    """Quantize and compress a head's bottleneck into a wire frame."""
-    if bottleneck.dim() != 4 or bottleneck.shape[0] != len(meta.image_sizes):
+    """Quantize and compress a head's bottleneck (a float numpy array; torch callers pass ``tensor.numpy()``)."""
+    bottleneck = np.asarray(bottleneck)
+    if bottleneck.ndim != 4 or bottleneck.shape[0] != len(meta.image_sizes):
         raise ValueError(f"bottleneck must be [N, C, H, W] with N = {len(meta.image_sizes)} images")
-    enc = codec.quantize(bottleneck.detach().cpu(), settings.quantization)
+    enc = codec.quantize(bottleneck, settings.quantization)
     raw = codec.tensor_bytes(enc.values)
     payload = codec.compress(raw, settings.level) if settings.compression == "zstd" else raw
     return pb.BottleneckFrame(
@@ -93,7 +103,15 @@ def _sizes(field: str, sizes, max_side: int) -> list[tuple[int, int]]:
 
 
 def decode_frame(frame: pb.BottleneckFrame, limits: FrameLimits = FrameLimits()) -> tuple[Tensor, BatchMeta]:
-    """Validate a wire frame and return the dequantized float32 bottleneck and its :class:`BatchMeta`."""
+    """Validate a wire frame and return the dequantized float32 bottleneck as a torch tensor and its meta."""
+    import torch  # the receiving side has torch; see the module docstring
+
+    x, meta = decode_bottleneck(frame, limits)
+    return torch.from_numpy(x), meta
+
+
+def decode_bottleneck(frame: pb.BottleneckFrame, limits: FrameLimits = FrameLimits()) -> tuple[np.ndarray, BatchMeta]:
+    """Validate a wire frame and return the dequantized float32 bottleneck (numpy) and its :class:`BatchMeta`."""
     if frame.format_version != FORMAT_VERSION:
         raise FrameError(f"unsupported format_version {frame.format_version} (this side speaks {FORMAT_VERSION})")
     shape = tuple(int(d) for d in frame.shape)
@@ -138,9 +156,9 @@ def decode_frame(frame: pb.BottleneckFrame, limits: FrameLimits = FrameLimits())
             f"{quantization} needs {n_params} scale and zero_point values, got "
             f"{len(frame.scale)} and {len(frame.zero_point)}"
         )
-    scale = torch.tensor(list(frame.scale), dtype=torch.float32)
-    zero_point = torch.tensor(list(frame.zero_point), dtype=torch.float32)
-    if not (torch.isfinite(scale).all() and torch.isfinite(zero_point).all()) or (scale <= 0).any():
+    scale = np.array(list(frame.scale), dtype=np.float32)
+    zero_point = np.array(list(frame.zero_point), dtype=np.float32)
+    if not (np.isfinite(scale).all() and np.isfinite(zero_point).all()) or (scale <= 0).any():
         raise FrameError("scale must be finite and positive and zero_point finite")
 
     compression = PB_TO_COMPRESSION.get(frame.compression)
@@ -153,7 +171,7 @@ def decode_frame(frame: pb.BottleneckFrame, limits: FrameLimits = FrameLimits())
     except codec.CodecError as e:
         raise FrameError(str(e)) from None
     x = codec.dequantize(codec.Encoded(values, quantization, scale, zero_point))
-    if not torch.isfinite(x).all():
+    if not np.isfinite(x).all():
         raise FrameError("payload holds NaN or infinite values")
     return x, meta
 

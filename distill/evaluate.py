@@ -225,7 +225,7 @@ def predict(
                         stats[i].object_prob = float(out.object_prob[0])
                     if out.bottleneck is None:
                         continue
-                    bottleneck, meta = out.bottleneck, out.meta
+                    bottleneck, meta = out.bottleneck.cpu().numpy(), out.meta
                     frame = encode_frame(bottleneck, meta, settings)
                     c, h, w = bottleneck.shape[1:]
                     stats[i].raw_bytes = c * h * w * 4

@@ -3,16 +3,22 @@
 Exit status: 0 at the normal end, 1 when every frame failed, 2 for usage and setup errors (one line on
 stderr), 130 after Ctrl-C (the summary is printed all the same). The command line is checked before torch is
 imported, so ``--help`` and usage errors answer at once.
+
+``--runtime onnx --head FILE`` runs the head exported by ``split-model export --format onnx`` with ONNX Runtime and
+never imports torch (``pip install ".[device]"`` installs just that); local and auto mode run the tail on the
+device and need ``--runtime torch``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from common.codec_settings import QUANTIZATIONS
 from common.endpoint import DEFAULT_PORT
-from mobile_client.settings import CLIENT_MODES, SetupError
+from common.onnx_format import ONNX_QUANTIZATIONS
+from mobile_client.settings import CLIENT_MODES, RUNTIMES, SetupError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,12 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", metavar="PATH|DIR|GLOB", help="one image, a directory of images, or a glob")
     src.add_argument("--synthetic", type=int, metavar="N", help="N frames of the synthetic video")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video (default: %(default)s)")
-    p.add_argument("--ckpt", metavar="PATH", help="client checkpoint (default: the bundled demo checkpoint)")
+    p.add_argument(
+        "--ckpt", metavar="PATH", help="client checkpoint, torch runtime (default: the bundled demo checkpoint)"
+    )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="what runs the head: torch (a --ckpt checkpoint) or onnx (a --head file from `split-model export "
+        "--format onnx`, run by onnxruntime + numpy, no torch: pip install '.[device]'); onnx supports split and "
+        "offload mode (default: %(default)s)",
+    )
+    p.add_argument("--head", metavar="FILE", help="ONNX head file, required with --runtime onnx (default: none)")
     p.add_argument(
         "--mode",
         choices=CLIENT_MODES,
         default="split",
-        help="where the model runs; local runs the tail on the device too (default: %(default)s)",
+        help="where the model runs; local runs the tail on the device too and, like auto, needs torch "
+        "(--runtime torch) (default: %(default)s)",
     )
     p.add_argument(
         "--filter",
@@ -79,7 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="auto mode: re-evaluate every N frames (default: %(default)s)",
     )
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for the on-device model (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for the on-device model (default: torch's or onnxruntime's own choice)",
+    )
     return p
 
 
@@ -98,6 +121,28 @@ def check_args(args: argparse.Namespace) -> None:
         (args.threads is None or args.threads >= 1, "--threads must be >= 1"),
         (not (args.mode == "offload" and args.filter), "--filter needs the head on the device (not offload mode)"),
     ]
+    if args.runtime == "onnx":
+        checks += [
+            (
+                args.head is not None or args.mode == "offload",
+                "--runtime onnx needs --head FILE (from `split-model export CKPT --format onnx`)",
+            ),
+            (args.ckpt is None, "--ckpt is for --runtime torch; --runtime onnx reads --head FILE"),
+            (
+                args.mode in ("split", "offload"),
+                f"--mode {args.mode} runs the tail on the device, which needs torch: use --runtime torch",
+            ),
+            (
+                args.quantization is None or args.quantization in ONNX_QUANTIZATIONS,
+                f"--runtime onnx encodes {', '.join(ONNX_QUANTIZATIONS)} bottlenecks, not {args.quantization}",
+            ),
+            (
+                not args.save_vis or importlib.util.find_spec("torch") is not None,
+                "--save-vis draws with torchvision, which this install lacks; drop --save-vis",
+            ),
+        ]
+    elif args.head is not None:
+        checks.append((False, "--head is for --runtime onnx; --runtime torch reads --ckpt"))
     for ok, message in checks:
         if not ok:
             raise SetupError(message)

@@ -7,6 +7,10 @@ Per frame, :meth:`Pipeline.prepare` runs the device's share of the work for the 
 * ``offload``: JPEG-encode the image into an ``ImageFrame`` (the server runs the whole model);
 * ``local``: head, filter and the tail on the device, no server at all.
 
+The head is a :class:`DeviceModel`: the torch head of a checkpoint (:class:`mobile_client.torch_head.ClientModel`)
+or the ONNX head run by ONNX Runtime (:class:`mobile_client.onnx_head.OnnxHead`). Both hand back the bottleneck as
+a numpy array, which :func:`common.wire.encode_frame` quantizes and compresses; this module imports no torch.
+
 :meth:`Pipeline.complete` turns the server's ``InferResponse`` into a :class:`FrameResult`.
 
 With ``window == 1`` frames go one at a time over unary calls. With a larger window the run is pipelined:
@@ -24,17 +28,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
-import torch
 
-from common.checkpoint import Checkpoint, load_checkpoint
-from common.split import Head, Tail, image_tensor, split
-from common.wire import decode_detections, encode_detections, encode_frame
+from common.codec_settings import CodecSettings
+from common.shapes import BatchMeta
+from common.wire import decode_detections, encode_frame
 from mobile_client.link import Link, LinkError, Reply, StreamLink
-from mobile_client.settings import Options, SetupError
+from mobile_client.settings import Options
 from mobile_client.sources import Frame
 from proto import splitdet_pb2 as pb
 
@@ -42,27 +45,48 @@ FRAME_STAGES = ("head", "filter", "encode", "network", "server_decode", "tail", 
 
 
 @dataclass
-class ClientModel:
-    """The checkpoint as the device holds it: the head, and the tail for ``local`` mode."""
+class HeadResult:
+    """One frame through the device's head: the float32 ``[1, C, H, W]`` bottleneck, or None when the filter
+    skipped the frame."""
 
-    checkpoint: Checkpoint
-    head: Head
-    tail: Tail
-    fingerprint: str  #: what this head presents to the server: its live weights + the recorded tail digest
+    bottleneck: np.ndarray | None
+    meta: BatchMeta
+    object_prob: float | None = None
 
-    @classmethod
-    def load(cls, path: str | Path, filter_threshold: float | None = None) -> ClientModel:
-        """The checkpoint's head and tail; ``filter_threshold`` overrides the checkpoint's filter threshold."""
-        checkpoint = load_checkpoint(path)
-        if not checkpoint.config.is_student:
-            raise SetupError(f"{path} holds a teacher; the client needs a bottleneck-injected student")
-        threshold = checkpoint.filter_threshold if filter_threshold is None else filter_threshold
-        head, tail = split(checkpoint.build_model(), threshold)
-        return cls(checkpoint, head, tail, checkpoint.side_fingerprint(head=head))
+
+class DeviceModel(Protocol):
+    """What the pipeline needs of the head it runs (torch or ONNX)."""
+
+    fingerprint: str  #: presented at the handshake; the server's must be equal
 
     @property
-    def has_filter(self) -> bool:
-        return self.head.neural_filter is not None
+    def has_filter(self) -> bool: ...
+
+    @property
+    def codec(self) -> CodecSettings: ...
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+    @property
+    def keypoint_names(self) -> list[str]: ...
+
+    def run_head(self, rgb: np.ndarray, use_filter: bool, timing: dict[str, float] | None = None) -> HeadResult:
+        """RGB uint8 ``H x W x 3`` -> :class:`HeadResult`; adds seconds to ``timing`` under "head" (and "filter")."""
+        ...
+
+    def run_tail(self, out: HeadResult) -> dict:
+        """Local mode: the detections of the unquantized bottleneck, as :func:`common.wire.decode_detections`."""
+        ...
+
+
+def __getattr__(name: str):
+    """``ClientModel`` (the torch head) lives in :mod:`mobile_client.torch_head`; imported only when asked for."""
+    if name == "ClientModel":
+        from mobile_client.torch_head import ClientModel
+
+        return ClientModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -127,7 +151,7 @@ class Pipeline:
         self,
         options: Options,
         class_names: list[str],
-        model: ClientModel | None = None,
+        model: DeviceModel | None = None,
         link: Link | None = None,
         choose_mode: Callable[[int], str] | None = None,
         observe: Callable[[FrameResult], None] | None = None,
@@ -152,8 +176,7 @@ class Pipeline:
             if mode == "offload":
                 self._encode_jpeg(work)
             else:
-                with torch.inference_mode():
-                    self._run_head(work)
+                self._run_head(work)
         except Exception as e:  # one bad frame is reported as failed; the run goes on
             work.request = None
             work.result = self._result(work, error=f"{type(e).__name__}: {e}")
@@ -171,16 +194,16 @@ class Pipeline:
 
     def _run_head(self, work: _Work) -> None:
         seconds: dict[str, float] = {}
-        out = self.model.head([image_tensor(work.frame.image)], use_filter=self.options.use_filter, timing=seconds)
+        out = self.model.run_head(work.frame.image, use_filter=self.options.use_filter, timing=seconds)
         work.timing.update({stage: _ms(s) for stage, s in seconds.items()})
         if out.bottleneck is None:
             work.result = self._result(work, skipped=True)
             return
         t0 = time.perf_counter()
         if work.mode == "local":
-            detections = self.model.tail(out.bottleneck, out.meta)[0]
+            detections = self.model.run_tail(out)
             work.timing["tail"] = _ms(time.perf_counter() - t0)
-            work.result = self._result(work, detections=self._json(decode_detections(encode_detections(detections))))
+            work.result = self._result(work, detections=self._json(detections))
             return
         work.request = encode_frame(
             out.bottleneck, out.meta, self.options.codec, fingerprint=self.model.fingerprint, frame_id=work.frame.index

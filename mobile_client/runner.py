@@ -1,5 +1,8 @@
 """What ``mobile-client`` does once its command line is checked: open the source, load the head, connect, and
-stream every frame through :class:`mobile_client.pipeline.Pipeline`, writing one JSON line per frame."""
+stream every frame through :class:`mobile_client.pipeline.Pipeline`, writing one JSON line per frame.
+
+With ``--runtime onnx`` nothing on this path imports torch: the head is :class:`mobile_client.onnx_head.OnnxHead`;
+the torch head (:mod:`mobile_client.torch_head`) and ``--save-vis`` (drawn by torchvision) load only when used."""
 
 from __future__ import annotations
 
@@ -10,18 +13,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-import torch
 from tqdm import tqdm
 
-from common.checkpoint import CheckpointError
 from common.codec_settings import CodecSettings
 from common.demo import demo_checkpoint
 from common.endpoint import with_default_port
 from common.token_file import TokenFileError, read_token
-from mobile_client import handshake, sources, visualize
+from mobile_client import handshake, sources
 from mobile_client.auto import AutoPolicy
 from mobile_client.link import Link, LinkConfig
-from mobile_client.pipeline import ClientModel, Pipeline
+from mobile_client.pipeline import DeviceModel, Pipeline
 from mobile_client.report import Report
 from mobile_client.settings import Options, SetupError
 from mobile_client.sources import Source, SourceError
@@ -43,11 +44,28 @@ def open_source(args: argparse.Namespace) -> Source:
     return source
 
 
-def load_model(args: argparse.Namespace) -> ClientModel:
-    path = Path(args.ckpt) if args.ckpt else demo_checkpoint()
-    model = ClientModel.load(path, args.filter_threshold)
-    if args.ckpt is None and args.synthetic is None:
-        names = ", ".join(model.checkpoint.class_names[1:])
+def load_model(args: argparse.Namespace) -> DeviceModel:
+    runtime = getattr(args, "runtime", "torch")
+    if runtime == "onnx":
+        from mobile_client.onnx_head import OnnxHead
+
+        model = OnnxHead.load(args.head, args.filter_threshold, args.threads)
+        path = Path(args.head)
+    else:
+        import torch
+
+        from common.checkpoint import CheckpointError
+        from mobile_client.torch_head import ClientModel
+
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        path = Path(args.ckpt) if args.ckpt else demo_checkpoint()
+        try:
+            model = ClientModel.load(path, args.filter_threshold)
+        except CheckpointError as e:
+            raise SetupError(str(e)) from None
+    if args.ckpt is None and runtime == "torch" and args.synthetic is None:
+        names = ", ".join(model.class_names[1:])
         _log(
             f"mobile-client: note: the bundled demo checkpoint knows only the synthetic scenes' classes ({names}); "
             "pass --ckpt with a model trained for these images"
@@ -57,7 +75,7 @@ def load_model(args: argparse.Namespace) -> ClientModel:
     return model
 
 
-def connect(args: argparse.Namespace, model: ClientModel | None, quantization: str) -> tuple[Link, pb.ModelInfo]:
+def connect(args: argparse.Namespace, model: DeviceModel | None, quantization: str) -> tuple[Link, pb.ModelInfo]:
     """Open the channel and do the handshake; refuse a server running another model."""
     if args.tls_ca is not None and not Path(args.tls_ca).is_file():
         raise SetupError(f"CA certificate not found: {args.tls_ca}")
@@ -79,10 +97,8 @@ def connect(args: argparse.Namespace, model: ClientModel | None, quantization: s
 def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, list[str], Source]:
     """Source, model, link and options from the command line; raises the setup errors that exit with 2."""
     source = open_source(args)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     model = load_model(args) if args.mode != "offload" else None
-    codec = model.checkpoint.codec if model is not None else CodecSettings()
+    codec = model.codec if model is not None else CodecSettings()
     if args.quantization is not None:
         codec = replace(codec, quantization=args.quantization)
     link, info = (None, None) if args.mode == "local" else connect(args, model, codec.quantization)
@@ -98,8 +114,8 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, list[str], Sourc
     policy = None
     if args.mode == "auto":
         policy = AutoPolicy(every=args.auto_every, probe_every=3 * args.auto_every, use_filter=use_filter, log=_log)
-    class_names = list(model.checkpoint.class_names) if model is not None else list(info.class_names)
-    keypoints = list(model.checkpoint.keypoint_names) if model is not None else list(info.keypoint_names)
+    class_names = list(model.class_names) if model is not None else list(info.class_names)
+    keypoints = list(model.keypoint_names) if model is not None else list(info.keypoint_names)
     pipeline = Pipeline(
         options,
         class_names,
@@ -118,7 +134,10 @@ def _log(message: str) -> None:
 def stream(pipeline: Pipeline, source: Source, out: TextIO, args: argparse.Namespace, keypoints: list[str]) -> int:
     """Run every frame, write its line (and picture), print the summary; the exit status."""
     report = Report(out, args.mode)
-    skeleton = visualize.skeleton_for(keypoints)
+    if args.save_vis:
+        from mobile_client import visualize  # draws with torchvision
+
+        skeleton = visualize.skeleton_for(keypoints)
     tty = sys.stderr.isatty()
     progress = tqdm(
         total=source.total,
@@ -151,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     """Stream the frames the checked ``args`` name; the exit status."""
     try:
         pipeline, keypoints, source = build_pipeline(args)
-    except (SetupError, SourceError, CheckpointError, TokenFileError, FileNotFoundError) as e:
+    except (SetupError, SourceError, TokenFileError, FileNotFoundError) as e:
         _log(f"mobile-client: error: {e}")
         return 2
     try:

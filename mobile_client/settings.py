@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from common.codec_settings import CodecSettings
 
 CLIENT_MODES = ("split", "offload", "local", "auto")
+RUNTIMES = ("torch", "onnx")  #: what runs the head on the device
 
 
 class SetupError(RuntimeError):

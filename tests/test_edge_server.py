@@ -60,7 +60,7 @@ class Client:
         """(wire frame, local detections of the same bottleneck)."""
         with torch.inference_mode():
             out = self.head(images, use_filter=False)
-            frame = encode_frame(out.bottleneck, out.meta, settings, self.fingerprint, frame_id)
+            frame = encode_frame(out.bottleneck.numpy(), out.meta, settings, self.fingerprint, frame_id)
             return frame, self.tail(out.bottleneck, out.meta)
 
 

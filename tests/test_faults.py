@@ -24,9 +24,10 @@ from benchmarks import load
 from benchmarks.server_process import ServerProcess
 from edge_server.server import serve
 from mobile_client import cli, runner
-from mobile_client.pipeline import ClientModel, FrameResult, Pipeline
+from mobile_client.pipeline import FrameResult, Pipeline
 from mobile_client.settings import Options
 from mobile_client.sources import Frame
+from mobile_client.torch_head import ClientModel
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
 from tests.conftest import TINY_NAMES

@@ -9,9 +9,10 @@ from common.checkpoint import save_checkpoint
 from common.codec_settings import CodecSettings
 from distill import evaluate
 from distill.datasets import SyntheticCoco
-from mobile_client.pipeline import ClientModel, Pipeline
+from mobile_client.pipeline import Pipeline
 from mobile_client.settings import Options
 from mobile_client.sources import Frame
+from mobile_client.torch_head import ClientModel
 from synthetic import SceneConfig
 from tests.conftest import TINY_NAMES, tiny_student
 

@@ -1,0 +1,321 @@
+"""Device client benchmark: the torch client against the torch-free ONNX client (``--runtime onnx``).
+
+    python -m benchmarks.device_client [--frames 40] [--sizes 240x320,480x640] [--quota 0.25] \\
+        [--device-venv DIR] [--out benchmarks/results/device_client.md]
+
+Measures, for the bundled demo checkpoint and its ONNX head:
+
+* install size: a fresh virtual environment with ``pip install ".[device]"`` against this one (the full install);
+* cold start-up: ``mobile-client --help``, and the time from starting ``mobile-client`` to its first frame's JSON
+  line against an edge server on loopback;
+* head latency per frame (preprocess + stem + encoder + filter, then quantize + zstd) on one thread, torch and
+  ONNX Runtime alternating frame by frame in one process, unrestricted and under a CPU quota (cgroup v1 CPU
+  bandwidth, ``--quota`` of one core) that emulates a weak device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+def copy_project(dest: Path) -> Path:
+    """The files ``pip install`` builds from (no checkpoints or results: the device needs none)."""
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pt", "results")
+    for package in sorted({p.rstrip("*") for p in include}):
+        shutil.copytree(ROOT / package, dest / package, ignore=ignore)
+    return dest
+
+
+def make_device_venv(venv: Path, work: Path) -> Path:
+    """``python -m venv VENV`` + ``pip install "<copy of this project>[device]"``; the venv's python."""
+    source = copy_project(work / "source")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_REQUIRE_VIRTUALENV")}
+    proc = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{source}[device]"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"pip install failed: {proc.stderr[-2000:]}")
+    return python
+
+
+def _du_mb(path: Path) -> float:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            p = Path(dirpath) / f
+            if not p.is_symlink():
+                total += p.stat().st_size
+    return total / 1e6
+
+
+def _site_packages(venv: Path) -> Path:
+    return next((venv / "lib").glob("python3*/site-packages"))
+
+
+def _largest(venv: Path, n: int = 6) -> str:
+    site = _site_packages(venv)
+    sizes = sorted(
+        ((_du_mb(p), p.name) for p in site.iterdir() if p.is_dir() and "dist-info" not in p.name), reverse=True
+    )
+    return ", ".join(f"{name} {mb:.0f}" for mb, name in sizes[:n])
+
+
+def _env(device: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if not device:
+        env["PYTHONPATH"] = str(ROOT)  # the full venv may hold an editable install of another checkout
+    return env
+
+
+def _median_s(argv: list[str], env: dict[str, str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(argv, env=env, capture_output=True, check=True, timeout=300)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _first_frame_s(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(seconds until the first JSON line, seconds until the process ended)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    first = time.perf_counter() - t0
+    proc.stdout.read()
+    if proc.wait(timeout=300) != 0 or not line.startswith("{"):
+        raise RuntimeError(f"{argv[:4]}... failed")
+    return first, time.perf_counter() - t0
+
+
+def latency(args: argparse.Namespace) -> None:
+    """Child process: per-frame head (+ encode) milliseconds of both runtimes, alternating; JSON on stdout."""
+    import numpy as np
+    import torch
+
+    from common.wire import encode_frame
+    from mobile_client.onnx_head import OnnxHead
+    from mobile_client.torch_head import ClientModel
+    from synthetic import SceneConfig, render_scene
+
+    torch.set_num_threads(1)
+    models = {"torch": ClientModel.load(args.ckpt), "onnx": OnnxHead.load(args.head, threads=1)}
+    h, w = (int(v) for v in args.size.split("x"))
+    frames = [np.array(render_scene(seed, SceneConfig(height=h, width=w))[0]) for seed in range(args.frames + 2)]
+    out: dict[str, dict[str, list[float]]] = {name: {"head": [], "head_cpu": [], "encode": []} for name in models}
+    if args.order == "alternate":  # frame i by torch, frame i by ONNX Runtime, frame i+1 by torch, ...
+        order = [(i, name) for i in range(len(frames)) for name in models]
+    else:  # every frame by torch, then every frame by ONNX Runtime: under a quota neither eats the other's budget
+        order = [(i, name) for name in models for i in range(len(frames))]
+    for i, name in order:
+        model = models[name]
+        c0, t0 = time.process_time(), time.perf_counter()
+        res = model.run_head(frames[i], use_filter=model.has_filter)
+        t1, c1 = time.perf_counter(), time.process_time()
+        if res.bottleneck is not None:
+            encode_frame(res.bottleneck, res.meta, model.codec, model.fingerprint)
+        t2 = time.perf_counter()
+        if i >= 2:  # two warm-up frames
+            out[name]["head"].append((t1 - t0) * 1e3)
+            out[name]["head_cpu"].append((c1 - c0) * 1e3)
+            if res.bottleneck is not None:
+                out[name]["encode"].append((t2 - t1) * 1e3)
+    print(json.dumps(out))
+
+
+def _run_latency(ckpt: Path, head: Path, size: str, frames: int, quota: float | None) -> dict:
+    argv = [sys.executable, "-m", "benchmarks.device_client", "_latency", "--ckpt", str(ckpt), "--head", str(head)]
+    argv += ["--size", size, "--frames", str(frames), "--order", "alternate" if quota is None else "blocked"]
+    env = {**_env(False), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    group = None
+    if quota is not None:
+        group = CGROUP_CPU / f"splitdet-device-{os.getpid()}"
+        group.mkdir()
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text(str(int(quota * 100000)))
+    procs = group / "cgroup.procs" if group else None
+
+    def enter_group() -> None:
+        if procs is not None:
+            procs.write_text(str(os.getpid()))
+
+    try:
+        proc = subprocess.run(
+            argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600, preexec_fn=enter_group
+        )
+    finally:
+        if group is not None:
+            group.rmdir()
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _stats(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=10) if len(values) >= 2 else values * 9
+    return f"{statistics.median(values):.1f} / {statistics.mean(values):.1f} / {q[8]:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    child = sub.add_parser("_latency", help="(internal) the latency child process")
+    for name in ("--ckpt", "--head", "--size"):
+        child.add_argument(name, required=True)
+    child.add_argument("--frames", type=int, required=True)
+    child.add_argument("--order", choices=("alternate", "blocked"), required=True)
+    parser.add_argument("--frames", type=int, default=40, help="frames per latency run (default: %(default)s)")
+    parser.add_argument("--sizes", default="240x320,480x640", help="frame sizes HxW (default: %(default)s)")
+    parser.add_argument("--quota", type=float, default=0.25, help="CPU quota, share of one core (default: %(default)s)")
+    parser.add_argument("--device-venv", type=Path, help="reuse this device venv (default: build a fresh one)")
+    parser.add_argument("--out", type=Path, help="write the markdown here (default: stdout only)")
+    args = parser.parse_args(argv)
+    if args.command == "_latency":
+        latency(args)
+        return 0
+
+    from common.demo import demo_checkpoint
+    from common.onnx_export import export_onnx_head
+
+    work = Path(tempfile.mkdtemp(prefix="device-bench-"))
+    load_start = os.getloadavg()
+    ckpt = demo_checkpoint()
+    head = work / "head.onnx"
+    export_onnx_head(ckpt, head)
+    t0 = time.perf_counter()
+    venv = args.device_venv or work / "venv"
+    if args.device_venv is None:
+        make_device_venv(venv, work)
+    install_s = time.perf_counter() - t0
+    full_venv = Path(sys.prefix)
+    device_python, full_python = venv / "bin" / "python", full_venv / "bin" / "python"
+
+    sizes = {"device": _du_mb(venv), "full": _du_mb(full_venv)}
+    helps = {
+        "device": _median_s([str(venv / "bin" / "mobile-client"), "--help"], _env(True), 5),
+        "full": _median_s([str(full_python), "-m", "mobile_client", "--help"], _env(False), 5),
+    }
+    imports = {
+        "device": _median_s([str(device_python), "-c", "import onnxruntime, mobile_client.runner"], _env(True), 3),
+        "full": _median_s([str(full_python), "-c", "import torch, mobile_client.runner"], _env(False), 3),
+    }
+    from benchmarks.server_process import ServerProcess
+    from synthetic import SceneConfig, render_scene
+
+    images = work / "images"
+    images.mkdir()
+    render_scene(0, SceneConfig(height=240, width=320))[0].save(images / "0.png")
+    first: dict[str, list[tuple[float, float]]] = {"device": [], "full": []}
+    with ServerProcess(["--ckpt", str(ckpt), "--workers", "2"]) as server:
+        common = ["--server", server.target, "--images", str(images), "--window", "1"]
+        for _ in range(3):
+            first["device"].append(
+                _first_frame_s(
+                    [str(device_python), "-m", "mobile_client", "--runtime", "onnx", "--head", str(head), *common],
+                    _env(True),
+                    work,
+                )
+            )
+            first["full"].append(
+                _first_frame_s(
+                    [str(full_python), "-m", "mobile_client", "--ckpt", str(ckpt), *common], _env(False), work
+                )
+            )
+    quota_ok = os.geteuid() == 0 and (CGROUP_CPU / "cpu.cfs_quota_us").exists()
+    runs = []
+    for size in args.sizes.split(","):
+        for quota in [None, args.quota] if quota_ok else [None]:
+            runs.append((size, quota, _run_latency(ckpt, head, size, args.frames, quota)))
+
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    import onnxruntime
+    import torch
+
+    command = "python -m benchmarks.device_client " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        "# Device client: torch vs ONNX Runtime",
+        "",
+        f"`{command}`, {time.strftime('%Y-%m-%d')}; machine: {cpu}, {os.cpu_count()} cores shared with other work "
+        f"(load average {load_start[0]:.1f} at the start), Python {platform.python_version()}, "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}. Model: the bundled demo checkpoint "
+        f"({ckpt.name}) and its ONNX head ({head.stat().st_size / 1e6:.1f} MB).",
+        "",
+        "## Install and start-up",
+        "",
+        '| | device client (`pip install ".[device]"`, `--runtime onnx`) | today\'s client (full install, torch) |',
+        "| --- | --- | --- |",
+        f"| virtual environment on disk | {sizes['device']:,.0f} MB | {sizes['full']:,.0f} MB |",
+        f"| largest packages (MB) | {_largest(venv)} | {_largest(full_venv)} |",
+        f"| `mobile-client --help` (median of 5) | {helps['device']:.2f} s | {helps['full']:.2f} s |",
+        f"| importing the runtime + `mobile_client.runner` (median of 3) | {imports['device']:.2f} s "
+        f"| {imports['full']:.2f} s |",
+        "| start to first frame's JSON line, one 240x320 image, split mode, server on loopback (median of 3) "
+        f"| {statistics.median(f for f, _ in first['device']):.2f} s "
+        f"| {statistics.median(f for f, _ in first['full']):.2f} s |",
+        f"| whole run (median of 3) | {statistics.median(t for _, t in first['device']):.2f} s "
+        f"| {statistics.median(t for _, t in first['full']):.2f} s |",
+        "",
+        f"The device venv was built in {install_s:.0f} s (pip cache warm)." if args.device_venv is None else "",
+        "The full environment includes the dev tools (pytest, ruff, hypothesis, ...) besides torch.",
+        "",
+        "## Head latency per frame, one thread (median / mean / p90 ms)",
+        "",
+        "Head = preprocess + stem + encoder + neural filter; encode = quantize + zstd (the same `common.wire` code for "
+        f"both). One process runs both runtimes on the same synthetic frames, {args.frames} frames each after 2 "
+        "warm-up frames: on one core they alternate frame by frame; under the quota each runs its frames in one block "
+        "(alternating, the slower one would use up the period's budget and stall the other). The quota is cgroup v1 "
+        f"CPU bandwidth: {args.quota:g} of one core ({int(args.quota * 100000)} us per 100000 us period), a stand-in "
+        "for a weak device's core; frames there run back to back, so the mean is CPU time / quota and single frames "
+        "that fit in the period's budget finish at full speed. The demo checkpoint's transform resizes every frame "
+        "to its input size (min_size = max_size = 160: 120x160 for these 3:4 frames), so the two frame sizes differ "
+        "only in the resize. "
+        "Speed-up = torch mean / ONNX Runtime mean (wall clock). The CPU time columns (the process's CPU time per "
+        "frame) do not count the time spent waiting for a core, which on this shared machine can be most of it.",
+        "",
+        "| frame | CPU | torch head | ONNX Runtime head | speed-up | torch head CPU time | ONNX Runtime head CPU time "
+        "| torch encode | ONNX encode |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for size, quota, r in runs:
+        tm, om = statistics.mean(r["torch"]["head"]), statistics.mean(r["onnx"]["head"])
+        lines.append(
+            f"| {size} | {'one core' if quota is None else f'quota {quota:g} core'} | {_stats(r['torch']['head'])} "
+            f"| {_stats(r['onnx']['head'])} | {tm / om:.2f}x | {_stats(r['torch']['head_cpu'])} "
+            f"| {_stats(r['onnx']['head_cpu'])} | {_stats(r['torch']['encode'])} "
+            f"| {_stats(r['onnx']['encode'])} |"
+        )
+    if not quota_ok:
+        lines += ["", "No CPU quota run: it needs root and the cgroup v1 cpu controller."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

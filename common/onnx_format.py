@@ -1,0 +1,31 @@
+"""The ONNX head file: names and metadata keys shared by the exporter (torch) and the device runtime (no torch).
+
+``split-model export --format onnx`` writes one ONNX graph: the model's transform (uint8 RGB -> float [0, 1] ->
+normalize -> bilinear resize -> zero padding to a multiple of ``size_divisible``), the stem, the encoder, and the
+neural filter's P(object) as a second output. The resized size is computed outside the graph by
+:func:`common.shapes.resized_size` (torchvision's rule in double precision, as the torch head applies it) and
+enters the graph as the shape of the empty ``resized`` input, whose values are never read.
+"""
+
+from __future__ import annotations
+
+FORMAT = "splitdet-onnx-head"
+VERSION = 1
+
+INPUT_IMAGE = "image"  #: uint8 ``[H, W, 3]`` RGB frame
+INPUT_RESIZED = "resized"  #: empty float32 ``[0, h, w]``: its shape carries the resized size
+OUTPUT_BOTTLENECK = "bottleneck"  #: float32 ``[1, C, h'/4+4, w'/4+4]`` of the padded h' x w' batch
+OUTPUT_OBJECT_PROB = "object_prob"  #: float32 ``[1]``; only when the checkpoint has a neural filter
+
+#: Quantizations the ONNX client encodes with ``common.codec`` (8-bit, float16, none). A checkpoint whose codec is
+#: anything else (an entropy-coded bottleneck, say) is refused at export and at load.
+ONNX_QUANTIZATIONS: tuple[str, ...] = ("per_tensor", "per_channel", "float16", "none")
+
+
+def check_quantization(quantization: str, what: str = "the checkpoint's codec") -> None:
+    """Refuse, in one line, a quantization the ONNX head's runtime does not implement."""
+    if quantization not in ONNX_QUANTIZATIONS:
+        raise ValueError(
+            f"the ONNX head supports the 8-bit (per_tensor, per_channel), float16 and none codecs; {what} is "
+            f"{quantization!r}: use the torch client (--runtime torch) for it"
+        )

@@ -1,0 +1,121 @@
+"""The device's head run by ONNX Runtime, without torch: the file ``split-model export --format onnx`` writes.
+
+The graph holds the transform (normalize, bilinear resize, padding), the stem, the encoder and the neural filter
+(see :mod:`common.onnx_format`); the resized size comes from :func:`common.shapes.resized_size`, the same rule
+the torch head applies. The bottleneck then goes through the same ``common.wire.encode_frame`` as the torch head's.
+The filter runs inside the graph, so its time is part of "head", and a skipped frame has paid for its encoder.
+Nothing here imports torch (``tests/test_onnx_head.py`` and ``tests/test_device_install.py`` check it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common import onnx_format as fmt
+from common.codec_settings import CodecSettings
+from common.shapes import BatchMeta, bottleneck_shape, padded_size, resized_size
+from common.timing import timed
+from mobile_client.pipeline import HeadResult
+from mobile_client.settings import SetupError
+
+
+@dataclass
+class OnnxHead:
+    """An ONNX head file loaded into an ONNX Runtime session, with the metadata it was exported with."""
+
+    path: Path
+    session: object  #: ``onnxruntime.InferenceSession``
+    fingerprint: str
+    codec: CodecSettings
+    class_names: list[str]
+    keypoint_names: list[str]
+    channels: int
+    min_size: int
+    max_size: int
+    size_divisible: int
+    has_filter: bool
+    filter_threshold: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path, filter_threshold: float | None = None, threads: int | None = None) -> OnnxHead:
+        """Open ``path``; ``threads`` sets ONNX Runtime's intra-op threads (default: its own choice).
+
+        Raises :class:`SetupError` (one line) for a missing or unreadable file, a file that is not a splitdet
+        head, or a codec this runtime does not implement.
+        """
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise SetupError(f"ONNX head not found: {path} (write one with `split-model export CKPT --format onnx`)")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.inter_op_num_threads = 1
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ONNX Runtime raises its own types for every kind of bad file
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SetupError(f"cannot load {path} as an ONNX head: {reason}") from None
+        meta = {k.removeprefix("splitdet."): v for k, v in session.get_modelmeta().custom_metadata_map.items()}
+        if meta.get("format") != fmt.FORMAT:
+            raise SetupError(f"{path} is not a splitdet ONNX head (write one with `split-model export --format onnx`)")
+        if meta.get("version") != str(fmt.VERSION):
+            raise SetupError(f"{path} has ONNX head version {meta.get('version')}, this client reads {fmt.VERSION}")
+        try:
+            fmt.check_quantization(meta["quantization"])
+            codec = CodecSettings(meta["quantization"], meta["compression"], int(meta["level"]))
+            has_filter = meta["filter"] == "yes"
+            outputs = [o.name for o in session.get_outputs()]
+            if outputs != [fmt.OUTPUT_BOTTLENECK] + ([fmt.OUTPUT_OBJECT_PROB] if has_filter else []):
+                raise ValueError(f"unexpected outputs {outputs}")
+            threshold = float(meta["filter_threshold"]) if filter_threshold is None else filter_threshold
+            return cls(
+                path=path,
+                session=session,
+                fingerprint=meta["fingerprint"],
+                codec=codec,
+                class_names=list(json.loads(meta["class_names"])),
+                keypoint_names=list(json.loads(meta["keypoint_names"])),
+                channels=int(meta["channels"]),
+                min_size=int(meta["min_size"]),
+                max_size=int(meta["max_size"]),
+                size_divisible=int(meta["size_divisible"]),
+                has_filter=has_filter,
+                filter_threshold=threshold,
+                metadata=meta,
+            )
+        except (KeyError, ValueError) as e:
+            raise SetupError(f"{path} is not a usable splitdet ONNX head: {e}") from None
+
+    def run_head(self, rgb: np.ndarray, use_filter: bool, timing: dict[str, float] | None = None) -> HeadResult:
+        """RGB uint8 ``H x W x 3`` -> bottleneck (or None when the filter rejects the frame)."""
+        if use_filter and not self.has_filter:
+            raise RuntimeError("this head has no neural filter")
+        h, w = int(rgb.shape[0]), int(rgb.shape[1])
+        resized = resized_size(h, w, self.min_size, self.max_size)
+        meta = BatchMeta([(h, w)], [resized], padded_size(resized, self.size_divisible))
+        feeds = {
+            fmt.INPUT_IMAGE: np.ascontiguousarray(rgb, dtype=np.uint8),
+            fmt.INPUT_RESIZED: np.empty((0, *resized), dtype=np.float32),
+        }
+        with timed(timing, "head"):
+            outputs = self.session.run(None, feeds)
+        bottleneck = outputs[0]
+        if tuple(bottleneck.shape[1:]) != bottleneck_shape(self.channels, meta.batch_shape):
+            raise RuntimeError(
+                f"the ONNX head returned a {list(bottleneck.shape)} bottleneck for a {meta.batch_shape} batch"
+            )
+        prob = float(outputs[1][0]) if self.has_filter else None
+        if use_filter and prob < self.filter_threshold:
+            return HeadResult(None, BatchMeta([], [], meta.batch_shape), prob)
+        return HeadResult(bottleneck, meta, prob)
+
+    def run_tail(self, out: HeadResult) -> dict:
+        raise SetupError("the ONNX runtime has no tail: local mode needs --runtime torch")

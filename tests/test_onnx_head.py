@@ -1,0 +1,202 @@
+"""The ONNX head: the transform's size rules, the export, equivalence with the torch head, a client without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from benchmarks.server_process import ServerProcess
+from common import model_cli, onnx_export
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.codec import quantize
+from common.codec_settings import CodecSettings
+from common.onnx_export import WindowMeanPool2d
+from common.shapes import padded_size, resized_size
+from common.wire import encode_frame
+from mobile_client.onnx_head import OnnxHead
+from mobile_client.settings import SetupError
+from mobile_client.torch_head import ClientModel
+from synthetic import SceneConfig, render_scene
+from tests.conftest import TINY_NAMES, tiny_student
+
+ROOT = Path(__file__).resolve().parent.parent
+#: (height, width) of the synthetic test frames: landscape, portrait, up- and downscaled, odd sizes
+FRAME_SIZES = [(64, 80), (120, 160), (97, 131), (200, 150), (45, 300), (333, 517)]
+
+
+def frames() -> list[np.ndarray]:
+    return [np.array(render_scene(seed, SceneConfig(height=h, width=w))[0]) for seed, (h, w) in enumerate(FRAME_SIZES)]
+
+
+@pytest.fixture(scope="module")
+def filter_ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "filter.pt"
+    save_checkpoint(tiny_student("faster_rcnn", with_filter=True), path, TINY_NAMES)
+    return path
+
+
+@pytest.fixture(scope="module")
+def head_file(filter_ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "head.onnx"
+    assert model_cli.main(["export", str(filter_ckpt), "--out", str(out), "--format", "onnx"]) == 0
+    return out
+
+
+def test_resized_and_padded_sizes_are_the_transforms_rules():
+    rng = np.random.default_rng(0)
+    for min_size, max_size in [(64, 96), (120, 160), (800, 1333)]:
+        transform = GeneralizedRCNNTransform(min_size, max_size, [0.0] * 3, [1.0] * 3).eval()
+        sizes = [(int(h), int(w)) for h, w in rng.integers(8, 700, size=(40, 2))] + [(600, 800), (599, 1000)]
+        for h, w in sizes:
+            batch, _ = transform([torch.zeros(3, h, w)])
+            assert resized_size(h, w, min_size, max_size) == tuple(batch.image_sizes[0]), (h, w)
+            assert padded_size(batch.image_sizes[0], 32) == tuple(batch.tensors.shape[-2:])
+
+
+@pytest.mark.parametrize("side", [5, 16, 30, 40, 64, 100, 129])
+def test_window_mean_pool_is_adaptive_avg_pool(side):
+    x = torch.randn(2, 4, side, side + 7)
+    for size in [(64, 64), (8, 8), (3, 5)]:
+        torch.testing.assert_close(WindowMeanPool2d(size)(x), torch.nn.AdaptiveAvgPool2d(size)(x), atol=1e-5, rtol=1e-5)
+
+
+def test_metadata_and_fingerprint(filter_ckpt, head_file):
+    head = OnnxHead.load(head_file)
+    ckpt = load_checkpoint(filter_ckpt)
+    assert head.fingerprint == ClientModel.load(filter_ckpt).fingerprint == ckpt.fingerprint
+    assert head.class_names == TINY_NAMES and head.codec == ckpt.codec and head.has_filter
+    assert (head.min_size, head.max_size, head.size_divisible, head.channels) == (64, 96, 32, 3)
+    assert head.filter_threshold == ckpt.filter_threshold
+    assert OnnxHead.load(head_file, filter_threshold=0.3).filter_threshold == 0.3
+
+
+@pytest.mark.parametrize("quantization", ["per_tensor", "per_channel"])
+def test_onnx_bottleneck_equals_torch_within_quantization(filter_ckpt, head_file, quantization):
+    torch_head, onnx_head = ClientModel.load(filter_ckpt), OnnxHead.load(head_file)
+    settings = CodecSettings(quantization=quantization)
+    same_payload, flipped, elements = 0, 0, 0
+    for rgb in frames():
+        ours, theirs = onnx_head.run_head(rgb, use_filter=False), torch_head.run_head(rgb, use_filter=False)
+        assert ours.meta == theirs.meta
+        assert ours.bottleneck.shape == theirs.bottleneck.shape and ours.bottleneck.dtype == np.float32
+        a, b = (
+            encode_frame(ours.bottleneck, ours.meta, settings),
+            encode_frame(theirs.bottleneck, theirs.meta, settings),
+        )
+        step = np.array(b.scale).reshape((1, -1, 1, 1) if quantization == "per_channel" else (1, 1, 1, 1))
+        assert (np.abs(ours.bottleneck - theirs.bottleneck) <= step).all()
+        same_payload += a.payload == b.payload
+        qa, qb = (quantize(x, quantization).values.astype(int) for x in (ours.bottleneck, theirs.bottleneck))
+        assert np.abs(qa - qb).max() <= 1  # a value next to a rounding boundary lands on the neighbouring level
+        flipped, elements = flipped + int((qa != qb).sum()), elements + qa.size
+    assert same_payload > len(FRAME_SIZES) // 2, f"8-bit payloads identical on {same_payload} of {len(FRAME_SIZES)}"
+    assert flipped / elements < 1e-3, f"{flipped} of {elements} 8-bit values differ"
+
+
+def test_filter_decides_alike(filter_ckpt, head_file):
+    torch_head, onnx_head = ClientModel.load(filter_ckpt), OnnxHead.load(head_file)
+    rgbs = frames()
+    probs = [torch_head.run_head(rgb, use_filter=True).object_prob for rgb in rgbs]
+    ours = [onnx_head.run_head(rgb, use_filter=True).object_prob for rgb in rgbs]
+    np.testing.assert_allclose(ours, probs, atol=1e-5)
+    threshold = sorted(probs)[len(probs) // 2]  # half the frames pass
+    torch_head.head.filter_threshold = onnx_head.filter_threshold = threshold
+    skipped = [torch_head.run_head(rgb, use_filter=True).bottleneck is None for rgb in rgbs]
+    assert [onnx_head.run_head(rgb, use_filter=True).bottleneck is None for rgb in rgbs] == skipped
+    assert 0 < sum(skipped) < len(skipped)
+
+
+def test_head_without_filter(tmp_path, ckpt):
+    out = tmp_path / "nofilter.onnx"
+    assert model_cli.main(["export", str(ckpt), "--out", str(out), "--format", "onnx"]) == 0
+    head = OnnxHead.load(out)
+    assert not head.has_filter and head.run_head(frames()[0], use_filter=False).object_prob is None
+
+
+def test_export_refuses_a_codec_the_onnx_client_lacks(monkeypatch, tmp_path, capsys, ckpt):
+    checkpoint = load_checkpoint(ckpt)
+    codec = CodecSettings()
+    object.__setattr__(codec, "quantization", "entropy_bottleneck")  # a codec kind this tree does not know yet
+    checkpoint.codec = codec
+    monkeypatch.setattr(onnx_export, "load_checkpoint", lambda path: checkpoint)
+    assert model_cli.main(["export", str(ckpt), "--out", str(tmp_path / "h.onnx"), "--format", "onnx"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "the ONNX head supports the 8-bit" in line and "'entropy_bottleneck'" in line
+    assert not (tmp_path / "h.onnx").exists()
+
+
+def test_load_refuses_bad_files_in_one_line(tmp_path, head_file):
+    with pytest.raises(SetupError, match="ONNX head not found"):
+        OnnxHead.load(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    with pytest.raises(SetupError, match=r"cannot load .* as an ONNX head"):
+        OnnxHead.load(tmp_path / "junk.onnx")
+    model = onnx.load(head_file)
+    for prop in model.metadata_props:
+        if prop.key == "splitdet.quantization":
+            prop.value = "entropy_bottleneck"
+    onnx.save(model, tmp_path / "entropy.onnx")
+    with pytest.raises(SetupError, match=r"supports the 8-bit .* 'entropy_bottleneck'") as e:
+        OnnxHead.load(tmp_path / "entropy.onnx")
+    assert len(str(e.value).splitlines()) == 1
+
+
+def _client(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``mobile-client ARGV`` in a fresh interpreter that reports whether torch was ever imported."""
+    code = (
+        "import sys\nfrom mobile_client.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\nsys.exit(rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--runtime", "onnx", "--server", "x", "--synthetic", "1"], "--runtime onnx needs --head FILE"),
+        (["--runtime", "onnx", "--head", "h.onnx", "--mode", "local", "--synthetic", "1"], "needs torch"),
+        (["--runtime", "onnx", "--head", "h.onnx", "--ckpt", "c.pt", "--server", "x", "--synthetic", "1"], "--ckpt"),
+        (["--head", "h.onnx", "--server", "x", "--synthetic", "1"], "--head is for --runtime onnx"),
+        (["--runtime", "onnx", "--head", "missing.onnx", "--server", "x", "--synthetic", "1"], "ONNX head not found"),
+    ],
+)
+def test_onnx_usage_errors_are_one_line_without_torch(tmp_path, argv, message):
+    proc = _client(argv, tmp_path)
+    *lines, imported = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert imported == "NO_TORCH"
+
+
+def test_onnx_client_against_the_server_never_imports_torch(tmp_path, filter_ckpt, head_file):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, rgb in enumerate(frames()):
+        Image.fromarray(rgb).save(images / f"{i}.png")
+    common = ["--images", str(images), "--score-threshold", "0", "--no-filter", "--window", "2"]
+    with ServerProcess(["--ckpt", str(filter_ckpt), "--workers", "2", "--torch-threads", "1"]) as server:
+        onnx_run = _client(
+            ["--runtime", "onnx", "--head", str(head_file), "--server", server.target, *common], tmp_path
+        )
+        torch_run = _client(["--ckpt", str(filter_ckpt), "--server", server.target, *common], tmp_path)
+    assert onnx_run.returncode == 0 and torch_run.returncode == 0, onnx_run.stderr + torch_run.stderr
+    assert onnx_run.stderr.strip().splitlines()[-1] == "NO_TORCH"
+    ours = [json.loads(line) for line in onnx_run.stdout.splitlines()]
+    theirs = [json.loads(line) for line in torch_run.stdout.splitlines()]
+    assert len(ours) == len(theirs) == len(FRAME_SIZES)
+    assert all(r["error"] is None and r["detections"] for r in ours if "error" in r) or all(
+        "error" not in r for r in ours
+    )
+    same = sum(a["detections"] == b["detections"] for a, b in zip(ours, theirs, strict=True))
+    assert same >= len(FRAME_SIZES) - 1, f"detections identical on {same} of {len(FRAME_SIZES)} frames"
