@@ -297,7 +297,9 @@ def test_unexpected_error_is_internal(stub, client, server, monkeypatch):
 
 
 def test_token_required_except_health(ckpt, client):
-    running = serve(ckpt, port=0, workers=2, token="s3cret")
+    with pytest.raises(ServerError, match="needs TLS"):  # a token in plaintext needs an explicit opt-in
+        serve(ckpt, port=0, workers=2, token="s3cret")
+    running = serve(ckpt, port=0, workers=2, token="s3cret", allow_insecure_token=True)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = splitdet_pb2_grpc.SplitDetectionStub(channel)
@@ -595,7 +597,11 @@ def test_tls_and_token_refuse_every_method(ckpt, client, tmp_path, capsys):
         token = tmp_path / "token"
         token.write_text("s3cret\n")
         argv = ["--server", f"localhost:{running.port}", "--ckpt", ckpt, "--synthetic", 1, "--token-file", token]
-        assert mobile_cli.main([str(a) for a in [*argv, "--timeout-s", 3, "--attempts", 1]]) == 2
+        argv = [str(a) for a in [*argv, "--timeout-s", 3, "--attempts", 1]]
+        assert mobile_cli.main(argv) == 2  # the token would go in plaintext: refused before connecting
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("mobile-client: error: --token-file needs TLS (--tls-ca)")
+        assert mobile_cli.main([*argv, "--allow-insecure-token"]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith(f"mobile-client: error: handshake with the edge server at localhost:{running.port}")
         assert "failed: UNAVAILABLE" in line
