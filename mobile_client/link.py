@@ -87,9 +87,11 @@ class Reply:
 
 
 def channel_options(target: str, max_message_mb: int) -> list[tuple[str, int | str]]:
-    """Message limits, fast reconnects, and round-robin over every address of a ``dns:///`` target."""
+    """Message limits, fast reconnects, round-robin over every address of a ``dns:///`` target, and a connection of
+    its own (gRPC would share one between the channels of a process; the server queues frames per connection)."""
     limit = max_message_mb * 1024 * 1024
     options: list[tuple[str, int | str]] = [
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
         ("grpc.initial_reconnect_backoff_ms", 100),

@@ -1,6 +1,6 @@
 """Streaming against a slow or busy server: flow control for file sources, live sources that drop stale frames,
-fair queueing across clients on the server; and the transport security around it (token as call credentials,
-mutual TLS). The server is slowed on purpose by wrapping its engine."""
+fair queueing across clients on the server, heap trimming after bursts; and the transport security around it
+(token as call credentials, mutual TLS). The server is slowed on purpose by wrapping its engine."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pytest
 
 from edge_server import cli as server_cli
 from edge_server.batching import Batcher
+from edge_server.memory import Trimmer, malloc_trim
 from edge_server.server import serve
 from mobile_client import cli, runner
 from mobile_client.flow import Window
@@ -275,3 +276,32 @@ def test_mutual_tls_refuses_clients_without_a_certificate_of_its_ca(ckpt, tmp_pa
     assert capsys.readouterr().err.strip() == "edge-server: error: --tls-client-ca needs --tls-cert and --tls-key"
     assert cli.main(["--server", "x", "--synthetic", "1", "--tls-cert", str(good[0])]) == 2
     assert "needs both --tls-cert and --tls-key" in capsys.readouterr().err
+
+
+# ---- memory after bursts ----
+
+
+def test_trimmer_returns_heap_once_per_idle_spell():
+    activity = [0]
+    trimmer = Trimmer(lambda: activity[0], idle_s=0.05)
+    try:
+        time.sleep(0.2)
+        assert trimmer.trims == 0  # no work yet: nothing to give back
+        activity[0] += 5  # a burst
+        assert wait_for(lambda: trimmer.trims == 1)
+        time.sleep(0.2)
+        assert trimmer.trims == 1  # still idle: once per idle spell
+        activity[0] += 1
+        assert wait_for(lambda: trimmer.trims == 2)
+    finally:
+        trimmer.close()
+    assert isinstance(malloc_trim(), bool)
+
+
+def wait_for(condition, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
