@@ -8,8 +8,9 @@ or that request has waited ``max_delay_s``, then runs them in one call and resol
 Requests also carry a *flow* (the servicer uses the client's connection). With ``fair`` (the default) every flow
 has its own queue and the worker serves the flows round-robin, oldest request first within a flow, so a client
 that keeps many frames queued gets one turn per round like everyone else and cannot starve the others; it still
-gets whatever capacity they leave. A flow just served rejoins the round only once its batch has run, behind the
-flows whose frames arrived meanwhile. Without ``fair``, one FIFO queue for all.
+gets whatever capacity they leave. As in fq_codel, a flow with nothing queued whose frame arrives (a camera that
+sends a frame now and then) goes ahead of the backlogged flows, and a flow just served rejoins the round only
+once its batch has run. Without ``fair``, one FIFO queue for all.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class Batcher:
         self.items = 0
         self._run = run
         self._on_batch = on_batch
-        self._flows: OrderedDict[Hashable, deque[_Request]] = OrderedDict()  # whose turn it is first
+        self._new: OrderedDict[Hashable, deque[_Request]] = OrderedDict()  # flows that had nothing queued: first
+        self._old: OrderedDict[Hashable, deque[_Request]] = OrderedDict()  # backlogged flows, round-robin
         self._resting: dict[Hashable, deque[_Request]] = {}  # flows of the batch running now
         self._queued = 0
         self._cond = threading.Condition()
@@ -97,9 +99,10 @@ class Batcher:
                 raise Closed("the server is shutting down")
             if self._queued >= self.max_queue:
                 raise QueueFull(f"the server is busy: {self._queued} frames are already waiting")
-            queue = self._resting.get(request.flow)
+            flow = request.flow
+            queue = self._resting.get(flow, self._old.get(flow))
             if queue is None:
-                queue = self._flows.setdefault(request.flow, deque())
+                queue = self._new.setdefault(flow, deque())
             queue.append(request)
             self._queued += 1
             self._cond.notify()
@@ -112,25 +115,28 @@ class Batcher:
             self._cond.notify()
         self._thread.join()
 
+    def _turns(self) -> list[deque[_Request]]:
+        return [*self._new.values(), *self._old.values()]
+
     def _matching(self, key: Hashable) -> list[_Request]:
         """Up to ``max_batch`` requests with ``key`` in round-robin order: each flow's first, then seconds..."""
         rounds = sorted(
-            ((depth, turn, r) for turn, q in enumerate(self._flows.values()) for depth, r in enumerate(q)),
+            ((depth, turn, r) for turn, q in enumerate(self._turns()) for depth, r in enumerate(q)),
             key=lambda t: (t[0], t[1]),
         )
         return [r for _, _, r in rounds if r.key == key][: self.max_batch]
 
     def _next_batch(self) -> list[_Request] | None:
         with self._cond:
-            for flow, queue in self._resting.items():  # the last batch ran: its flows rejoin the round
+            for flow, queue in self._resting.items():  # the last batch ran: its flows rejoin the round, at the back
                 if queue:
-                    self._flows[flow] = queue
+                    self._old[flow] = queue
             self._resting.clear()
             while not self._queued:
                 if self._closed:
                     return None
                 self._cond.wait()
-            first = next(iter(self._flows.values()))[0]  # the oldest request of the flow whose turn it is
+            first = self._turns()[0][0]  # the oldest request of the flow whose turn it is
             due = first.enqueued + self.max_delay_s
             while not self._closed and len(self._matching(first.key)) < self.max_batch:
                 remaining = due - time.perf_counter()
@@ -139,7 +145,8 @@ class Batcher:
                 self._cond.wait(remaining)
             batch = self._matching(first.key)
             for request in batch:  # served flows rest until the batch has run, then go to the back of the round
-                queue = self._flows.pop(request.flow, None) or self._resting[request.flow]
+                queue = self._new.pop(request.flow, None) or self._old.pop(request.flow, None)
+                queue = queue or self._resting[request.flow]
                 queue.remove(request)
                 self._resting[request.flow] = queue
             self._queued -= len(batch)

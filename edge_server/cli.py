@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--malloc-arenas",
+        type=int,
+        default=2,
+        metavar="N",
+        help="glibc malloc arenas at most (M_ARENA_MAX), so freed memory can go back to the OS; 0: glibc's "
+        "default, 8 per core (default: %(default)s)",
+    )
+    p.add_argument(
         "--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT, seconds to finish frames (default: %(default)s)"
     )
     p.add_argument(
@@ -129,6 +137,7 @@ def check_args(args: argparse.Namespace) -> str | None:
         (args.torch_threads is None or args.torch_threads >= 1, "--torch-threads must be >= 1"),
         (args.grace_s >= 0, "--grace-s must be >= 0"),
         (args.trim_idle_s >= 0, "--trim-idle-s must be >= 0"),
+        (args.malloc_arenas >= 0, "--malloc-arenas must be >= 0"),
         ((args.tls_cert is None) == (args.tls_key is None), "TLS needs both --tls-cert and --tls-key"),
         (args.tls_client_ca is None or args.tls_cert is not None, "--tls-client-ca needs --tls-cert and --tls-key"),
         (args.token_file is None or args.tls_cert is not None or args.allow_insecure_token, INSECURE_TOKEN),
@@ -145,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"edge-server: error: {problem}", file=sys.stderr)
         return 2
+    if args.malloc_arenas:
+        from edge_server.memory import limit_arenas  # ctypes only: before torch and gRPC start their threads
+
+        limit_arenas(args.malloc_arenas)
     from edge_server import runner  # torch and the model load only once the command line is known to be good
 
     return runner.run(args)

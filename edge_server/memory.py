@@ -1,10 +1,12 @@
-"""Give the heap back to the OS after bursts of work: glibc's ``malloc_trim`` once the server goes idle.
+"""Give the heap back to the OS after bursts of work: few malloc arenas, and ``malloc_trim`` once the server is idle.
 
 glibc keeps freed memory in its arenas (one per thread that allocated, up to 8 x cores) for reuse, so after a burst
 of large or odd-sized frames the server's RSS stays at the burst's level although nothing is in use.
-``malloc_trim(0)`` returns the free pages of every arena; :class:`Trimmer` calls it once each time the server has
-been idle for ``idle_s`` seconds after some work (the numbers are in ``benchmarks/results/fuzz_memory.md``).
-Without glibc (musl, macOS) it does nothing.
+:func:`limit_arenas` (``mallopt(M_ARENA_MAX)``, at start-up, before the gRPC threads exist) keeps the threads on a
+few arenas, and ``malloc_trim(0)`` returns the free pages of every arena; :class:`Trimmer` calls it once each time
+the server has been idle for ``idle_s`` seconds after some work. Together they bring the RSS after the fuzz back to
+its warm level (the numbers are in ``benchmarks/results/fuzz_memory.md``). Without glibc (musl, macOS) they do
+nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def _libc() -> ctypes.CDLL | None:
 
 
 _LIBC = _libc()
+
+
+def limit_arenas(arenas: int) -> bool:
+    """At most ``arenas`` malloc arenas for the threads started from now on; True when glibc took it."""
+    return bool(_LIBC.mallopt(M_ARENA_MAX, arenas)) if _LIBC is not None else False
 
 
 def malloc_trim() -> bool:

@@ -524,7 +524,8 @@ def test_cli_errors_exit_2_with_one_line(ckpt, tmp_path, capsys, server):
     assert "--tls-key" in _cli_error(capsys, "--ckpt", ckpt, "--tls-cert", tmp_path / "c.pem")
     empty = tmp_path / "token"
     empty.write_text("\n")
-    assert "is empty" in _cli_error(capsys, "--ckpt", ckpt, "--token-file", empty)
+    assert "--token-file needs TLS" in _cli_error(capsys, "--ckpt", ckpt, "--token-file", empty)
+    assert "is empty" in _cli_error(capsys, "--ckpt", ckpt, "--token-file", empty, "--allow-insecure-token")
     assert "port is in use" in _cli_error(capsys, "--ckpt", ckpt, "--port", server.port)
     if not torch.cuda.is_available():
         assert "CUDA is not available" in _cli_error(capsys, "--ckpt", ckpt, "--device", "cuda")
