@@ -299,10 +299,11 @@ def run_phase(
         time.sleep(period / len(paced))  # spread the paced clients' phases
     for thread in threads:
         thread.join()
+    seconds = time.monotonic() - start  # the paced clients' run; the greedy one ran as long
     if greedy_process is not None:
         hog.latencies_ms, hog.errors = results.get(timeout=args.timeout_s + 60)
         greedy_process.join()
-    return Phase(name, time.monotonic() - start, paced, hog)
+    return Phase(name, seconds, paced, hog)
 
 
 def run_greedy(

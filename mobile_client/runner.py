@@ -43,7 +43,7 @@ def open_source(args: argparse.Namespace) -> Source:
         total = args.max_frames if source.total is None else min(source.total, args.max_frames)
         source = Source(itertools.islice(source.frames, args.max_frames), total, source.fps)
     if is_live(args):
-        source = sources.live(source, fps=source.fps or DEFAULT_FPS if args.live else None)
+        source = sources.live(source, fps=(source.fps or DEFAULT_FPS) if args.live else None)
     return source
 
 
