@@ -588,9 +588,10 @@ def report(tally: Tally, command: str, ckpt: Path, server_args: list[str], memor
         "",
         "Server memory (MiB, /proc/PID/status):",
         "",
-        "| RSS after warm-up | RSS at the end | highest sampled RSS | peak (VmHWM) |",
-        "| --- | --- | --- | --- |",
-        f"| {memory['start']:.0f} | {memory['end']:.0f} | {memory['max']:.0f} | {memory['peak']:.0f} |",
+        "| RSS after warm-up | RSS at the end | RSS after the idle wait | highest sampled RSS | peak (VmHWM) |",
+        "| --- | --- | --- | --- | --- |",
+        f"| {memory['start']:.0f} | {memory['end']:.0f} | {memory['settled']:.0f} | {memory['max']:.0f} "
+        f"| {memory['peak']:.0f} |",
         "",
         "Highest sampled RSS in each tenth of the run (MiB): "
         + ", ".join(f"{max(part):.0f}" for part in np.array_split(np.array(tally.rss_mb), 10) if len(part))
@@ -609,11 +610,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
     parser.add_argument("--max-message-mb", type=float, default=4, help="the server's message limit (default 4)")
     parser.add_argument("--out", type=Path, help="write the markdown report here (and a .json next to it)")
+    parser.add_argument(
+        "--server-arg", action="append", default=[], metavar="ARG", help="extra edge-server argument (repeatable)"
+    )
+    parser.add_argument(
+        "--settle-s", type=float, default=5.0, help="idle seconds before the last RSS sample (default 5)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     ckpt = args.ckpt or demo_checkpoint()
     server_args = ["--ckpt", str(ckpt), "--workers", "2", "--torch-threads", "1"]
-    server_args += ["--max-message-mb", f"{args.max_message_mb:g}", "--log-level", "WARNING"]
+    server_args += ["--max-message-mb", f"{args.max_message_mb:g}", "--log-level", "WARNING", *args.server_arg]
     seeds = make_seeds(ckpt, int(args.max_message_mb * 1024 * 1024))
     with ServerProcess(server_args) as server, grpc.insecure_channel(server.target) as channel:
         for frame in seeds.frames:  # warm-up: the first calls allocate the model's buffers
@@ -622,8 +629,10 @@ def main(argv: list[str] | None = None) -> int:
         tally = fuzz(channel, seeds, args.cases, args.seed, sample_rss=lambda: server.memory_mb()[0])
         final = still_serving(channel, seeds) or "same detections as the local tail"
         end, peak = server.memory_mb()
+        time.sleep(args.settle_s)
+        settled = server.memory_mb()[0]
         tracebacks = server.log().count("Traceback")
-    memory = {"start": start, "end": end, "max": max(tally.rss_mb, default=end), "peak": peak}
+    memory = {"start": start, "end": end, "max": max(tally.rss_mb, default=end), "peak": peak, "settled": settled}
     command = "python -m benchmarks.fuzz_server " + " ".join(shown_args(argv if argv is not None else sys.argv[1:]))
     text = report(tally, command, ckpt, server_args, memory, final)
     text += f"\nTracebacks in the server log: {tracebacks}.\n"

@@ -1,6 +1,13 @@
 """Load benchmark: N concurrent streaming clients against one edge server on loopback for T minutes.
 
     python -m benchmarks.load --clients 8 --minutes 5 [--ckpt PATH] [--out benchmarks/results/load]
+    python -m benchmarks.load --scenario fairness --clients 8 --minutes 1 --out benchmarks/results/fairness
+
+The fairness scenario: ``clients - 1`` paced clients (one frame every 1/``--paced-fps`` s each, like cameras) alone,
+then with one greedy client that streams as fast as it can (``--greedy-streams`` streams of ``--window`` frames in
+flight over one connection), against the default (fair: round-robin over connections) server and against
+``--scheduling fifo``; ``--minutes`` per phase. It reports the paced clients' p50/p95 per phase and what the greedy
+one got (``OUT.md``).
 
 The server is an ``edge-server`` child process (the bundled demo checkpoint unless ``--ckpt``), so its RSS can be
 sampled from ``/proc``. Each client is a thread running the mobile client's own link (one
@@ -13,6 +20,7 @@ RSS start/end/max and its slope), ``OUT.csv`` (one row per RSS sample) and ``OUT
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import sys
@@ -67,23 +75,37 @@ def make_frames(ckpt: Path, size: tuple[int, int]) -> list[pb.BottleneckFrame]:
 
 
 def run_client(
-    target: str, frames: list[pb.BottleneckFrame], window: int, timeout_s: float, stop_at: float, record: Client
+    target: str,
+    frames: list[pb.BottleneckFrame],
+    window: int,
+    timeout_s: float,
+    stop_at: float,
+    record: Client,
+    link: Link | None = None,
+    period_s: float = 0.0,
 ) -> None:
-    """Stream frames with ``window`` in flight until ``stop_at``, then drain; every frame is answered or failed."""
-    link = Link(LinkConfig(target, timeout_s=timeout_s))
+    """Stream frames with ``window`` in flight until ``stop_at``, then drain; every frame is answered or failed.
+    ``link`` shares a connection (not closed here); ``period_s`` paces the frames (one every ``period_s``)."""
+    own = link is None
+    link = link or Link(LinkConfig(target, timeout_s=timeout_s))
     stream = link.stream(link.stub.InferStream)
+    next_at = time.monotonic()
     pending: deque = deque()
     frame_id = 0
     try:
         while True:
-            while len(pending) < window and time.monotonic() < stop_at:
+            while len(pending) < window and time.monotonic() < stop_at and time.monotonic() >= next_at:
+                next_at = max(next_at + period_s, time.monotonic()) if period_s else 0.0
                 request = pb.BottleneckFrame()
                 request.CopyFrom(frames[frame_id % len(frames)])
                 request.frame_id = frame_id
                 pending.append((frame_id, time.monotonic(), stream.submit(frame_id, request)))
                 frame_id += 1
             if not pending:
-                return
+                if time.monotonic() >= stop_at:
+                    return
+                time.sleep(max(0.0, min(next_at, stop_at) - time.monotonic()))
+                continue
             sent_id, sent_at, future = pending.popleft()
             try:
                 reply = future.result(timeout=max(0.0, sent_at + timeout_s - time.monotonic()))
@@ -99,7 +121,8 @@ def run_client(
                     record.latencies_ms.append((time.monotonic() - sent_at) * 1000)
     finally:
         stream.close()
-        link.close()
+        if own:
+            link.close()
 
 
 def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
@@ -231,6 +254,134 @@ def markdown(run: Run, command: str, header: list[str], sample_s: float, name: s
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class Phase:
+    """One phase of the fairness scenario: the paced clients' records and the greedy one's (None when absent)."""
+
+    name: str
+    seconds: float
+    paced: list[Client]
+    greedy: Client | None
+
+
+def run_phase(
+    target: str, frames: list[pb.BottleneckFrame], args: argparse.Namespace, greedy: bool, name: str
+) -> Phase:
+    """``clients - 1`` paced clients, and the greedy one if asked, for ``args.minutes``."""
+    paced = [Client() for _ in range(args.clients - 1)]
+    hog = Client() if greedy else None
+    period = 1.0 / args.paced_fps
+    greedy_process = None
+    if greedy:  # its own process, like another device: its threads do not slow the paced clients' measurements
+        spawn = multiprocessing.get_context("spawn")
+        results = spawn.Queue()
+        frames_bytes = [f.SerializeToString() for f in frames]
+        greedy_process = spawn.Process(
+            target=run_greedy,
+            args=(target, frames_bytes, args.greedy_streams, args.window, args.timeout_s, args.minutes * 60, results),
+            name="greedy",
+        )
+        greedy_process.start()
+        assert results.get(timeout=300) == "ready"
+    start = time.monotonic()
+    stop_at = start + args.minutes * 60
+    threads = [
+        threading.Thread(
+            target=run_client,
+            args=(target, frames, 1, args.timeout_s, stop_at, record),
+            kwargs={"period_s": period},
+            name=f"paced-{i}",
+        )
+        for i, record in enumerate(paced)
+    ]
+    for thread in threads:
+        thread.start()
+        time.sleep(period / len(paced))  # spread the paced clients' phases
+    for thread in threads:
+        thread.join()
+    seconds = time.monotonic() - start  # the paced clients' run; the greedy one ran as long
+    if greedy_process is not None:
+        hog.latencies_ms, hog.errors = results.get(timeout=args.timeout_s + 60)
+        greedy_process.join()
+    return Phase(name, seconds, paced, hog)
+
+
+def run_greedy(
+    target: str, frames: list[bytes], streams: int, window: int, timeout_s: float, seconds: float, results
+) -> None:
+    """The greedy client (in a process of its own): ``streams`` streams over one connection, ``window`` frames in
+    flight each, as fast as it can for ``seconds``; puts (latencies, errors) on ``results``."""
+    messages = [pb.BottleneckFrame.FromString(f) for f in frames]
+    link = Link(LinkConfig(target, timeout_s=timeout_s))
+    results.put("ready")
+    stop_at = time.monotonic() + seconds
+    parts = [Client() for _ in range(streams)]
+    threads = [
+        threading.Thread(
+            target=run_client, args=(target, messages, window, timeout_s, stop_at, part), kwargs={"link": link}
+        )
+        for part in parts
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    link.close()
+    results.put(([v for p in parts for v in p.latencies_ms], sum((p.errors for p in parts), Counter())))
+
+
+def fairness(frames: list[pb.BottleneckFrame], server_args: list[str], args: argparse.Namespace) -> list[Phase]:
+    """Paced alone, paced + greedy against the fair server, paced + greedy against a FIFO server."""
+    phases = []
+    plan = {
+        "fair": ((False, "7 paced, alone"), (True, "7 paced + 1 greedy")),
+        "fifo": ((True, "7 paced + 1 greedy, --scheduling fifo"),),
+    }
+    for scheduling, runs in plan.items():
+        with ServerProcess([*server_args, "--scheduling", scheduling], threads=args.server_threads) as server:
+            control = Link(LinkConfig(server.target, timeout_s=60))
+            for frame in frames:  # warm-up
+                control.call(control.stub.Infer, frame, control.deadline())
+            control.close()
+            for greedy, name in runs:
+                phases.append(run_phase(server.target, frames, args, greedy, name.replace("7", str(args.clients - 1))))
+    return phases
+
+
+def fairness_markdown(phases: list[Phase], command: str, header: list[str], args: argparse.Namespace) -> str:
+    def pct(values: list[float]) -> tuple[float, float]:
+        return tuple(np.percentile(values, [50, 95])) if values else (float("nan"), float("nan"))
+
+    alone = pct([v for c in phases[0].paced for v in c.latencies_ms])[1]
+    lines = [
+        "# Fairness: one greedy client among paced ones",
+        "",
+        f"Command: `{command}`",
+        "",
+        *header,
+        "",
+        f"{args.clients - 1} paced clients send one frame every {1 / args.paced_fps:.2f} s each (one stream, one frame "
+        f"in flight); the greedy client (a process of its own) opens {args.greedy_streams} streams over one "
+        f"connection with {args.window} frames in flight each and sends as fast as it can. {args.minutes:g} min per "
+        "phase. Latency: from handing a frame to the link to its answer.",
+        "",
+        "| phase | paced frames/s | paced p50 ms | paced p95 ms | p95 vs alone | greedy frames/s | greedy p50 ms "
+        "| errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for phase in phases:
+        paced = [v for c in phase.paced for v in c.latencies_ms]
+        p50, p95 = pct(paced)
+        errors = sum((c.errors for c in phase.paced), Counter()) + (phase.greedy.errors if phase.greedy else Counter())
+        greedy_fps = f"{len(phase.greedy.latencies_ms) / phase.seconds:.2f}" if phase.greedy else "-"
+        greedy_p50 = f"{pct(phase.greedy.latencies_ms)[0]:.0f}" if phase.greedy else "-"
+        lines.append(
+            f"| {phase.name} | {len(paced) / phase.seconds:.2f} | {p50:.0f} | {p95:.0f} | {p95 / alone:.2f}x | "
+            f"{greedy_fps} | {greedy_p50} | {', '.join(f'{k} {v}' for k, v in sorted(errors.items())) or 'none'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=8, help="concurrent streaming clients (default 8)")
@@ -243,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-threads", type=int, default=1, help="the server's --torch-threads (default 1)")
     p.add_argument("--sample-s", type=float, default=5.0, help="seconds between RSS samples (default 5)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/load"), help="OUT.md, OUT.csv, OUT.png")
+    p.add_argument("--scenario", choices=["steady", "fairness"], default="steady", help="(default steady)")
+    p.add_argument("--paced-fps", type=float, default=0.7, help="fairness: frames/s of each paced client (default 0.7)")
+    p.add_argument("--greedy-streams", type=int, default=8, help="fairness: the greedy client's streams (default 8)")
     args = p.parse_args(argv)
     if args.clients < 1 or args.minutes <= 0 or args.window < 1 or args.sample_s <= 0:
         p.error("need --clients >= 1, --minutes > 0, --window >= 1 and --sample-s > 0")
@@ -252,6 +406,21 @@ def main(argv: list[str] | None = None) -> int:
     frames = make_frames(ckpt, (height, width))
     server_args = ["--ckpt", str(ckpt), "--workers", str(args.clients + 2), "--max-batch", str(args.max_batch)]
     server_args += ["--torch-threads", str(args.server_threads), "--log-level", "WARNING"]
+    command = "python -m benchmarks.load " + " ".join(shown_args(argv if argv is not None else sys.argv[1:]))
+    if args.scenario == "fairness":
+        server_args[server_args.index("--workers") + 1] = str(args.clients + args.greedy_streams + 2)
+        phases = fairness(frames, server_args, args)
+        header = [
+            f"Server: `edge-server {' '.join(shown_args(server_args))} --scheduling fair|fifo` (child process) on "
+            "loopback.",
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other work), torch "
+            f"{torch.__version__}, grpcio {grpc.__version__}; load average at the end {os.getloadavg()[0]:.2f}.",
+        ]
+        text = fairness_markdown(phases, command, header, args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(text)
+        print(text)
+        return 0
     run = run_load(server_args, args.server_threads, frames, args)
     header = [
         f"Server: `edge-server {' '.join(shown_args(server_args))}` (child process) serving `{ckpt.name}` on loopback.",
@@ -262,7 +431,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.minutes:g} min ({run.elapsed:.0f} s), {height}x{width} camera frames, "
         f"{np.mean([f.ByteSize() for f in frames]):.0f} B per frame on the wire.",
     ]
-    command = "python -m benchmarks.load " + " ".join(shown_args(argv if argv is not None else sys.argv[1:]))
     text = markdown(run, command, header, args.sample_s, args.out.name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)

@@ -19,6 +19,7 @@ import zstandard
 from common.codec_settings import QUANTIZATIONS, Quantization, check_level
 
 QMAX = 255
+MIN_WINDOW_LOG = 10  # zstd's smallest window, 1 KiB
 
 
 class CodecError(ValueError):
@@ -84,11 +85,18 @@ def compress(data: bytes, level: int = 3) -> bytes:
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
 
 
+def window_cap(size: int) -> int:
+    """The largest zstd window a frame of ``size`` content bytes needs: the next power of two, at least 1 KiB."""
+    return 1 << max(MIN_WINDOW_LOG, (max(size, 1) - 1).bit_length())
+
+
 def decompress(data: bytes, expected_size: int) -> bytes:
     """Decompress one zstd frame that must expand to exactly ``expected_size`` bytes.
 
     Never allocates more than ``expected_size + 1`` bytes, whatever the frame claims: a decompression bomb,
-    a truncated or a garbled frame raises :class:`CodecError`.
+    a truncated or a garbled frame raises :class:`CodecError`. The decoder's window is capped at
+    :func:`window_cap` of ``expected_size``, so a frame that asks for a larger window (up to the 2 GiB zstd allows,
+    allocated before any byte is produced) is refused.
     """
     try:
         declared = zstandard.frame_content_size(data)
@@ -96,7 +104,8 @@ def decompress(data: bytes, expected_size: int) -> bytes:
         raise CodecError(f"payload is not a zstd frame: {e}") from None
     if declared not in (-1, expected_size):
         raise CodecError(f"zstd frame declares {declared} bytes, the frame's shape needs {expected_size}")
-    reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
+    decompressor = zstandard.ZstdDecompressor(max_window_size=window_cap(expected_size))
+    reader = decompressor.stream_reader(data, read_across_frames=False)
     chunks: list[bytes] = []
     got = 0
     try:

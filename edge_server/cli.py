@@ -10,6 +10,11 @@ import sys
 
 from common.endpoint import DEFAULT_PORT
 
+INSECURE_TOKEN = (
+    "--token-file needs TLS (--tls-cert and --tls-key): the token would travel in plaintext; "
+    "--allow-insecure-token allows it (loopback tests)"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -36,13 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait for a batch to fill (default: %(default)s)",
     )
     p.add_argument(
+        "--scheduling",
+        choices=["fair", "fifo"],
+        default="fair",
+        help="order of queued frames: round-robin over client connections, so a greedy client cannot starve the "
+        "others, or first come, first served (default: %(default)s)",
+    )
+    p.add_argument(
         "--tls-cert", metavar="F", help="PEM certificate chain; with --tls-key serves TLS (default: plaintext)"
     )
     p.add_argument("--tls-key", metavar="F", help="PEM private key (default: none)")
     p.add_argument(
+        "--tls-client-ca",
+        metavar="F",
+        help="mutual TLS: require client certificates signed by this CA (PEM) (default: none required)",
+    )
+    p.add_argument(
         "--token-file",
         metavar="F",
-        help="require 'authorization: Bearer <token>' with this file's token (default: no token)",
+        help="require 'authorization: Bearer <token>' with this file's token; needs TLS (default: no token)",
+    )
+    p.add_argument(
+        "--allow-insecure-token",
+        action="store_true",
+        help="accept --token-file without TLS, the token in plaintext; for loopback tests (default: %(default)s)",
     )
     p.add_argument(
         "--max-message-mb", type=float, default=16, metavar="M", help="largest message in MB (default: %(default)s)"
@@ -77,6 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:N/metrics, HOST being --host (default 0: not served)",
     )
     p.add_argument(
+        "--trim-idle-s",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="give freed heap memory back to the OS (malloc_trim) once idle for T s after work; 0: never "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--malloc-arenas",
+        type=int,
+        default=2,
+        metavar="N",
+        help="glibc malloc arenas at most (M_ARENA_MAX), so freed memory can go back to the OS; 0: glibc's "
+        "default, 8 per core (default: %(default)s)",
+    )
+    p.add_argument(
         "--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT, seconds to finish frames (default: %(default)s)"
     )
     p.add_argument(
@@ -98,7 +136,11 @@ def check_args(args: argparse.Namespace) -> str | None:
         (args.keepalive_s > 0, "--keepalive-s must be positive"),
         (args.torch_threads is None or args.torch_threads >= 1, "--torch-threads must be >= 1"),
         (args.grace_s >= 0, "--grace-s must be >= 0"),
+        (args.trim_idle_s >= 0, "--trim-idle-s must be >= 0"),
+        (args.malloc_arenas >= 0, "--malloc-arenas must be >= 0"),
         ((args.tls_cert is None) == (args.tls_key is None), "TLS needs both --tls-cert and --tls-key"),
+        (args.tls_client_ca is None or args.tls_cert is not None, "--tls-client-ca needs --tls-cert and --tls-key"),
+        (args.token_file is None or args.tls_cert is not None or args.allow_insecure_token, INSECURE_TOKEN),
     ]
     return next((message for ok, message in checks if not ok), None)
 
@@ -112,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"edge-server: error: {problem}", file=sys.stderr)
         return 2
+    if args.malloc_arenas:
+        from edge_server.memory import limit_arenas  # ctypes only: before torch and gRPC start their threads
+
+        limit_arenas(args.malloc_arenas)
     from edge_server import runner  # torch and the model load only once the command line is known to be good
 
     return runner.run(args)

@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
             max_calls=args.max_calls,
             keepalive_s=args.keepalive_s,
             metrics_port=args.metrics_port or None,
+            tls_client_ca=args.tls_client_ca,
+            allow_insecure_token=args.allow_insecure_token,
+            trim_idle_s=args.trim_idle_s,
+            fair=args.scheduling == "fair",
         )
     except (CheckpointError, ServerError, TokenFileError, FileNotFoundError) as e:
         print(f"edge-server: error: {e}", file=sys.stderr)

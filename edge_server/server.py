@@ -14,7 +14,9 @@ from grpc_reflection.v1alpha import reflection
 
 from edge_server.auth import TokenInterceptor
 from edge_server.batching import Batcher
+from edge_server.cli import INSECURE_TOKEN
 from edge_server.engine import DeviceError, Engine
+from edge_server.memory import Trimmer
 from edge_server.metrics import MetricsServer
 from edge_server.servicer import SERVICE_NAME, Servicer, method_handlers
 from edge_server.stats import Stats
@@ -41,6 +43,7 @@ class RunningServer:
         stats: Stats,
         health_servicer: health.HealthServicer,
         metrics_server: MetricsServer | None,
+        trimmer: Trimmer | None = None,
     ) -> None:
         self.port = port
         self.metrics_port = metrics_server.port if metrics_server else None
@@ -50,6 +53,7 @@ class RunningServer:
         self._server = server
         self._health = health_servicer
         self._metrics_server = metrics_server
+        self.trimmer = trimmer
         self._lock = threading.Lock()
         self._stopped = False
 
@@ -63,6 +67,8 @@ class RunningServer:
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
         self.batcher.close()
+        if self.trimmer is not None:
+            self.trimmer.close()
         if self._metrics_server is not None:
             self._metrics_server.stop()
 
@@ -71,18 +77,30 @@ class RunningServer:
         self._server.wait_for_termination()
 
 
-def _tls_credentials(cert: str | Path | None, key: str | Path | None) -> grpc.ServerCredentials | None:
+def _tls_credentials(
+    cert: str | Path | None, key: str | Path | None, client_ca: str | Path | None = None
+) -> grpc.ServerCredentials | None:
+    """Server TLS credentials; with ``client_ca``, mutual TLS: clients must present a certificate signed by it."""
     if cert is None and key is None:
+        if client_ca is not None:
+            raise ServerError("--tls-client-ca needs TLS (--tls-cert and --tls-key)")
         return None
     if cert is None or key is None:
         raise ServerError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+        if client_ca is not None:
+            ssl.create_default_context(cafile=str(client_ca))
     except FileNotFoundError as e:
         raise ServerError(f"TLS file not found: {e.filename}") from None
     except (ssl.SSLError, OSError) as e:
-        raise ServerError(f"bad TLS certificate {cert} or key {key}: {e}") from None
-    return grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])
+        files = f"certificate {cert}, key {key}" + (f" or client CA {client_ca}" if client_ca else "")
+        raise ServerError(f"bad TLS {files}: {e}") from None
+    return grpc.ssl_server_credentials(
+        [(Path(key).read_bytes(), Path(cert).read_bytes())],
+        root_certificates=Path(client_ca).read_bytes() if client_ca is not None else None,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def _address(host: str, port: int) -> str:
@@ -104,6 +122,10 @@ def serve(
     max_calls: int | None = None,
     keepalive_s: float = 30.0,
     metrics_port: int | None = None,
+    tls_client_ca: str | Path | None = None,
+    allow_insecure_token: bool = False,
+    trim_idle_s: float = 1.0,
+    fair: bool = True,
 ) -> RunningServer:
     """Load the checkpoint and start serving; raises CheckpointError or :class:`ServerError`.
 
@@ -114,6 +136,11 @@ def serve(
 
     With ``metrics_port`` (0 picks a free one) Prometheus metrics are served over HTTP at ``host:metrics_port``
     ``/metrics``; reflection lists the SplitDetection and health services.
+
+    A ``token`` needs TLS (it would travel in plaintext) unless ``allow_insecure_token`` (loopback tests);
+    ``tls_client_ca`` requires client certificates signed by that CA (mutual TLS). After each burst of work, once
+    the server has been idle for ``trim_idle_s`` seconds (0: never), freed heap memory goes back to the OS. With
+    ``fair`` the batcher serves client connections round-robin (else first come, first served).
     """
     max_calls = CALLS_PER_WORKER * workers if max_calls is None else max_calls
     if workers < 1 or max_batch < 1 or max_batch_delay_ms < 0 or max_message_mb <= 0:
@@ -124,7 +151,11 @@ def serve(
         raise ServerError(f"the metrics port must be in 0..65535, not {metrics_port}")
     if token is not None and not token:
         raise ServerError("the token is empty")
-    credentials = _tls_credentials(tls_cert, tls_key)
+    if trim_idle_s < 0:
+        raise ServerError("trim_idle_s must be >= 0")
+    credentials = _tls_credentials(tls_cert, tls_key, tls_client_ca)
+    if token is not None and credentials is None and not allow_insecure_token:
+        raise ServerError(INSECURE_TOKEN)
     try:
         engine = Engine.load(ckpt_path, device)
     except DeviceError as e:
@@ -136,6 +167,7 @@ def serve(
         max_batch_delay_ms / 1000,
         max_queue=QUEUE_PER_SLOT * max_batch * workers,
         on_batch=stats.batch,
+        fair=fair,
     )
     max_bytes = int(max_message_mb * 1024 * 1024)
     keepalive_ms = int(keepalive_s * 1000)
@@ -180,4 +212,5 @@ def serve(
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, bound, engine, batcher, stats, health_servicer, metrics_server)
+    trimmer = Trimmer(lambda: stats.activity, trim_idle_s) if trim_idle_s > 0 else None
+    return RunningServer(server, bound, engine, batcher, stats, health_servicer, metrics_server, trimmer)

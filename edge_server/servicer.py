@@ -1,7 +1,8 @@
 """The gRPC servicer: a thin layer from requests to the engine and back.
 
 Split path, top to bottom in :meth:`Servicer.split_frame`: check the fingerprint -> ``common.wire.decode_frame``
--> tail (through the batcher) -> ``common.wire.encode_detections``. The offload path in
+-> tail (through the batcher, queued per client connection, :attr:`grpc.ServicerContext.peer`, so that the
+batcher can serve connections round-robin) -> ``common.wire.encode_detections``. The offload path in
 :meth:`Servicer.image_frame` is the same with the image decoder and the whole model.
 
 Every failure becomes a gRPC status with a message and the server keeps serving. In a stream, a bad frame ends
@@ -172,7 +173,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
         bottleneck, meta = decode_frame(frame, self.engine.limits)
         decode_ms = _elapsed_ms(start)
         key = BatchKey.for_bottleneck(bottleneck, meta)
-        done = self.batcher.submit(key, (bottleneck, meta), _alive(context)).result()
+        done = self.batcher.submit(key, (bottleneck, meta), _alive(context), context.peer()).result()
         return self._respond(frame.frame_id, done, decode_ms)
 
     def image_frame(self, frame: pb.ImageFrame, context: grpc.ServicerContext) -> pb.InferResponse:
@@ -180,7 +181,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
         start = time.perf_counter()
         image = self.engine.decode_image(frame.jpeg)
         decode_ms = _elapsed_ms(start)
-        done = self.batcher.submit(BatchKey.for_image(image), image, _alive(context)).result()
+        done = self.batcher.submit(BatchKey.for_image(image), image, _alive(context), context.peer()).result()
         return self._respond(frame.frame_id, done, decode_ms)
 
     def _respond(self, frame_id: int, done: Done, decode_ms: float) -> pb.InferResponse:

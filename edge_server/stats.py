@@ -33,6 +33,7 @@ class Stats:
         self._bytes_in = 0
         self._bytes_out = 0
         self._in_flight = 0
+        self._begun = 0
         self._streams = 0
         self._errors: Counter[str] = Counter()
         self._latency: dict[str, deque[float]] = {stage: deque(maxlen=window) for stage in SERVER_STAGES}
@@ -41,6 +42,7 @@ class Stats:
         """A frame arrived and is being worked on."""
         with self._lock:
             self._in_flight += 1
+            self._begun += 1
             self.metrics.in_flight.labels(method).inc()
 
     def end(
@@ -69,6 +71,11 @@ class Stats:
             ):
                 self._latency[stage].append(ms)
                 m.stage_seconds.labels(stage).observe(ms / 1000)
+
+    @property
+    def activity(self) -> int:
+        """Frames and calls begun so far (any outcome): it moves while the server works."""
+        return self._begun + sum(self._errors.values())
 
     def stream_opened(self, method: str) -> None:
         with self._lock:

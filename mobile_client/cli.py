@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--video", metavar="PATH", help="video file")
     src.add_argument("--images", metavar="PATH|DIR|GLOB", help="one image, a directory of images, or a glob")
     src.add_argument("--synthetic", type=int, metavar="N", help="N frames of the synthetic video")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="play --video at its own frame rate as a live source, like a camera: one frame in flight, the latest "
+        "wins, frames that cannot be sent fresh are dropped (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video (default: %(default)s)")
     p.add_argument(
         "--ckpt", metavar="PATH", help="client checkpoint, torch runtime (default: the bundled demo checkpoint)"
@@ -76,14 +82,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames (default: the whole source)")
     p.add_argument(
-        "--window", type=int, default=4, metavar="N", help="frames in flight; 1 = unary calls (default: %(default)s)"
+        "--window",
+        type=int,
+        default=4,
+        metavar="N",
+        help="most frames in flight for file sources (fewer when the server is slow, so that each frame can be "
+        "answered within --timeout-s); 1 = unary calls (default: %(default)s)",
     )
     p.add_argument("--jsonl", metavar="OUT", help="write the per-frame JSON lines here (default: stdout)")
     p.add_argument("--save-vis", metavar="DIR", help="write annotated frames into DIR (default: none written)")
     p.add_argument(
         "--tls-ca", metavar="F", help="CA certificate (PEM) to verify the server; enables TLS (default: plaintext)"
     )
-    p.add_argument("--token-file", metavar="F", help="file holding the bearer token the server expects (default: none)")
+    p.add_argument(
+        "--tls-cert", metavar="F", help="client certificate (PEM) for mutual TLS, with --tls-key (default: none)"
+    )
+    p.add_argument("--tls-key", metavar="F", help="private key (PEM) of --tls-cert (default: none)")
+    p.add_argument(
+        "--token-file",
+        metavar="F",
+        help="file holding the bearer token the server expects; sent as call credentials, needs TLS (default: none)",
+    )
+    p.add_argument(
+        "--allow-insecure-token",
+        action="store_true",
+        help="send --token-file's token without TLS, in plaintext; for loopback tests (default: %(default)s)",
+    )
     p.add_argument(
         "--timeout-s", type=float, default=10.0, metavar="T", help="per-frame deadline (default: %(default)s)"
     )
@@ -115,11 +139,21 @@ def check_args(args: argparse.Namespace) -> None:
         (0.0 <= args.score_threshold <= 1.0, "--score-threshold must be in [0, 1]"),
         (args.max_frames is None or args.max_frames >= 1, "--max-frames must be >= 1"),
         (args.window >= 1, "--window must be >= 1"),
+        (not args.live or args.video is not None, "--live needs --video (a camera is always live)"),
         (args.timeout_s > 0, "--timeout-s must be positive"),
         (args.attempts >= 1, "--attempts must be >= 1"),
         (args.auto_every >= 1, "--auto-every must be >= 1"),
         (args.threads is None or args.threads >= 1, "--threads must be >= 1"),
         (not (args.mode == "offload" and args.filter), "--filter needs the head on the device (not offload mode)"),
+        ((args.tls_cert is None) == (args.tls_key is None), "mutual TLS needs both --tls-cert and --tls-key"),
+        (
+            args.token_file is None
+            or args.tls_ca is not None
+            or args.tls_cert is not None
+            or args.allow_insecure_token,
+            "--token-file needs TLS (--tls-ca): the token would travel in plaintext; "
+            "--allow-insecure-token allows it (loopback tests)",
+        ),
     ]
     if args.runtime == "onnx":
         checks += [

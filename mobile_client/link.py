@@ -1,4 +1,7 @@
-"""The gRPC link to the edge server: channel (TLS, bearer token, load balancing), retries, deadlines.
+"""The gRPC link to the edge server: channel (TLS, mutual TLS, bearer token, load balancing), retries, deadlines.
+
+The bearer token travels as gRPC call credentials composed with the TLS channel credentials, which gRPC never
+sends over a plaintext channel; only ``allow_insecure_token`` (loopback tests) sends it as plain metadata.
 
 A frame waits for the server to be reachable (``wait_for_ready``; the channel reconnects with exponential
 backoff, 0.1 s growing to 1 s) until its deadline. A call or stream that ends with ``UNAVAILABLE`` (the server
@@ -50,6 +53,9 @@ class LinkConfig:
     target: str
     tls_ca: Path | None = None
     token: str | None = None
+    tls_cert: Path | None = None  #: client certificate (PEM) for mutual TLS, with ``tls_key``
+    tls_key: Path | None = None
+    allow_insecure_token: bool = False  #: send the token as metadata over plaintext (loopback tests only)
     timeout_s: float = 10.0
     attempts: int = 5
     backoff_s: float = 0.1
@@ -57,8 +63,15 @@ class LinkConfig:
     max_message_mb: int = 16
 
     @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
+
+    @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        """Per-call metadata: the token only on a plaintext channel that allows it (TLS sends call credentials)."""
+        if self.token and not self.tls and self.allow_insecure_token:
+            return (("authorization", f"Bearer {self.token}"),)
+        return ()
 
 
 @dataclass
@@ -74,9 +87,11 @@ class Reply:
 
 
 def channel_options(target: str, max_message_mb: int) -> list[tuple[str, int | str]]:
-    """Message limits, fast reconnects, and round-robin over every address of a ``dns:///`` target."""
+    """Message limits, fast reconnects, round-robin over every address of a ``dns:///`` target, and a connection of
+    its own (gRPC would share one between the channels of a process; the server queues frames per connection)."""
     limit = max_message_mb * 1024 * 1024
     options: list[tuple[str, int | str]] = [
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
         ("grpc.initial_reconnect_backoff_ms", 100),
@@ -89,11 +104,21 @@ def channel_options(target: str, max_message_mb: int) -> list[tuple[str, int | s
 
 
 def open_channel(config: LinkConfig) -> grpc.Channel:
-    """A TLS channel when ``tls_ca`` is set (the server's certificate must chain to it), else plaintext."""
+    """A TLS channel when ``tls_ca`` or ``tls_cert`` is set (the server's certificate must chain to ``tls_ca``, or
+    to the system's roots without it), presenting ``tls_cert`` when given and carrying the token as call
+    credentials; else plaintext, where a token is refused unless ``allow_insecure_token``."""
     options = channel_options(config.target, config.max_message_mb)
-    if config.tls_ca is None:
+    if not config.tls:
+        if config.token and not config.allow_insecure_token:
+            raise ValueError("a bearer token needs TLS (it would travel in plaintext)")
         return grpc.insecure_channel(config.target, options=options)
-    credentials = grpc.ssl_channel_credentials(root_certificates=Path(config.tls_ca).read_bytes())
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(config.tls_ca).read_bytes() if config.tls_ca else None,
+        private_key=Path(config.tls_key).read_bytes() if config.tls_key else None,
+        certificate_chain=Path(config.tls_cert).read_bytes() if config.tls_cert else None,
+    )
+    if config.token:
+        credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(config.token))
     return grpc.secure_channel(config.target, credentials, options=options)
 
 

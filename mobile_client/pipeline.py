@@ -7,17 +7,21 @@ Per frame, :meth:`Pipeline.prepare` runs the device's share of the work for the 
 * ``offload``: JPEG-encode the image into an ``ImageFrame`` (the server runs the whole model);
 * ``local``: head, filter and the tail on the device, no server at all.
 
+A frame a live source dropped (a newer one replaced it before it could be sent) is finished at once as dropped.
+
 The head is a :class:`DeviceModel`: the torch head of a checkpoint (:class:`mobile_client.torch_head.ClientModel`)
 or the ONNX head run by ONNX Runtime (:class:`mobile_client.onnx_head.OnnxHead`). Both hand back the bottleneck as
 a numpy array, which :func:`common.wire.encode_frame` quantizes and compresses; this module imports no torch.
 
 :meth:`Pipeline.complete` turns the server's ``InferResponse`` into a :class:`FrameResult`.
 
-With ``window == 1`` frames go one at a time over unary calls. With a larger window the run is pipelined:
-a head thread prepares frame n+1 while frame n is on the wire or on the server, and hands requests to a
-bidirectional stream (:class:`mobile_client.link.StreamLink`); the main thread waits for the answers in
-frame order. A semaphore of ``window`` slots bounds the frames between the source and the report, so
-memory stays flat however slow the link is.
+With ``window == 1`` (and always for live sources, which keep one frame in flight: the latest one) frames go one
+at a time over unary calls. With a larger window the run is pipelined: a head thread prepares frame n+1 while
+frame n is on the wire or on the server, and hands requests to a bidirectional stream
+(:class:`mobile_client.link.StreamLink`); the main thread waits for the answers in frame order. The frames in
+flight are bounded by a :class:`mobile_client.flow.Window` that adapts to the measured service time (at most
+``window``), so no frame waits behind the client's own frames past its deadline, and memory stays flat however
+slow the link is. A frame's deadline starts when it is handed to the link.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import numpy as np
 from common.codec_settings import CodecSettings
 from common.shapes import BatchMeta
 from common.wire import decode_detections, encode_frame
+from mobile_client.flow import Window
 from mobile_client.link import Link, LinkError, Reply, StreamLink
 from mobile_client.settings import Options
 from mobile_client.sources import Frame
@@ -80,15 +85,6 @@ class DeviceModel(Protocol):
         ...
 
 
-def __getattr__(name: str):
-    """``ClientModel`` (the torch head) lives in :mod:`mobile_client.torch_head`; imported only when asked for."""
-    if name == "ClientModel":
-        from mobile_client.torch_head import ClientModel
-
-        return ClientModel
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass
 class FrameResult:
     """One frame as the client reports it; ``image``, ``server_ms`` and ``received_bytes`` are not in the JSON."""
@@ -97,6 +93,7 @@ class FrameResult:
     source: str
     mode: str
     skipped: bool = False
+    dropped: bool = False  #: a live source replaced it by a newer frame before it could be sent
     sent_bytes: int = 0
     detections: list[dict] = field(default_factory=list)
     timing_ms: dict[str, float] = field(default_factory=dict)
@@ -168,7 +165,10 @@ class Pipeline:
     def prepare(self, frame: Frame) -> _Work:
         """The device's share of one frame: ends with a request to send or an already final result."""
         mode = self.choose_mode(frame.index) if self.choose_mode else self.options.mode
-        work = _Work(frame, mode, time.monotonic())
+        work = _Work(frame, mode, frame.captured_at or time.monotonic())
+        if frame.dropped:
+            work.result = self._result(work, dropped=True)
+            return work
         if frame.error is not None:
             work.result = self._result(work, error=frame.error)
             return work
@@ -235,7 +235,9 @@ class Pipeline:
     def _json(self, det: dict) -> list[dict]:
         return detections_json(det, self.class_names, self.options.score_threshold)
 
-    def _result(self, work: _Work, skipped: bool = False, detections=None, error: str | None = None) -> FrameResult:
+    def _result(
+        self, work: _Work, skipped: bool = False, detections=None, error: str | None = None, dropped: bool = False
+    ) -> FrameResult:
         timing = {stage: work.timing[stage] for stage in FRAME_STAGES if stage in work.timing}
         timing["total"] = _ms(time.monotonic() - work.started_at)
         sent = work.request.ByteSize() if work.request is not None and error is None else 0
@@ -244,6 +246,7 @@ class Pipeline:
             source=work.frame.source,
             mode=work.mode,
             skipped=skipped,
+            dropped=dropped,
             sent_bytes=sent,
             detections=detections or [],
             timing_ms=timing,
@@ -259,7 +262,7 @@ class Pipeline:
 
     def run(self, frames: Iterable[Frame]) -> Iterator[FrameResult]:
         """Results in frame order; every frame yields exactly one result (failed frames carry ``error``)."""
-        path = self._run_sequential if self.options.window == 1 else self._run_pipelined
+        path = self._run_sequential if self.options.window == 1 or self.options.live else self._run_pipelined
         for result in path(frames):
             if self.observe is not None:
                 self.observe(result)
@@ -285,7 +288,7 @@ class Pipeline:
         methods = {"split": "InferStream", "offload": "InferImageStream"}
         remote = methods.keys() if self.options.mode == "auto" else {self.options.mode} & methods.keys()
         streams = {mode: self.link.stream(getattr(self.link.stub, methods[mode])) for mode in remote}
-        slots = threading.Semaphore(self.options.window)
+        window = Window(self.options.window, self.link.config.timeout_s if self.link is not None else None)
         handoff: queue.Queue = queue.Queue()
         stop = threading.Event()
         done = object()
@@ -293,17 +296,14 @@ class Pipeline:
         def produce() -> None:
             source = iter(frames)
             try:
-                while True:
-                    # Take a slot before reading the frame, so a camera frame is fresh when the head gets it.
-                    while not slots.acquire(timeout=0.1):
-                        if stop.is_set():
-                            return
+                # Take a slot before reading the frame, so a camera frame is fresh when the head gets it.
+                while window.acquire(stop.is_set):
                     frame = next(source, None)
                     if frame is None or stop.is_set():
                         return
                     work = self.prepare(frame)
                     if work.result is None:
-                        work.deadline = self.link.deadline()
+                        work.deadline = self.link.deadline()  # the deadline starts when the frame is sent
                         work.future = streams[work.mode].submit(frame.index, work.request)
                     handoff.put(work)
             except BaseException as e:  # re-raised in the main thread
@@ -317,23 +317,25 @@ class Pipeline:
             while (work := handoff.get()) is not done:
                 if isinstance(work, BaseException):
                     raise work
-                yield self._await(work, streams)
-                slots.release()
+                result, service_s = self._await(work, streams)
+                window.release(service_s, failed=result.error is not None and work.future is not None)
+                yield result
         finally:
             stop.set()
             for stream in streams.values():
                 stream.close()
             producer.join(timeout=5)
 
-    def _await(self, work: _Work, streams: dict[str, StreamLink]) -> FrameResult:
+    def _await(self, work: _Work, streams: dict[str, StreamLink]) -> tuple[FrameResult, float | None]:
+        """The frame's result and the service time its answer measured (the deadline when it timed out)."""
         if work.future is None:
-            return work.result
+            return work.result, None
         try:
             reply = work.future.result(timeout=max(0.0, work.deadline - time.monotonic()))
         except TimeoutError:
             error = self.link.deadline_error()
             streams[work.mode].cancel(work.frame.index, error)
-            return self.complete(work, error=error)
+            return self.complete(work, error=error), self.link.config.timeout_s
         except LinkError as e:
-            return self.complete(work, error=e)
-        return self.complete(work, reply=reply)
+            return self.complete(work, error=e), None
+        return self.complete(work, reply=reply), reply.received_at - reply.sent_at

@@ -19,6 +19,7 @@ def result_json(result: FrameResult) -> dict:
         "source": result.source,
         "mode": result.mode,
         "skipped": result.skipped,
+        "dropped": result.dropped,
         "sent_bytes": result.sent_bytes,
         "detections": result.detections,
         "timing_ms": result.timing_ms,
@@ -37,6 +38,7 @@ class Report:
         self.started = time.monotonic()
         self.frames = 0
         self.skipped = 0
+        self.dropped = 0
         self.failed = 0
         self.sent_bytes: list[int] = []
         self.modes: Counter[str] = Counter()
@@ -50,6 +52,9 @@ class Report:
         if result.error is not None:
             self.failed += 1
             return
+        if result.dropped:
+            self.dropped += 1
+            return
         self.skipped += result.skipped
         self.sent_bytes.append(result.sent_bytes)
         for stage, ms in result.timing_ms.items():
@@ -57,7 +62,7 @@ class Report:
 
     @property
     def all_failed(self) -> bool:
-        return self.frames > 0 and self.failed == self.frames
+        return self.failed > 0 and self.failed == self.frames - self.dropped
 
     def summary(self, interrupted: bool = False) -> str:
         """The summary table: counts, bytes per frame, p50/p95/mean per stage, frames per second."""
@@ -69,7 +74,7 @@ class Report:
         lines = [
             f"summary: mode {self.mode}, {self.frames} frames in {elapsed:.2f} s ({fps:.2f} fps)"
             + (", interrupted" if interrupted else ""),
-            f"  frames {self.frames}  skipped {self.skipped}  failed {self.failed}  "
+            f"  frames {self.frames}  skipped {self.skipped}  dropped {self.dropped}  failed {self.failed}  "
             f"bytes/frame {mean_all:.0f} (mean over {len(sent)} sent frames: {mean_sent:.0f})",
         ]
         if len(self.modes) > 1 or self.mode == "auto":

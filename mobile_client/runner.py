@@ -28,6 +28,8 @@ from mobile_client.settings import Options, SetupError
 from mobile_client.sources import Source, SourceError
 from proto import splitdet_pb2 as pb
 
+DEFAULT_FPS = 30.0  # a video file that does not say its frame rate plays at this one with --live
+
 
 def open_source(args: argparse.Namespace) -> Source:
     if args.camera is not None:
@@ -40,8 +42,15 @@ def open_source(args: argparse.Namespace) -> Source:
         source = sources.synthetic(args.synthetic, args.seed)
     if args.max_frames is not None:
         total = args.max_frames if source.total is None else min(source.total, args.max_frames)
-        source = Source(itertools.islice(source.frames, args.max_frames), total)
+        source = Source(itertools.islice(source.frames, args.max_frames), total, source.fps)
+    if is_live(args):
+        source = sources.live(source, fps=(source.fps or DEFAULT_FPS) if args.live else None)
     return source
+
+
+def is_live(args: argparse.Namespace) -> bool:
+    """A camera, or a video file played at its own rate (``--live``): latency matters more than completeness."""
+    return args.camera is not None or args.live
 
 
 def load_model(args: argparse.Namespace) -> DeviceModel:
@@ -77,12 +86,16 @@ def load_model(args: argparse.Namespace) -> DeviceModel:
 
 def connect(args: argparse.Namespace, model: DeviceModel | None, quantization: str) -> tuple[Link, pb.ModelInfo]:
     """Open the channel and do the handshake; refuse a server running another model."""
-    if args.tls_ca is not None and not Path(args.tls_ca).is_file():
-        raise SetupError(f"CA certificate not found: {args.tls_ca}")
+    for name, path in (("CA certificate", args.tls_ca), ("certificate", args.tls_cert), ("key", args.tls_key)):
+        if path is not None and not Path(path).is_file():
+            raise SetupError(f"TLS {name} not found: {path}")
     config = LinkConfig(
         target=with_default_port(args.server),
         tls_ca=Path(args.tls_ca) if args.tls_ca else None,
         token=read_token(args.token_file) if args.token_file else None,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        allow_insecure_token=args.allow_insecure_token,
         timeout_s=args.timeout_s,
         attempts=args.attempts,
     )
@@ -110,6 +123,7 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, list[str], Sourc
         jpeg_quality=args.jpeg_quality,
         score_threshold=args.score_threshold,
         window=args.window,
+        live=is_live(args),
     )
     policy = None
     if args.mode == "auto":

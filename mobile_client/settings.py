@@ -21,4 +21,5 @@ class Options:
     codec: CodecSettings = field(default_factory=CodecSettings)
     jpeg_quality: int = 95
     score_threshold: float = 0.5
-    window: int = 4
+    window: int = 4  #: most frames in flight (file sources; the flow-control window adapts below it)
+    live: bool = False  #: a live source: one frame in flight, the latest wins, older ones are dropped

@@ -1,5 +1,9 @@
 """Frame sources: camera, video file, images (file, directory or glob) and the synthetic video.
 
+:func:`live` turns a source into a live feed (the camera always; a video file with ``--live``): a thread reads it at
+its own pace and only the latest frame waits to be taken; a frame replaced by a newer one before it was taken comes
+out as ``dropped`` (no image), so the client never works on a stale frame.
+
 Each :class:`Source` yields :class:`Frame` objects holding an RGB uint8 ``H x W x 3`` array; an image that
 cannot be read is yielded with ``error`` set so that it is reported as a failed frame instead of vanishing.
 A source that cannot be opened raises :class:`SourceError` when it is created, before any frame is read.
@@ -8,6 +12,8 @@ A source that cannot be opened raises :class:`SourceError` when it is created, b
 from __future__ import annotations
 
 import glob
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,8 @@ class Frame:
     source: str
     image: np.ndarray | None
     error: str | None = None
+    dropped: bool = False  #: a live source replaced it by a newer frame before the client took it
+    captured_at: float | None = None  #: ``time.monotonic()`` when a live source read it
 
 
 @dataclass
@@ -37,6 +45,7 @@ class Source:
 
     frames: Iterator[Frame]
     total: int | None
+    fps: float | None = None  #: a video file's own frame rate
 
 
 def _capture(target: int | str, name: str, label: str) -> Source:
@@ -46,7 +55,11 @@ def _capture(target: int | str, name: str, label: str) -> Source:
         cap.release()
         raise SourceError(f"cannot open {name}")
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    return Source(_read_capture(cap, label), count if count > 0 and isinstance(target, str) else None)
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    is_file = isinstance(target, str)
+    return Source(
+        _read_capture(cap, label), count if count > 0 and is_file else None, fps if fps > 0 and is_file else None
+    )
 
 
 def _read_capture(cap: cv2.VideoCapture, label: str) -> Iterator[Frame]:
@@ -115,3 +128,58 @@ def synthetic(num_frames: int, seed: int = 0) -> Source:
         raise SourceError(f"--synthetic needs at least 1 frame, got {num_frames}")
     frames = SyntheticVideo(num_frames, seed=seed)
     return Source((Frame(i, f"synthetic:{seed}#{i}", im) for i, (im, _) in enumerate(frames)), num_frames)
+
+
+def live(source: Source, fps: float | None = None) -> Source:
+    """``source`` as a live feed: a thread reads it, at ``fps`` frames per second when given (a video file played at
+    its own rate) or as fast as it delivers (a camera), and keeps only the latest frame. Taking a frame first
+    yields, in order, the frames replaced since the last take, as ``dropped`` frames without an image."""
+    return Source(_latest(source.frames, fps), source.total, source.fps)
+
+
+def _latest(frames: Iterator[Frame], fps: float | None) -> Iterator[Frame]:
+    cond = threading.Condition()
+    stop = threading.Event()
+    state: dict = {"latest": None, "dropped": [], "ended": False, "error": None}
+
+    def grab() -> None:
+        start = time.monotonic()
+        try:
+            for n, frame in enumerate(frames):
+                if fps and stop.wait(max(0.0, start + n / fps - time.monotonic())):
+                    return
+                if stop.is_set():
+                    return
+                frame.captured_at = time.monotonic()
+                with cond:
+                    if (old := state["latest"]) is not None:
+                        state["dropped"].append(
+                            Frame(old.index, old.source, None, dropped=True, captured_at=old.captured_at)
+                        )
+                    state["latest"] = frame
+                    cond.notify_all()
+        except BaseException as e:  # re-raised to the consumer
+            state["error"] = e
+        finally:
+            if hasattr(frames, "close"):
+                frames.close()
+            with cond:
+                state["ended"] = True
+                cond.notify_all()
+
+    threading.Thread(target=grab, name="live-source", daemon=True).start()
+    try:
+        while True:
+            with cond:
+                cond.wait_for(lambda: state["dropped"] or state["latest"] is not None or state["ended"])
+                dropped, state["dropped"] = state["dropped"], []
+                frame, state["latest"] = state["latest"], None
+            if not dropped and frame is None:
+                if state["error"] is not None:
+                    raise state["error"]
+                return
+            yield from dropped
+            if frame is not None:
+                yield frame
+    finally:
+        stop.set()

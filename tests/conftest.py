@@ -49,6 +49,36 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def certificate_authority(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA certificate and its key, named ``name``."""
+    cert, key = folder / f"{name}-ca.pem", folder / f"{name}-ca.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name} CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def client_cert(folder: Path, ca: tuple[Path, Path], name: str) -> tuple[Path, Path]:
+    """A client certificate for ``name`` signed by ``ca`` (cert, key), and its key."""
+    cert, key, csr = folder / f"{name}.pem", folder / f"{name}.key", folder / f"{name}.csr"
+    subprocess.run(
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key),
+         "-out", str(csr)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    extensions = folder / f"{name}.ext"
+    extensions.write_text("extendedKeyUsage=clientAuth\n")
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+         "-days", "1", "-extfile", str(extensions), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """A tiny Faster R-CNN student checkpoint (classes :data:`TINY_NAMES`), one per test module."""

@@ -17,6 +17,7 @@ from common.codec import (
     quantize,
     tensor_bytes,
     tensor_from_bytes,
+    window_cap,
 )
 
 finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
@@ -72,11 +73,32 @@ def test_decompression_bomb_rejected_without_expanding():
     bomb = zstandard.ZstdCompressor().compress(bytes(50_000_000))
     with pytest.raises(CodecError, match="declares 50000000 bytes"):
         decompress(bomb, 1000)
-    # A bomb that hides its size in the header is cut at the expected size + 1.
-    streamed = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+    # A bomb that hides its size in the header is cut at the expected size + 1 (its window fits the shape)...
+    small_window = zstandard.ZstdCompressionParameters(window_log=10, write_content_size=False)
+    streamed = zstandard.ZstdCompressor(compression_params=small_window).compressobj()
     hidden = streamed.compress(bytes(50_000_000)) + streamed.flush()
     with pytest.raises(CodecError, match="more than 1001 bytes"):
         decompress(hidden, 1000)
+    # ... and one whose window is larger than the shape needs is refused before the window is allocated.
+    streamed = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+    hidden = streamed.compress(bytes(50_000_000)) + streamed.flush()
+    with pytest.raises(CodecError, match="too much memory"):
+        decompress(hidden, 1000)
+
+
+def test_decompression_window_capped_to_the_shape():
+    """The window cap is the next power of two of the expected size (>= 1 KiB): every honest frame fits, a frame
+    declaring a 128 MiB window for a small payload is refused."""
+    assert [window_cap(n) for n in (1, 1024, 1025, 168_912)] == [1024, 1024, 2048, 262_144]
+    for n in (1, 1000, 1025, 5000, 168_912):
+        data = bytes(range(256)) * (n // 256) + bytes(n % 256)
+        assert decompress(compress(data, 19), n) == data
+    big_window = zstandard.ZstdCompressionParameters(window_log=27, write_content_size=False)
+    streamed = zstandard.ZstdCompressor(compression_params=big_window).compressobj()
+    frame = streamed.compress(bytes(5000)) + streamed.flush()
+    assert zstandard.get_frame_parameters(frame).window_size == 1 << 27
+    with pytest.raises(CodecError, match="too much memory"):
+        decompress(frame, 5000)
 
 
 def test_truncated_and_garbled_payloads_rejected():

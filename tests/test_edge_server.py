@@ -297,7 +297,9 @@ def test_unexpected_error_is_internal(stub, client, server, monkeypatch):
 
 
 def test_token_required_except_health(ckpt, client):
-    running = serve(ckpt, port=0, workers=2, token="s3cret")
+    with pytest.raises(ServerError, match="needs TLS"):  # a token in plaintext needs an explicit opt-in
+        serve(ckpt, port=0, workers=2, token="s3cret")
+    running = serve(ckpt, port=0, workers=2, token="s3cret", allow_insecure_token=True)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = splitdet_pb2_grpc.SplitDetectionStub(channel)
@@ -522,7 +524,8 @@ def test_cli_errors_exit_2_with_one_line(ckpt, tmp_path, capsys, server):
     assert "--tls-key" in _cli_error(capsys, "--ckpt", ckpt, "--tls-cert", tmp_path / "c.pem")
     empty = tmp_path / "token"
     empty.write_text("\n")
-    assert "is empty" in _cli_error(capsys, "--ckpt", ckpt, "--token-file", empty)
+    assert "--token-file needs TLS" in _cli_error(capsys, "--ckpt", ckpt, "--token-file", empty)
+    assert "is empty" in _cli_error(capsys, "--ckpt", ckpt, "--token-file", empty, "--allow-insecure-token")
     assert "port is in use" in _cli_error(capsys, "--ckpt", ckpt, "--port", server.port)
     if not torch.cuda.is_available():
         assert "CUDA is not available" in _cli_error(capsys, "--ckpt", ckpt, "--device", "cuda")
@@ -595,7 +598,11 @@ def test_tls_and_token_refuse_every_method(ckpt, client, tmp_path, capsys):
         token = tmp_path / "token"
         token.write_text("s3cret\n")
         argv = ["--server", f"localhost:{running.port}", "--ckpt", ckpt, "--synthetic", 1, "--token-file", token]
-        assert mobile_cli.main([str(a) for a in [*argv, "--timeout-s", 3, "--attempts", 1]]) == 2
+        argv = [str(a) for a in [*argv, "--timeout-s", 3, "--attempts", 1]]
+        assert mobile_cli.main(argv) == 2  # the token would go in plaintext: refused before connecting
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("mobile-client: error: --token-file needs TLS (--tls-ca)")
+        assert mobile_cli.main([*argv, "--allow-insecure-token"]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith(f"mobile-client: error: handshake with the edge server at localhost:{running.port}")
         assert "failed: UNAVAILABLE" in line

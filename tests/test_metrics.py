@@ -101,7 +101,7 @@ def test_errors_counted_by_method_and_code(server, channel):
 
 def test_servers_have_their_own_registries_and_stop_their_endpoint(ckpt, server):
     """A second server (with a token) counts its own refusals, not the first one's; stop() closes /metrics."""
-    other = serve(ckpt, port=0, workers=1, token="s3cret", metrics_port=0)
+    other = serve(ckpt, port=0, workers=1, token="s3cret", allow_insecure_token=True, metrics_port=0)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{other.port}") as channel:
             stub = splitdet_pb2_grpc.SplitDetectionStub(channel)

@@ -194,11 +194,20 @@ def test_server_restart_fails_frames_then_resumes(ckpts, window):
 
 
 def test_token_is_sent_as_bearer(ckpts, tmp_path, capsys):
+    """Over plaintext only with --allow-insecure-token on both sides (tests/test_stream.py covers TLS)."""
     good, bad = tmp_path / "good", tmp_path / "bad"
     good.write_text("s3cret\n")
     bad.write_text("guess\n")
-    with running(ckpts["q8"], token="s3cret") as server:
-        base = ["--server", f"127.0.0.1:{server.port}", "--ckpt", ckpts["q8"], "--synthetic", 1]
+    with running(ckpts["q8"], token="s3cret", allow_insecure_token=True) as server:
+        base = [
+            "--server",
+            f"127.0.0.1:{server.port}",
+            "--ckpt",
+            ckpts["q8"],
+            "--synthetic",
+            1,
+            "--allow-insecure-token",
+        ]
         code, lines, err = run_client(capsys, *base, "--token-file", good)
         assert code == 0, err
         assert len(lines) == 1 and "error" not in lines[0]
