@@ -38,10 +38,11 @@ def _check_finite(x: Tensor) -> None:
         raise ValueError("cannot quantize a tensor holding NaN or infinity")
 
 
-def quantize(x: Tensor, quantization: Quantization = "per_tensor") -> Encoded:
-    """Quantize an ``[N, C, H, W]`` float tensor (per channel means per ``C``)."""
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+def quantize(x: Tensor, quantization: Quantization = "per_tensor", bits: int = 8) -> Encoded:
+    """Quantize an ``[N, C, H, W]`` float tensor (per channel means per ``C``) to ``bits`` (2..8) per value."""
+    if quantization not in QUANTIZATIONS or quantization == "entropy":
+        known = ", ".join(q for q in QUANTIZATIONS if q != "entropy")
+        raise ValueError(f"quantization must be one of {known} (entropy: common.entropy), got {quantization!r}")
     empty = x.new_zeros(0)
     if quantization == "none":
         return Encoded(x.float().contiguous(), quantization, empty, empty)
@@ -59,10 +60,13 @@ def quantize(x: Tensor, quantization: Quantization = "per_tensor") -> Encoded:
         lo = x.amin(dim=(0, 2, 3))
         hi = x.amax(dim=(0, 2, 3))
         view = (1, -1, 1, 1)
-    scale = (hi - lo) / QMAX
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    qmax = (1 << bits) - 1
+    scale = (hi - lo) / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero_point = -lo / scale
-    q = torch.round(x / scale.view(view) + zero_point.view(view)).clamp_(0, QMAX).to(torch.uint8)
+    q = torch.round(x / scale.view(view) + zero_point.view(view)).clamp_(0, qmax).to(torch.uint8)
     return Encoded(q.contiguous(), quantization, scale, zero_point)
 
 

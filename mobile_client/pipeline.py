@@ -183,7 +183,12 @@ class Pipeline:
             work.result = self._result(work, detections=self._json(decode_detections(encode_detections(detections))))
             return
         work.request = encode_frame(
-            out.bottleneck, out.meta, self.options.codec, fingerprint=self.model.fingerprint, frame_id=work.frame.index
+            out.bottleneck,
+            out.meta,
+            self.options.codec,
+            fingerprint=self.model.fingerprint,
+            frame_id=work.frame.index,
+            entropy_tables=self.model.checkpoint.entropy,
         )
         work.timing["encode"] = _ms(time.perf_counter() - t0)
 
