@@ -208,6 +208,7 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
         "class_names": ckpt.class_names,
         "keypoint_names": ckpt.keypoint_names,
         "codec": ckpt.codec,
+        "entropy": ckpt.entropy,
     }
     return TrainingTask(FilterTraining(model, positive), model, info, kwargs, dict(ckpt.metrics))
 
