@@ -253,3 +253,29 @@ def test_a_tiny_entropic_step_lowers_its_loss():
     assert all(p.grad is None or not p.requires_grad for n, p in student.named_parameters() if "layer1" not in n)
     tab = mimic.tables()
     assert tab.channels == 3
+
+
+def test_split_model_info_names_the_codec(tmp_path, capsys):
+    from common import model_cli
+
+    tab, _ = tables()
+    entropic_checkpoint(tmp_path / "e.pt", tab)
+    entropic_checkpoint(tmp_path / "p.pt", None)
+    assert model_cli.main(["info", str(tmp_path / "e.pt")]) in (0, None)
+    out = capsys.readouterr().out
+    assert "codec          entropy: rANS" in out and tab.fingerprint[:16] in out
+    assert model_cli.main(["info", str(tmp_path / "p.pt")]) in (0, None)
+    assert "codec          8-bit per tensor + zstd (level 3)" in capsys.readouterr().out
+    assert model_cli.main(["export", str(tmp_path / "e.pt"), "--out", str(tmp_path / "x.pt")]) in (0, None)
+    assert load_checkpoint(tmp_path / "x.pt").entropy.fingerprint == tab.fingerprint
+
+
+def test_client_refuses_entropy_codec_without_tables(tmp_path, capsys):
+    from mobile_client import cli
+
+    entropic_checkpoint(tmp_path / "p.pt", None)
+    code = cli.main(
+        ["--mode", "local", "--synthetic", "1", "--ckpt", str(tmp_path / "p.pt"), "--quantization", "entropy"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "entropic checkpoint" in err
