@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where the entropic runs are (default: %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS / "entropy_curve", help="output prefix (default: %(default)s)")
     p.add_argument("--timing-frames", type=int, default=100, help="frames timed per codec (default: %(default)s)")
+    p.add_argument("--no-report", action="store_true", help="score what is there, write no report (default: write)")
     p.add_argument(
         "--baselines-only",
         action="store_true",
@@ -268,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.baselines_only:
             return 0
     entropic = {}
+    entropic_cache = Path(f"{args.out}.entropic.json")  # rows of checkpoints already scored (path, mtime, images)
+    done = json.loads(entropic_cache.read_text()) if entropic_cache.is_file() else {}
     for name in ENTROPIC:
         path = args.runs / f"entropic-synthetic-faster_rcnn-resnet18-{name}" / "final.pt"
         if not path.is_file():
@@ -276,10 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = load_checkpoint(path)
         entropic[name] = ckpt
         channels, beta = name.split("-beta")
-        label = f"entropic {channels[1:-2]} ch beta {beta.replace('-', ', ')}"
+        label = f"entropic {channels[1:-2]} ch beta {beta.replace('-', ', ', 1)}"
         kind = "entropic-tried" if "lr" in name else "entropic"
-        rows.append(split_row(label, kind, ckpt, dataset, "entropy") | {"checkpoint": str(path)})
+        key = f"{path}@{path.stat().st_mtime_ns}/{len(dataset)}"
+        if key not in done:
+            done[key] = split_row(label, kind, ckpt, dataset, "entropy") | {"checkpoint": str(path)}
+            entropic_cache.write_text(json.dumps(done, indent=2) + "\n")
+        rows.append(done[key] | {"name": label})
         log(rows[-1])
+    if args.no_report:
+        return 0
     times = {"GHND 3 ch 8-bit+zstd": timings(ghnd, dataset, CodecSettings("per_tensor"), args.timing_frames)}
     for name, ckpt in list(entropic.items())[:1]:
         times[f"entropic {name}"] = timings(ckpt, dataset, CodecSettings("entropy"), args.timing_frames)

@@ -279,3 +279,21 @@ def test_client_refuses_entropy_codec_without_tables(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "entropic checkpoint" in err
+
+
+def test_entropic_config_needs_beta_and_beta_needs_entropic():
+    import yaml
+
+    from distill.config import ConfigError, parse_config
+
+    from pathlib import Path
+
+    raw = yaml.safe_load(Path("configs/entropic/synthetic-faster_rcnn-resnet18-b3ch-beta8.yaml").read_text())
+    assert parse_config(raw).beta == 8.0
+    del raw["train"]["criterion"]["beta"]
+    with pytest.raises(ConfigError, match=r"needs train\.criterion\.beta"):
+        parse_config(raw)
+    raw["train"]["criterion"]["beta"] = 1.0
+    raw["method"] = "ghnd"
+    with pytest.raises(ConfigError, match="for method entropic only"):
+        parse_config(raw)
