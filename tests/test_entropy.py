@@ -282,11 +282,11 @@ def test_client_refuses_entropy_codec_without_tables(tmp_path, capsys):
 
 
 def test_entropic_config_needs_beta_and_beta_needs_entropic():
+    from pathlib import Path
+
     import yaml
 
     from distill.config import ConfigError, parse_config
-
-    from pathlib import Path
 
     raw = yaml.safe_load(Path("configs/entropic/synthetic-faster_rcnn-resnet18-b3ch-beta8.yaml").read_text())
     assert parse_config(raw).beta == 8.0
