@@ -6,6 +6,7 @@ The server runs as a child process (``edge-server --workers 2 --torch-threads 1`
 unless ``--ckpt``). Cases come from hypothesis and go to the server as raw bytes: bottleneck frames made by the
 real client codec (``common.wire.encode_frame``) and then mutated field by field (versions, fingerprints, shapes,
 dtypes, NaN/inf/zero scales, payload sizes, zstd bombs, sizes), frames of consistent but unusual geometry,
+rANS-coded frames (entropy checkpoints) with random, truncated or extended strings and huge declared shapes,
 byte-level mutations of serialized frames, random bytes to every method, corrupt images, images declaring huge
 sizes and unusual modes, and streams that end normally, are aborted by the client or stall past their deadline.
 
@@ -106,6 +107,7 @@ class Seeds:
     fingerprint: str
     channels: int
     max_message_bytes: int
+    entropy: list[pb.BottleneckFrame] = field(default_factory=list)  #: rANS frames (entropy checkpoints only)
 
     def __repr__(self) -> str:  # short, for hypothesis' reports
         return f"Seeds({len(self.frames)} frames, {len(self.images)} images, {len(self.bombs)} bombs)"
@@ -148,9 +150,19 @@ def make_seeds(ckpt: Path, max_message_bytes: int) -> Seeds:
             frames.append(encode_frame(one.bottleneck.numpy(), one.meta, settings_, fingerprint, frame_id=i + 1))
         frames.append(encode_frame(two.bottleneck.numpy(), two.meta, CODECS[1], fingerprint, frame_id=len(CODECS) + 1))
         expected = [{k: v.numpy() for k, v in d.items()} for d in tail(one.bottleneck, one.meta)]
+        entropy = []
+        if checkpoint.entropy is not None:
+            for out in (one, two):
+                entropy.append(
+                    encode_frame(
+                        out.bottleneck, out.meta, CodecSettings("entropy"), fingerprint, 99, checkpoint.entropy
+                    )
+                )
+            frames += [f for f in entropy if f.quantization == pb.ENTROPY]
     images = [_png(scenes[0]), _jpeg(scenes[1]), _png(scenes[0][:1, :7]), _png(scenes[1], "L"), _png(scenes[1], "P")]
     bombs = [_zstd_bomb(256 << 20, declare=False), _zstd_bomb(64 << 20, declare=True)]
-    return Seeds(frames, expected, images, bombs, fingerprint, head.channels, max_message_bytes)
+    entropy = [f for f in entropy if f.quantization == pb.ENTROPY]
+    return Seeds(frames, expected, images, bombs, fingerprint, head.channels, max_message_bytes, entropy)
 
 
 # ---- strategies ----
@@ -315,6 +327,34 @@ def odd_geometry(draw: st.DrawFn, seeds: Seeds) -> bytes:
     return frame.SerializeToString()
 
 
+@st.composite
+def entropy_frame(draw: st.DrawFn, seeds: Seeds) -> bytes:
+    """A rANS frame of a real or random geometry (up to a huge one) whose string is real, cut, extended, garbled
+    or random: the server must decode it or refuse it, in bounded time and memory."""
+    base = pb.BottleneckFrame()
+    base.CopyFrom(draw(one_of_values(seeds.entropy)))
+    if draw(st.booleans()):
+        n = draw(st.integers(1, 3))
+        bh, bw = draw(st.sampled_from([(1, 1), (96, 128), (640, 640), (8192, 8192)]))
+        c, h, w = bottleneck_shape(seeds.channels, (bh, bw))
+        base.ClearField("shape")
+        base.shape.extend([n, c, h, w])
+        size = pb.ImageSize(height=bh, width=bw)
+        base.batch_shape.CopyFrom(size)
+        for field_name in ("original_sizes", "image_sizes"):
+            base.ClearField(field_name)
+            getattr(base, field_name).extend([size] * n)
+    base.payload = draw(
+        st.one_of(
+            st.binary(max_size=4096),
+            _byte_edit().map(lambda edit: edit(base.payload)),
+            st.integers(0, 2**32 - 1).map(lambda seed: np.random.default_rng(seed).bytes(len(base.payload))),
+            st.just(b"\xff" * 65536),
+        )
+    )
+    return base.SerializeToString()
+
+
 def png_declaring(png: bytes, height: int, width: int) -> bytes:
     """The PNG with its IHDR rewritten to claim ``width`` x ``height`` pixels (CRC fixed, pixel data unchanged)."""
     ihdr = bytearray(png[16:29])
@@ -389,6 +429,7 @@ def cases(seeds: Seeds) -> st.SearchStrategy[Case]:
         unary("bottleneck/mutated", "Infer", mutated_frame(seeds)),
         unary("bottleneck/geometry", "Infer", odd_geometry(seeds)),
         unary("bottleneck/bytes", "Infer", serialized_edit),
+        *([unary("bottleneck/entropy", "Infer", entropy_frame(seeds))] if seeds.entropy else []),
         stream("bottleneck/stream", "InferStream", st.one_of(bottleneck, serialized_edit, raw), clean),
         unary("image/mutated", "InferImage", image_frame(seeds)),
         stream("image/stream", "InferImageStream", st.one_of(image_frame(seeds), raw), clean_image),

@@ -20,6 +20,7 @@ import torch
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from common.codec_settings import CodecSettings
+from common.entropy import EntropyError, EntropyTables
 from common.filter import DEFAULT_THRESHOLD
 from common.models import ModelConfig, build_model
 from common.split import Head, Tail, split, state_digest
@@ -32,14 +33,17 @@ class CheckpointError(ValueError):
     """A file that is not a loadable checkpoint; the message says why."""
 
 
-def fingerprint(config: ModelConfig, class_names: list[str], head_digest: str, tail_digest: str) -> str:
-    """16 hex digits identifying a (head, tail) pair."""
+def fingerprint(
+    config: ModelConfig, class_names: list[str], head_digest: str, tail_digest: str, entropy: str = ""
+) -> str:
+    """16 hex digits identifying a (head, tail) pair and, for the entropy codec, its tables (``entropy``, the
+    tables' own fingerprint; checkpoints without tables keep the fingerprint they always had)."""
     # Fields that do not change what the head sends or the tail computes stay out of the fingerprint.
     wire = {k: v for k, v in config.to_dict().items() if k not in ("with_filter", "box_batch_size_per_image")}
-    blob = json.dumps(
-        {"config": wire, "class_names": class_names, "head": head_digest, "tail": tail_digest},
-        sort_keys=True,
-    )
+    fields = {"config": wire, "class_names": class_names, "head": head_digest, "tail": tail_digest}
+    if entropy:
+        fields["entropy"] = entropy
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -57,10 +61,15 @@ class Checkpoint:
     tail_digest: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    entropy: EntropyTables | None = None  #: the entropy codec's tables (entropic students only)
+
+    @property
+    def entropy_fingerprint(self) -> str:
+        return self.entropy.fingerprint if self.entropy is not None else ""
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.config, self.class_names, self.head_digest, self.tail_digest)
+        return fingerprint(self.config, self.class_names, self.head_digest, self.tail_digest, self.entropy_fingerprint)
 
     def side_fingerprint(self, head: Head | None = None, tail: Tail | None = None) -> str:
         """The fingerprint one side computes: its own half's live weights plus the other's recorded digest."""
@@ -68,7 +77,7 @@ class Checkpoint:
             raise ValueError("pass exactly one of head= or tail=")
         head_digest = head.digest() if head is not None else self.head_digest
         tail_digest = tail.digest() if tail is not None else self.tail_digest
-        return fingerprint(self.config, self.class_names, head_digest, tail_digest)
+        return fingerprint(self.config, self.class_names, head_digest, tail_digest, self.entropy_fingerprint)
 
     def build_model(self) -> GeneralizedRCNN:
         """Rebuild the model in eval mode with the stored weights."""
@@ -99,8 +108,10 @@ def save_checkpoint(
     half: bool = False,
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    entropy: EntropyTables | None = None,
 ) -> Checkpoint:
-    """Write ``model`` (built by :func:`common.models.build_model`) to ``path``; ``half`` stores floats as fp16."""
+    """Write ``model`` (built by :func:`common.models.build_model`) to ``path``; ``half`` stores floats as fp16
+    (never the ``entropy`` tables: their integers and float32 medians are what both sides code with)."""
     config: ModelConfig = model.config
     if len(class_names) != config.num_classes:
         raise ValueError(f"{len(class_names)} class names for {config.num_classes} classes (background included)")
@@ -126,6 +137,8 @@ def save_checkpoint(
         "training": training or {},
         "metrics": metrics or {},
     }
+    if entropy is not None:
+        blob["entropy"] = entropy.state()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -168,7 +181,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         config = ModelConfig.from_dict(blob["config"])
         codec_settings = CodecSettings(**blob.get("codec", {}))
         state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
-        return Checkpoint(
+        ckpt = Checkpoint(
             config=config,
             state_dict=state,
             class_names=list(blob["class_names"]),
@@ -179,6 +192,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             tail_digest=blob["digests"]["tail"],
             training=dict(blob.get("training", {})),
             metrics=dict(blob.get("metrics", {})),
+            entropy=EntropyTables.from_state(blob["entropy"]) if "entropy" in blob else None,
         )
+        if ckpt.entropy is not None and ckpt.entropy.channels != config.bottleneck_channels:
+            raise EntropyError(
+                f"{ckpt.entropy.channels} channels for a {config.bottleneck_channels}-channel bottleneck"
+            )
+        return ckpt
+    except EntropyError as e:
+        raise CheckpointError(f"{path} has unusable entropy tables: {e}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path} is not a valid checkpoint: {e}") from None

@@ -41,10 +41,11 @@ def _check_finite(x: np.ndarray) -> None:
         raise ValueError("cannot quantize a tensor holding NaN or infinity")
 
 
-def quantize(x: np.ndarray, quantization: Quantization = "per_tensor") -> Encoded:
-    """Quantize an ``[N, C, H, W]`` float array (per channel means per ``C``)."""
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+def quantize(x: np.ndarray, quantization: Quantization = "per_tensor", bits: int = 8) -> Encoded:
+    """Quantize an ``[N, C, H, W]`` float array (per channel means per ``C``) to ``bits`` (2..8) per value."""
+    if quantization not in QUANTIZATIONS or quantization == "entropy":
+        known = ", ".join(q for q in QUANTIZATIONS if q != "entropy")
+        raise ValueError(f"quantization must be one of {known} (entropy: common.entropy), got {quantization!r}")
     x = np.asarray(x)
     empty = np.zeros(0, dtype=np.float32)
     if quantization == "none":
@@ -61,11 +62,14 @@ def quantize(x: np.ndarray, quantization: Quantization = "per_tensor") -> Encode
             raise ValueError(f"per-channel quantization needs an [N, C, H, W] tensor, got {tuple(x.shape)}")
         lo, hi = x.min(axis=(0, 2, 3)), x.max(axis=(0, 2, 3))
         view = (1, -1, 1, 1)
-    scale = (hi - lo) / np.float32(QMAX)
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    qmax = (1 << bits) - 1
+    scale = (hi - lo) / np.float32(qmax)
     scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
     zero_point = (-lo / scale).astype(np.float32)
     q = np.round(x / scale.reshape(view) + zero_point.reshape(view))
-    return Encoded(np.ascontiguousarray(np.clip(q, 0, QMAX).astype(np.uint8)), quantization, scale, zero_point)
+    return Encoded(np.ascontiguousarray(np.clip(q, 0, qmax).astype(np.uint8)), quantization, scale, zero_point)
 
 
 def dequantize(encoded: Encoded) -> np.ndarray:

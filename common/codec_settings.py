@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Quantization = Literal["per_tensor", "per_channel", "float16", "none"]
-QUANTIZATIONS: tuple[str, ...] = ("per_tensor", "per_channel", "float16", "none")
+Quantization = Literal["per_tensor", "per_channel", "float16", "none", "entropy"]
+#: "entropy": integer symbols rANS-coded with the checkpoint's learned tables (``common/entropy.py``); a frame
+#: that would code larger than 8-bit per tensor + zstd (``compression``, ``level``) is sent as that instead
+QUANTIZATIONS: tuple[str, ...] = ("per_tensor", "per_channel", "float16", "none", "entropy")
 COMPRESSIONS: tuple[str, ...] = ("zstd", "raw")
 
 
@@ -23,8 +25,11 @@ class CodecSettings:
     quantization: str = "per_tensor"
     compression: str = "zstd"
     level: int = 3
+    bits: int = 8  #: per_tensor / per_channel: levels 0..2^bits-1 (still one byte each on the wire before zstd)
 
     def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 8:
+            raise ValueError(f"bits must be in 2..8, got {self.bits}")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if self.compression not in COMPRESSIONS:

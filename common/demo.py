@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 DEMO_CHECKPOINT: Path = Path(__file__).resolve().parent / "assets" / "demo-ghnd-faster_rcnn-resnet18-b3ch.pt"
+#: the same detector with an entropy-coded bottleneck (``python -m distill.make_entropic_demo``)
+ENTROPIC_DEMO_CHECKPOINT: Path = DEMO_CHECKPOINT.with_name("demo-entropic-faster_rcnn-resnet18-b3ch.pt")
 
 
 def demo_checkpoint() -> Path:

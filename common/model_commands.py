@@ -41,6 +41,23 @@ def cmd_init(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({args.arch}, {args.backbone}, {args.channels} channels, fingerprint {ckpt.fingerprint})")
 
 
+def codec_description(ckpt) -> str:
+    """One line saying how the head encodes the bottleneck."""
+    codec = ckpt.codec
+    if codec.quantization == "entropy":
+        tables = ckpt.entropy
+        return (
+            f"entropy: rANS with learned factorized-prior tables ({tables.channels} channels, "
+            f"{int(tables.cdf_length.max())} symbols max, tables {tables.fingerprint[:16]}); "
+            f"8-bit + zstd level {codec.level} when smaller"
+        )
+    if codec.quantization in ("per_tensor", "per_channel"):
+        return f"8-bit {codec.quantization.replace('_', ' ')} + {codec.compression} (level {codec.level})"
+    return f"{codec.quantization} + {codec.compression}" + (
+        f" (level {codec.level})" if codec.compression == "zstd" else ""
+    )
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     ckpt = load_checkpoint(args.path)
     cfg = ckpt.config
@@ -60,6 +77,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         + (f"yes (threshold {ckpt.filter_threshold})" if model.neural_filter is not None else "no")
     )
     print(f"fingerprint    {ckpt.fingerprint}")
+    print(f"codec          {codec_description(ckpt)}")
     head_params = _params(head.stem) + _params(head.encoder)
     print(
         f"head params    {head_params / 1e6:.3f} M (+ filter {_params(model.neural_filter) / 1e6:.3f} M)"
@@ -106,6 +124,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         half=args.half,
         training={"exported_from": str(args.path), "epoch": ckpt.training.get("epoch")},
         metrics=ckpt.metrics,
+        entropy=ckpt.entropy,
     )
     size = args.out.stat().st_size / 1e6
     print(f"wrote {args.out} ({size:.1f} MB{', float16' if args.half else ''}, fingerprint {exported.fingerprint})")

@@ -231,7 +231,7 @@ def init_student_from_teacher(student: GeneralizedRCNN, teacher: GeneralizedRCNN
     taken = {
         k: v
         for k, v in teacher.state_dict().items()
-        if not k.startswith("backbone.body.layer1.") and not k.endswith("num_batches_tracked")
+        if not k.startswith(("backbone.body.layer1.", "neural_filter.")) and not k.endswith("num_batches_tracked")
     }
     own_keys = {k for k in own if not k.startswith(("backbone.body.layer1.", "neural_filter."))}
     own_keys = {k for k in own_keys if not k.endswith("num_batches_tracked")}

@@ -7,8 +7,9 @@ This module never imports torch at import time: the torch-free device client (``
 encode frames (:func:`encode_frame` takes a numpy array) and to decode the server's detections. The frame is
 checked and dequantized in numpy (:func:`decode_bottleneck`); only :func:`decode_frame`, the server's and
 ``split-eval``'s entry point, turns the result into a torch tensor and imports torch when it is called (the
-callers that reach it have torch loaded already). :func:`encode_detections` takes torch detections but needs no
-torch import: it only calls tensor methods.
+callers that reach it have torch loaded already), and so does the entropy codec (:mod:`common.entropy`, torch and
+CompressAI's rANS extension), imported only for entropy frames. :func:`encode_detections` takes torch detections but
+needs no torch import: it only calls tensor methods.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from proto import splitdet_pb2 as pb
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from common.entropy import EntropyTables
+
 FORMAT_VERSION = 1
 
 QUANTIZATION_TO_PB = {
@@ -35,13 +38,27 @@ QUANTIZATION_TO_PB = {
     "per_tensor": pb.PER_TENSOR,
     "per_channel": pb.PER_CHANNEL,
     "float16": pb.HALF,
+    "entropy": pb.ENTROPY,
 }
 PB_TO_QUANTIZATION = {v: k for k, v in QUANTIZATION_TO_PB.items()}
-QUANTIZATION_DTYPE = {"none": "float32", "per_tensor": "uint8", "per_channel": "uint8", "float16": "float16"}
-DTYPE_TO_PB = {"uint8": pb.UINT8, "float16": pb.FLOAT16, "float32": pb.FLOAT32}
+QUANTIZATION_DTYPE = {
+    "none": "float32",
+    "per_tensor": "uint8",
+    "per_channel": "uint8",
+    "float16": "float16",
+    "entropy": "int32",
+}
+DTYPE_TO_PB = {"uint8": pb.UINT8, "float16": pb.FLOAT16, "float32": pb.FLOAT32, "int32": pb.INT32}
 PB_TO_DTYPE = {v: k for k, v in DTYPE_TO_PB.items()}
-COMPRESSION_TO_PB = {"raw": pb.RAW, "zstd": pb.ZSTD}
+COMPRESSION_TO_PB = {"raw": pb.RAW, "zstd": pb.ZSTD, "rans": pb.RANS}
 PB_TO_COMPRESSION = {v: k for k, v in COMPRESSION_TO_PB.items()}
+
+
+def accepted_codecs(tables: EntropyTables | None) -> tuple[list[int], list[int]]:
+    """Quantizations and compressions a receiver decodes: the entropy codec only with entropy tables."""
+    quantizations = [v for k, v in QUANTIZATION_TO_PB.items() if k != "entropy" or tables is not None]
+    compressions = [v for k, v in COMPRESSION_TO_PB.items() if k != "rans" or tables is not None]
+    return quantizations, compressions
 
 
 class FrameError(ValueError):
@@ -56,6 +73,7 @@ class FrameLimits:
     max_images: int = 32
     max_side: int = 8192
     max_elements: int = 64 * 1024 * 1024
+    entropy: EntropyTables | None = None  #: the receiver's entropy tables: entropy frames need them
 
 
 def _size(pair: tuple[int, int]) -> pb.ImageSize:
@@ -68,23 +86,57 @@ def encode_frame(
     settings: CodecSettings = CodecSettings(),
     fingerprint: str = "",
     frame_id: int = 0,
+    entropy_tables: EntropyTables | None = None,
 ) -> pb.BottleneckFrame:
-    """Quantize and compress a head's bottleneck (a float numpy array; torch callers pass ``tensor.numpy()``)."""
+    """Quantize and compress a head's bottleneck (a float numpy array; torch callers pass ``tensor.numpy()``).
+
+    The entropy codec (``settings.quantization == "entropy"``, with the checkpoint's ``entropy_tables``) sends the
+    rANS string, or the 8-bit per-tensor + zstd frame when that is smaller (noise, out-of-distribution images),
+    so a frame never costs more than the 8-bit codec's; the frame's quantization field says which it is. It runs
+    on the torch client only (CompressAI's tables are torch tensors).
+    """
     bottleneck = np.asarray(bottleneck)
     if bottleneck.ndim != 4 or bottleneck.shape[0] != len(meta.image_sizes):
         raise ValueError(f"bottleneck must be [N, C, H, W] with N = {len(meta.image_sizes)} images")
-    enc = codec.quantize(bottleneck, settings.quantization)
+    if settings.quantization == "entropy":
+        if entropy_tables is None:
+            raise ValueError("the entropy codec needs the checkpoint's entropy tables (an entropic student)")
+        import torch  # the entropy codec exists on the torch side only
+
+        from common import entropy
+
+        coded = entropy.encode(torch.from_numpy(bottleneck), entropy_tables)
+        fallback = encode_frame(
+            bottleneck, meta, CodecSettings("per_tensor", "zstd", settings.level), fingerprint, frame_id
+        )
+        if len(coded) >= len(fallback.payload):
+            return fallback
+        return _frame(bottleneck, meta, "entropy", "rans", coded, fingerprint, frame_id)
+    enc = codec.quantize(bottleneck, settings.quantization, settings.bits)
     raw = codec.tensor_bytes(enc.values)
     payload = codec.compress(raw, settings.level) if settings.compression == "zstd" else raw
+    return _frame(bottleneck, meta, settings.quantization, settings.compression, payload, fingerprint, frame_id, enc)
+
+
+def _frame(
+    bottleneck: Tensor,
+    meta: BatchMeta,
+    quantization: str,
+    compression: str,
+    payload: bytes,
+    fingerprint: str,
+    frame_id: int,
+    enc: codec.Encoded | None = None,
+) -> pb.BottleneckFrame:
     return pb.BottleneckFrame(
         format_version=FORMAT_VERSION,
         fingerprint=fingerprint,
         shape=list(bottleneck.shape),
-        dtype=DTYPE_TO_PB[QUANTIZATION_DTYPE[settings.quantization]],
-        quantization=QUANTIZATION_TO_PB[settings.quantization],
-        scale=enc.scale.tolist(),
-        zero_point=enc.zero_point.tolist(),
-        compression=COMPRESSION_TO_PB[settings.compression],
+        dtype=DTYPE_TO_PB[QUANTIZATION_DTYPE[quantization]],
+        quantization=QUANTIZATION_TO_PB[quantization],
+        scale=enc.scale.tolist() if enc is not None else [],
+        zero_point=enc.zero_point.tolist() if enc is not None else [],
+        compression=COMPRESSION_TO_PB[compression],
         payload=payload,
         original_sizes=[_size(s) for s in meta.original_sizes],
         image_sizes=[_size(s) for s in meta.image_sizes],
@@ -150,6 +202,8 @@ def decode_bottleneck(frame: pb.BottleneckFrame, limits: FrameLimits = FrameLimi
     dtype = PB_TO_DTYPE.get(frame.dtype)
     if dtype != QUANTIZATION_DTYPE[quantization]:
         raise FrameError(f"dtype {dtype} does not go with quantization {quantization}")
+    if quantization == "entropy":
+        return _decode_entropy(frame, shape, limits), meta
     n_params = {"per_tensor": 1, "per_channel": c}.get(quantization, 0)
     if len(frame.scale) != n_params or len(frame.zero_point) != n_params:
         raise FrameError(
@@ -164,6 +218,8 @@ def decode_bottleneck(frame: pb.BottleneckFrame, limits: FrameLimits = FrameLimi
     compression = PB_TO_COMPRESSION.get(frame.compression)
     if compression is None:
         raise FrameError(f"unknown compression {frame.compression}")
+    if compression not in ("zstd", "raw"):
+        raise FrameError(f"compression {compression} does not go with quantization {quantization}")
     expected = math.prod(shape) * np.dtype(codec.NUMPY_DTYPES[dtype]).itemsize
     try:
         raw = codec.decompress(frame.payload, expected) if compression == "zstd" else frame.payload
@@ -174,6 +230,22 @@ def decode_bottleneck(frame: pb.BottleneckFrame, limits: FrameLimits = FrameLimi
     if not np.isfinite(x).all():
         raise FrameError("payload holds NaN or infinite values")
     return x, meta
+
+
+def _decode_entropy(frame: pb.BottleneckFrame, shape: tuple[int, ...], limits: FrameLimits) -> np.ndarray:
+    """rANS string -> symbols -> float32 latent, with the receiver's own tables."""
+    if limits.entropy is None:
+        raise FrameError("entropy-coded frame, but this model has no entropy tables (use an 8-bit or float16 codec)")
+    if frame.compression != pb.RANS:
+        raise FrameError(f"entropy frames are rANS-coded (compression RANS), got {frame.compression}")
+    if frame.scale or frame.zero_point:
+        raise FrameError("entropy frames carry no scale or zero_point")
+    from common import entropy  # torch and CompressAI's rANS: only for entropy frames
+
+    try:
+        return entropy.decode(frame.payload, shape, limits.entropy).numpy()
+    except entropy.EntropyError as e:
+        raise FrameError(str(e)) from None
 
 
 def encode_detections(det: dict[str, Tensor]) -> pb.ImageDetections:

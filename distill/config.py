@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-METHODS = ("teacher", "hnd", "ghnd", "filter")
+METHODS = ("teacher", "hnd", "ghnd", "entropic", "filter")
 LAYER_PATH = re.compile(r"^backbone\.body\.layer([1-4])$")
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 
@@ -29,7 +29,12 @@ TOP_KEYS = ("method", "output", "dataset", "model", "teacher", "student", "init"
 DATASET_KEYS = ("type", "coco_root", "task", "scene", "train", "val", "jpeg_quality")
 SPLIT_KEYS = ("num_images", "seed")
 TEACHER_KEYS = ("ckpt", "weights", "num_classes", "num_keypoints", *MODEL_KEYS)
-STUDENT_KEYS = {"hnd": ("bottleneck_channels", "init"), "ghnd": ("bottleneck_channels", "init"), "filter": ("ckpt",)}
+STUDENT_KEYS = {
+    "hnd": ("bottleneck_channels", "init"),
+    "ghnd": ("bottleneck_channels", "init"),
+    "entropic": ("bottleneck_channels", "init"),
+    "filter": ("ckpt",),
+}
 ANY_STUDENT_KEYS = ("bottleneck_channels", "init", "ckpt")  # method teacher ignores the section
 INIT_KEYS = ("ckpt", "freeze")
 TRAIN_KEYS = ("epochs", "batch_size", "workers", "optimizer", "scheduler", "criterion", "target_recall", "seed",
@@ -40,7 +45,7 @@ OPTIMIZER_KEYS = {
     "AdamW": ("type", "lr", "betas", "eps", "weight_decay", "amsgrad"),
 }
 SCHEDULER_KEYS = ("milestones", "gamma")
-CRITERION_KEYS = ("reduction", "terms", "detection_loss")
+CRITERION_KEYS = ("reduction", "terms", "detection_loss", "beta")
 TERM_KEYS = ("student", "teacher", "factor")
 
 
@@ -104,6 +109,7 @@ class TrainConfig:
     terms: tuple[Term, ...] = ()
     reduction: str = "sum"
     detection_loss: float = 0.0
+    beta: float = 0.0  #: entropic: weight of the rate (bits per image) against the feature loss
     target_recall: float = 0.99
     seed: int = 0
     log_every: int = 20
@@ -169,12 +175,17 @@ def parse_config(raw: Any, where: str = "config") -> TrainConfig:
     check_keys(student, STUDENT_KEYS.get(method, ANY_STUDENT_KEYS), f"student (method {method})", where)
     model = _section(raw, "model", where)
     check_keys(model, MODEL_KEYS, "model", where)
-    if method in ("hnd", "ghnd"):
+    if method in ("hnd", "ghnd", "entropic"):
         if not terms:
             raise ConfigError(f"{where}: {method} needs train.criterion.terms")
         _require(raw, "teacher", where)
         _require(student, "bottleneck_channels", f"{where}: student")
         _number(student, "bottleneck_channels", int, None, "student.bottleneck_channels", where)
+    beta = _number(criterion, "beta", float, 0.0, "train.criterion.beta", where)
+    if beta < 0 or (method == "entropic" and "beta" not in criterion):
+        raise ConfigError(f"{where}: entropic needs train.criterion.beta >= 0 (weight of bits per image)")
+    if "beta" in criterion and method != "entropic":
+        raise ConfigError(f"{where}: train.criterion.beta is for method entropic only")
     if method == "hnd" and any(t.layer != 1 for t in terms):
         raise ConfigError(f"{where}: hnd mimics layer1 only; use method: ghnd for deeper terms")
     if method == "teacher" and not model:
@@ -225,6 +236,7 @@ def parse_config(raw: Any, where: str = "config") -> TrainConfig:
         terms=tuple(terms),
         reduction=str(criterion.get("reduction", "sum")),
         detection_loss=_number(criterion, "detection_loss", float, 0.0, "train.criterion.detection_loss", where),
+        beta=beta,
         target_recall=_number(train, "target_recall", float, 0.99, "train.target_recall", where),
         seed=_number(train, "seed", int, 0, "train.seed", where),
         log_every=_number(train, "log_every", int, 20, "train.log_every", where),

@@ -29,10 +29,11 @@ from tqdm import tqdm
 
 from common.checkpoint import Checkpoint, load_checkpoint
 from common.codec_settings import CodecSettings
+from common.entropy import EntropyTables
 from common.filter import DEFAULT_THRESHOLD
 from common.masks import binary_masks, encode_rle
 from common.split import split
-from common.wire import decode_frame, encode_frame
+from common.wire import QUANTIZATION_TO_PB, FrameLimits, decode_frame, encode_frame
 from distill.datasets import coco_from_dict, has_object_label
 
 __all__ = [
@@ -77,6 +78,7 @@ class ImageStats:
     uint8_bytes: int | None = None  #: 8-bit bottleneck, C*h*w
     zstd_bytes: int | None = None  #: 8-bit + zstd wire payload
     payload_bytes: int | None = None  #: payload of the frame actually sent (the run's quantization)
+    fallback: bool = False  #: entropy codec: the frame went as 8-bit + zstd, which was smaller
     object_prob: float | None = None
     skipped: bool = False
 
@@ -99,6 +101,8 @@ class Predictions:
         keys = ("raw_bytes", "uint8_bytes", "zstd_bytes", "payload_bytes")
         out = {k.removesuffix("_bytes"): float(np.mean([getattr(s, k) for s in sent])) for k in keys}
         out["frames_sent"] = len(sent)
+        if self.quantization == "entropy":
+            out["fallback_frames"] = sum(s.fallback for s in sent)
         return out
 
     def filter_stats(self) -> dict[str, float] | None:
@@ -163,12 +167,15 @@ def _results_for_image(det: dict[str, Tensor], image_id: int, label_to_cat_id: d
     return out
 
 
-def _as_model(checkpoint_or_model: Checkpoint | GeneralizedRCNN | str | Path) -> tuple[GeneralizedRCNN, float]:
+def _as_model(
+    checkpoint_or_model: Checkpoint | GeneralizedRCNN | str | Path,
+) -> tuple[GeneralizedRCNN, float, EntropyTables | None]:
     if isinstance(checkpoint_or_model, str | Path):
         checkpoint_or_model = load_checkpoint(checkpoint_or_model)
     if isinstance(checkpoint_or_model, Checkpoint):
-        return checkpoint_or_model.build_model(), checkpoint_or_model.filter_threshold
-    return checkpoint_or_model, DEFAULT_THRESHOLD
+        ckpt = checkpoint_or_model
+        return ckpt.build_model(), ckpt.filter_threshold, ckpt.entropy
+    return checkpoint_or_model, DEFAULT_THRESHOLD, None
 
 
 def predict(
@@ -181,15 +188,19 @@ def predict(
     device: str | torch.device = "cpu",
     filter_threshold: float | None = None,
     progress: bool = True,
+    bits: int = 8,
+    entropy_tables: EntropyTables | None = None,
 ) -> Predictions:
     """Run a model over ``dataset`` ("whole" or "split": head -> encode_frame -> decode_frame -> tail, one image per
     frame, exactly as the client and the edge server run it). ``filter_threshold`` overrides the checkpoint's (or the
-    default) neural-filter threshold."""
+    default) neural-filter threshold; ``bits`` sets the 8-bit codecs' levels; ``entropy_tables`` (default: the
+    checkpoint's) are what quantization "entropy" codes with, and its bytes are the rANS strings actually sent."""
     if mode not in ("whole", "split"):
         raise ValueError(f"mode must be 'whole' or 'split', got {mode!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model, threshold = _as_model(checkpoint_or_model)
+    model, threshold, tables = _as_model(checkpoint_or_model)
+    tables = entropy_tables if entropy_tables is not None else tables
     threshold = threshold if filter_threshold is None else filter_threshold
     model = model.to(device).eval()
     head = tail = None
@@ -198,8 +209,8 @@ def predict(
         head, tail = split(model, threshold)
         if use_filter and head.neural_filter is None:
             raise ValueError("use_filter: this model has no neural filter")
-        settings = CodecSettings(quantization=quantization, compression="zstd")
-        zstd8 = settings if quantization in EIGHT_BIT else CodecSettings(quantization="per_tensor")
+        settings = CodecSettings(quantization=quantization, compression="zstd", bits=bits)
+        zstd8 = settings if quantization in EIGHT_BIT and bits == 8 else CodecSettings(quantization="per_tensor")
     elif use_filter:
         raise ValueError("use_filter needs mode 'split'")
     arch = model.config.arch if hasattr(model, "config") else "faster_rcnn"
@@ -226,7 +237,10 @@ def predict(
                     if out.bottleneck is None:
                         continue
                     bottleneck, meta = out.bottleneck.cpu().numpy(), out.meta
-                    frame = encode_frame(bottleneck, meta, settings)
+                    frame = encode_frame(bottleneck, meta, settings, entropy_tables=tables)
+                    stats[i].fallback = (
+                        quantization == "entropy" and frame.quantization != QUANTIZATION_TO_PB["entropy"]
+                    )
                     c, h, w = bottleneck.shape[1:]
                     stats[i].raw_bytes = c * h * w * 4
                     stats[i].uint8_bytes = c * h * w
@@ -235,7 +249,7 @@ def predict(
                         stats[i].zstd_bytes = len(frame.payload)
                     else:
                         stats[i].zstd_bytes = len(encode_frame(bottleneck, meta, zstd8).payload)
-                    x, meta2 = decode_frame(frame)
+                    x, meta2 = decode_frame(frame, FrameLimits(entropy=tables))
                     dets[i] = tail(x.to(device), meta2)[0]
             for s, det in zip(stats, dets, strict=True):
                 if det is not None:
@@ -408,6 +422,7 @@ def evaluate(
                 device=device,
                 filter_threshold=ckpt.filter_threshold,
                 progress=progress,
+                entropy_tables=ckpt.entropy,
             )
             add_run(preds)
     for quality in jpeg_qualities:
@@ -442,7 +457,7 @@ def format_markdown(report: dict[str, Any]) -> str:
     cols = ["model", "mode", "quant."]
     cols += [f"{t} AP" for t in types] + [f"{t} AP50" for t in types]
     cols += [f"{t} fidelity AP" for t in types] if fid else []
-    cols += ["raw B", "8-bit B", "8-bit+zstd B", "empty skipped", "objects skipped"]
+    cols += ["raw B", "8-bit B", "8-bit+zstd B", "sent B", "empty skipped", "objects skipped"]
     lines = [
         f"Evaluation of `{report['checkpoint']}` ({report['arch']}) on {report['num_images']} images",
         "",
@@ -459,7 +474,7 @@ def format_markdown(report: dict[str, Any]) -> str:
             f = run.get("fidelity") or {}
             cells += [_fmt(f[t]["AP"]) if t in f else "-" for t in types]
         b = run.get("bytes") or {}
-        cells += [_fmt(b.get("raw"), 0), _fmt(b.get("uint8"), 0), _fmt(b.get("zstd"), 0)]
+        cells += [_fmt(b.get("raw"), 0), _fmt(b.get("uint8"), 0), _fmt(b.get("zstd"), 0), _fmt(b.get("payload"), 0)]
         fs = run.get("filter") or {}
         cells += [_fmt(fs.get("empty_skipped"), 2), _fmt(fs.get("objects_skipped"), 2)]
         lines.append("| " + " | ".join(cells) + " |")

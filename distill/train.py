@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,13 @@ class TrainingTask:
     info: DatasetInfo
     checkpoint_kwargs: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: what else a checkpoint gets, asked at each save (the entropic student's tables)
+    extra: Callable[[], dict[str, Any]] = dict
+    #: extra resume state kept in ``training`` (the entropy model's learned densities), and how to restore it
+    resume_state: Callable[[], dict[str, Any]] = dict
+    restore: Callable[[dict[str, Any]], None] = lambda training: None
+    #: run once on the training set before the first epoch of a fresh run (the entropic prior's warm-up)
+    prepare: Callable[[Dataset], None] = lambda dataset: None
 
 
 class DetectionTraining(nn.Module):
@@ -94,11 +102,14 @@ class FilterTraining(nn.Module):
         return {"filter": nn.functional.cross_entropy(self.logits(images), labels)}
 
 
-def _teacher_from(section: dict[str, Any], info: DatasetInfo) -> tuple[nn.Module, dict[str, list[str]]]:
-    """The frozen teacher and its class/keypoint names (a student predicts what its teacher predicts)."""
+def _teacher_from(
+    section: dict[str, Any], info: DatasetInfo, allow_student: bool = False
+) -> tuple[nn.Module, dict[str, list[str]]]:
+    """The frozen teacher and its class/keypoint names (a student predicts what its teacher predicts). With
+    ``allow_student`` (entropic) a trained student may stand in: its backbone outputs are the targets."""
     if "ckpt" in section:
         ckpt = load_checkpoint(section["ckpt"])
-        if ckpt.config.is_student:
+        if ckpt.config.is_student and not allow_student:
             raise ConfigError(f"teacher.ckpt {section['ckpt']} holds a student, not a teacher")
         return ckpt.build_model(), {"class_names": ckpt.class_names, "keypoint_names": ckpt.keypoint_names}
     arch = section.get("arch", "faster_rcnn")
@@ -183,6 +194,8 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
             init_bottleneck(student, config.student["init"])
         module = HeadMimic(student, teacher, config.terms, config.reduction, config.detection_loss)
         return TrainingTask(module, student, info, names)
+    if config.method == "entropic":
+        return _entropic_task(config, info)
     ckpt = load_checkpoint(config.student["ckpt"])
     if not ckpt.config.is_student:
         raise ConfigError(f"student.ckpt {config.student['ckpt']} holds a teacher; the filter needs a student")
@@ -195,8 +208,45 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
         "class_names": ckpt.class_names,
         "keypoint_names": ckpt.keypoint_names,
         "codec": ckpt.codec,
+        "entropy": ckpt.entropy,
     }
     return TrainingTask(FilterTraining(model, positive), model, info, kwargs, dict(ckpt.metrics))
+
+
+def _entropic_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
+    """GHND feature loss + beta x rate, the student initialised from a (possibly narrower) GHND student."""
+    from common.codec_settings import CodecSettings
+    from distill.entropic import EntropicMimic, widen_bottleneck
+
+    teacher, names = _teacher_from(config.teacher, info, allow_student=True)
+    student_cfg = teacher.config.replace(
+        bottleneck_channels=int(config.student["bottleneck_channels"]), norm_layer="frozen_bn", with_filter=False
+    )
+    student = build_model(student_cfg)
+    init_student_from_teacher(student, teacher)
+    if "init" in config.student:
+        source = load_checkpoint(config.student["init"])
+        if not source.config.is_student or source.config.backbone != student_cfg.backbone:
+            raise ConfigError(f"student.init {config.student['init']} must be a {student_cfg.backbone} student")
+        widen_bottleneck(student, source.state_dict)
+    module = EntropicMimic(student, teacher, config.terms, config.reduction, config.beta)
+    kwargs = {**names, "codec": CodecSettings(quantization="entropy")}
+    return TrainingTask(
+        module,
+        student,
+        info,
+        kwargs,
+        extra=lambda: {"entropy": module.tables()},
+        resume_state=lambda: {"entropy_bottleneck": module.entropy_bottleneck.state_dict()},
+        restore=lambda training: module.entropy_bottleneck.load_state_dict(training["entropy_bottleneck"]),
+        prepare=lambda dataset: print(
+            f"entropic: prior fitted to the initial latents, {module.fit_prior(_first_images(dataset)):.0f} bits/image"
+        ),
+    )
+
+
+def _first_images(dataset: Dataset, count: int = 16) -> list[Tensor]:
+    return [dataset[i][0] for i in range(min(count, len(dataset)))]
 
 
 def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -289,8 +339,11 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
     if resume and (out / "last.pt").is_file():
         state = load_checkpoint(out / "last.pt")
         task.model.load_state_dict(state.state_dict)
+        task.restore(state.training)
         optimizer.load_state_dict(state.training["optimizer"])
         start_epoch = int(state.training["epoch"])
+    if start_epoch == 0 and rank == 0 and world == 1:
+        task.prepare(train_set)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     scheduler.last_epoch = start_epoch
     module: nn.Module = task.module
@@ -338,8 +391,16 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
                 "optimizer": optimizer.state_dict(),
                 "method": config.method,
                 "config": str(config.source or ""),
+                **task.resume_state(),
             }
-            save_checkpoint(task.model, out / "last.pt", training=training, metrics=metrics, **task.checkpoint_kwargs)
+            save_checkpoint(
+                task.model,
+                out / "last.pt",
+                training=training,
+                metrics=metrics,
+                **task.checkpoint_kwargs,
+                **task.extra(),
+            )
     final_kwargs = dict(task.checkpoint_kwargs)
     if config.method == "filter" and rank == 0:
         val_set, _ = build_dataset(config.dataset, "val", detector=False)
@@ -348,7 +409,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
     final = out / "final.pt"
     if rank == 0:
         training = {"epoch": config.epochs, "method": config.method}
-        save_checkpoint(task.model, final, training=training, metrics=metrics, **final_kwargs)
+        save_checkpoint(task.model, final, training=training, metrics=metrics, **final_kwargs, **task.extra())
     if world > 1:
         # every rank says what it holds: DDP keeps the replicas identical, and a test compares these lines
         print(f"split-distill: rank {rank} of {world} done; weights sha256 {state_digest(task.model)}", flush=True)

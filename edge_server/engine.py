@@ -175,5 +175,8 @@ def frame_limits(ckpt: Checkpoint) -> FrameLimits:
     side = -(-ckpt.config.max_size // SIZE_DIVISIBLE) * SIZE_DIVISIBLE
     c, h, w = bottleneck_shape(channels, (side, side))
     return FrameLimits(
-        channels=channels, max_images=MAX_IMAGES_PER_FRAME, max_elements=MAX_IMAGES_PER_FRAME * c * h * w
+        channels=channels,
+        max_images=MAX_IMAGES_PER_FRAME,
+        max_elements=MAX_IMAGES_PER_FRAME * c * h * w,
+        entropy=ckpt.entropy,
     )

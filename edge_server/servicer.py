@@ -24,10 +24,10 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from common.wire import (
-    COMPRESSION_TO_PB,
     FORMAT_VERSION,
     QUANTIZATION_TO_PB,
     FrameError,
+    accepted_codecs,
     decode_frame,
     encode_detections,
 )
@@ -127,8 +127,8 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
             class_names=ckpt.class_names,
             keypoint_names=ckpt.keypoint_names,
             default_quantization=QUANTIZATION_TO_PB[ckpt.codec.quantization],
-            quantizations=list(QUANTIZATION_TO_PB.values()),
-            compressions=list(COMPRESSION_TO_PB.values()),
+            quantizations=accepted_codecs(ckpt.entropy)[0],
+            compressions=accepted_codecs(ckpt.entropy)[1],
             fingerprint=self.engine.fingerprint,
             device=self.engine.description,
             min_size=config.min_size,

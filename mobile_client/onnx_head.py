@@ -40,6 +40,7 @@ class OnnxHead:
     has_filter: bool
     filter_threshold: float
     metadata: dict[str, str] = field(default_factory=dict)
+    entropy_tables: None = None  #: the entropy codec is refused on this head (see :meth:`load`)
 
     @classmethod
     def load(cls, path: str | Path, filter_threshold: float | None = None, threads: int | None = None) -> OnnxHead:

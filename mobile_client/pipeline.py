@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
@@ -45,6 +45,9 @@ from mobile_client.link import Link, LinkError, Reply, StreamLink
 from mobile_client.settings import Options
 from mobile_client.sources import Frame
 from proto import splitdet_pb2 as pb
+
+if TYPE_CHECKING:
+    from common.entropy import EntropyTables
 
 FRAME_STAGES = ("head", "filter", "encode", "network", "server_decode", "tail", "total")
 
@@ -75,6 +78,11 @@ class DeviceModel(Protocol):
 
     @property
     def keypoint_names(self) -> list[str]: ...
+
+    @property
+    def entropy_tables(self) -> EntropyTables | None:
+        """The entropy codec's tables (an entropic checkpoint on the torch head); None otherwise."""
+        ...
 
     def run_head(self, rgb: np.ndarray, use_filter: bool, timing: dict[str, float] | None = None) -> HeadResult:
         """RGB uint8 ``H x W x 3`` -> :class:`HeadResult`; adds seconds to ``timing`` under "head" (and "filter")."""
@@ -206,7 +214,12 @@ class Pipeline:
             work.result = self._result(work, detections=self._json(detections))
             return
         work.request = encode_frame(
-            out.bottleneck, out.meta, self.options.codec, fingerprint=self.model.fingerprint, frame_id=work.frame.index
+            out.bottleneck,
+            out.meta,
+            self.options.codec,
+            fingerprint=self.model.fingerprint,
+            frame_id=work.frame.index,
+            entropy_tables=self.model.entropy_tables,
         )
         work.timing["encode"] = _ms(time.perf_counter() - t0)
 

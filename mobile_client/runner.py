@@ -114,6 +114,8 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, list[str], Sourc
     codec = model.codec if model is not None else CodecSettings()
     if args.quantization is not None:
         codec = replace(codec, quantization=args.quantization)
+    if codec.quantization == "entropy" and (model is None or model.entropy_tables is None):
+        raise SetupError("--quantization entropy needs an entropic checkpoint (one with entropy tables)")
     link, info = (None, None) if args.mode == "local" else connect(args, model, codec.quantization)
     use_filter = model is not None and (model.has_filter if args.filter is None else args.filter)
     options = Options(

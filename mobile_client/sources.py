@@ -48,8 +48,17 @@ class Source:
     fps: float | None = None  #: a video file's own frame rate
 
 
+def _quiet_opencv() -> None:
+    """OpenCV's own warnings are not for users (``cv2.utils.logging`` in OpenCV 5, ``cv2.setLogLevel`` in 4.x)."""
+    logging = getattr(cv2.utils, "logging", None)
+    if logging is not None:
+        logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+    else:
+        cv2.setLogLevel(2)  # LOG_LEVEL_ERROR
+
+
 def _capture(target: int | str, name: str, label: str) -> Source:
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # OpenCV's own warnings are not for users
+    _quiet_opencv()
     cap = cv2.VideoCapture(target)
     if not cap.isOpened():
         cap.release()

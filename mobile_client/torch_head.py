@@ -10,6 +10,7 @@ import torch
 
 from common.checkpoint import Checkpoint, load_checkpoint
 from common.codec_settings import CodecSettings
+from common.entropy import EntropyTables
 from common.split import Head, Tail, image_tensor, split
 from common.wire import decode_detections, encode_detections
 from mobile_client.pipeline import HeadResult
@@ -42,6 +43,10 @@ class ClientModel:
     @property
     def codec(self) -> CodecSettings:
         return self.checkpoint.codec
+
+    @property
+    def entropy_tables(self) -> EntropyTables | None:
+        return self.checkpoint.entropy
 
     @property
     def class_names(self) -> list[str]:

@@ -13,6 +13,7 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UINT8: _ClassVar[DType]
     FLOAT16: _ClassVar[DType]
     FLOAT32: _ClassVar[DType]
+    INT32: _ClassVar[DType]
 
 class Quantization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -21,24 +22,29 @@ class Quantization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PER_TENSOR: _ClassVar[Quantization]
     PER_CHANNEL: _ClassVar[Quantization]
     HALF: _ClassVar[Quantization]
+    ENTROPY: _ClassVar[Quantization]
 
 class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     COMPRESSION_UNSPECIFIED: _ClassVar[Compression]
     RAW: _ClassVar[Compression]
     ZSTD: _ClassVar[Compression]
+    RANS: _ClassVar[Compression]
 DTYPE_UNSPECIFIED: DType
 UINT8: DType
 FLOAT16: DType
 FLOAT32: DType
+INT32: DType
 QUANTIZATION_UNSPECIFIED: Quantization
 NONE: Quantization
 PER_TENSOR: Quantization
 PER_CHANNEL: Quantization
 HALF: Quantization
+ENTROPY: Quantization
 COMPRESSION_UNSPECIFIED: Compression
 RAW: Compression
 ZSTD: Compression
+RANS: Compression
 
 class ImageSize(_message.Message):
     __slots__ = ("height", "width")

@@ -125,3 +125,23 @@ def test_image_declaring_huge_size_is_refused(channel, seeds):
     jpeg = jpeg_declaring(seeds.images[1], 6275, 6275)
     outcome = call(channel, "InferImage", pb.ImageFrame(jpeg=jpeg).SerializeToString())
     assert outcome.code == "INVALID_ARGUMENT" and "exceeds the limit of 16777216 pixels" in outcome.details
+
+
+def test_fuzz_entropy_frames_are_decoded_or_refused(tmp_path):
+    """rANS frames with random, cut or extended strings and huge shapes, against an entropic checkpoint."""
+    from tests.test_entropy import entropic_checkpoint, tables
+
+    path = tmp_path / "entropic.pt"
+    entropic_checkpoint(path, tables()[0])
+    seeds = make_seeds(path, 1024 * 1024)
+    assert len(seeds.entropy) == 2
+    args = ["--ckpt", str(path), "--workers", "2", "--torch-threads", "1", "--max-message-mb", "1"]
+    with ServerProcess([*args, "--log-level", "WARNING"]) as server, grpc.insecure_channel(server.target) as channel:
+        for frame in seeds.entropy:
+            assert call(channel, "Infer", frame.SerializeToString()).code == "OK"
+        tally = fuzz(channel, seeds, examples=80, seed=7)
+        assert tally.problems == []
+        assert sum(n for (category, _), n in tally.codes.items() if category == "bottleneck/entropy") > 5
+        assert still_serving(channel, seeds) is None
+        assert tally.slowest[0] < 10
+        assert "Traceback" not in server.log()

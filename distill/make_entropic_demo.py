@@ -1,0 +1,61 @@
+"""Reproduce the bundled entropic demo checkpoint from the bundled GHND demo, in one command:
+
+    python -m distill.make_entropic_demo [--reuse]
+
+Trains ``CONFIG`` (an entropic student initialised from, and mimicking, the GHND demo; ``--reuse`` keeps an
+existing ``runs/`` result), gives it the GHND demo's neural filter and threshold (the filter reads the stem, which
+both share, unchanged) and exports it in float16 with its entropy tables next to the GHND demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.demo import DEMO_CHECKPOINT, ENTROPIC_DEMO_CHECKPOINT
+from common.models import build_model
+from distill import cli
+
+CONFIG = "configs/entropic/synthetic-faster_rcnn-resnet18-b3ch-beta8.yaml"
+TRAINED = Path("runs/entropic-synthetic-faster_rcnn-resnet18-b3ch-beta8/final.pt")
+
+
+def export(trained: Path = TRAINED, out: Path = ENTROPIC_DEMO_CHECKPOINT) -> None:
+    ckpt, ghnd = load_checkpoint(trained), load_checkpoint(DEMO_CHECKPOINT)
+    model = build_model(ckpt.config.replace(with_filter=True))
+    filter_state = {k: v for k, v in ghnd.state_dict.items() if k.startswith("neural_filter.")}
+    stem = ("backbone.body.conv1.", "backbone.body.bn1.")
+    if any(not ckpt.state_dict[k].equal(v) for k, v in ghnd.state_dict.items() if k.startswith(stem)):
+        raise SystemExit(f"{trained} does not share the GHND demo's stem: its neural filter would not fit")
+    model.load_state_dict({**ckpt.state_dict, **filter_state})
+    saved = save_checkpoint(
+        model.eval(),
+        out,
+        class_names=ckpt.class_names,
+        keypoint_names=ckpt.keypoint_names,
+        filter_threshold=ghnd.filter_threshold,
+        codec=ckpt.codec,
+        half=True,
+        training={"exported_from": str(trained), "config": CONFIG, "filter_from": DEMO_CHECKPOINT.name},
+        metrics={**ckpt.metrics, "filter": ghnd.metrics.get("filter", {})},
+        entropy=ckpt.entropy,
+    )
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, float16, fingerprint {saved.fingerprint})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distill.make_entropic_demo", description=__doc__)
+    parser.add_argument("--reuse", action="store_true", help=f"use {TRAINED} when it exists (default: retrain)")
+    args = parser.parse_args(argv)
+    if not (args.reuse and TRAINED.is_file()):
+        code = cli.main(["--config", CONFIG])
+        if code:
+            return code
+    export()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
