@@ -21,3 +21,5 @@ class Options:
     jpeg_quality: int = 95
     score_threshold: float = 0.5
     window: int = 4
+    offload_format: str = "jpeg"  #: jpeg or webp (quality: jpeg_quality)
+    offload_size: tuple[int, int] | None = None  #: (min_size, max_size) of the model: resize to its input first
