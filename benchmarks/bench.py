@@ -254,10 +254,14 @@ def frame_row(
     floor = physical_floor(result, spec, origin)
     total = t.get("total")
     sent_at = getattr(result, "sent_at", None)
+    finished_at = getattr(result, "finished_at", None)
     at = round(sent_at - origin, 3) if sent_at is not None and origin is not None else None
+    start = None  # when the frame started, from the link's start (local frames too)
+    if finished_at is not None and origin is not None and total is not None:
+        start = round(finished_at - total / 1000 - origin, 3)
     rate = spec.up_rate if spec is not None else None
-    if spec is not None and spec.schedule is not None and at is not None:
-        rate = spec.schedule.rate_at(at)
+    if spec is not None and spec.schedule is not None and (at if at is not None else start) is not None:
+        rate = spec.schedule.rate_at(at if at is not None else start)
     return {
         "device_cpu": device_cpu,
         "mode": mode,
@@ -274,6 +278,7 @@ def frame_row(
         "source": result.source,
         "skipped": result.skipped,
         "error": result.error,
+        "start_s": start,
         "sent_at_s": at,
         "sent_bytes": result.sent_bytes,
         "received_bytes": result.received_bytes,
@@ -288,9 +293,10 @@ def frame_row(
 
 
 def _result(data: dict) -> FrameResult:
-    sent_at = data.pop("sent_at", None)
+    sent_at, finished_at = data.pop("sent_at", None), data.pop("finished_at", None)
     result = FrameResult(**data)
     result.sent_at = sent_at
+    result.finished_at = finished_at  # time.monotonic() when the device had the result
     return result
 
 

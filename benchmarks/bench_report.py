@@ -15,6 +15,7 @@ import numpy as np
 
 from benchmarks import plots
 from benchmarks.paths import shown_path
+from benchmarks.shaper import RateSchedule
 from common.checkpoint import CheckpointError, load_checkpoint
 
 REPORT_STAGES = ("head", "filter", "encode", "network", "server_decode", "tail")
@@ -22,9 +23,9 @@ REMOTE = ("offload", "split", "split+filter", "auto")
 FIXED = ("local", "offload", "split", "split+filter")
 COLUMNS = (
     "device_cpu", "mode", "chosen", "emulator", "link", "rate_mbps", "down_mbps", "rtt_ms", "jitter_ms", "loss",
-    "window", "frame", "source", "skipped", "error", "sent_at_s", "sent_bytes", "received_bytes", "wire_up_bytes",
-    "wire_down_bytes", *(f"{stage}_ms" for stage in REPORT_STAGES), "server_ms", "total_ms", "floor_ms",
-    "overhead_ms",
+    "window", "frame", "source", "skipped", "error", "start_s", "sent_at_s", "sent_bytes", "received_bytes",
+    "wire_up_bytes", "wire_down_bytes", *(f"{stage}_ms" for stage in REPORT_STAGES), "server_ms", "total_ms",
+    "floor_ms", "overhead_ms",
 )  # fmt: skip
 CELL_COLUMNS = (
     "device_cpu", "mode", "link", "rate_mbps", "frames", "skipped", "failed", "bytes_per_frame", "p50_ms", "p95_ms",
@@ -233,13 +234,14 @@ def accuracy_points(paths: list[Path], arch: str | None = None) -> tuple[list[di
                 codec = "" if run["quantization"] == "per_tensor" else f" {run['quantization']}"
                 label = f"split {model.removesuffix(' student')}{codec}"
                 points.append({**common, "kind": "split", "label": label, "bytes": run["bytes"]["payload"], "ap": ap})
-        jpeg_ap = data.get("jpeg_ap") or {}
-        for quality, aps in sorted(jpeg_ap.items(), key=lambda kv: -int(kv[0])):
-            size = (data.get("jpeg") or {}).get(str(quality))
-            if size is not None and "bbox" in aps:
-                label = f"offload JPEG q{quality} ({model})"
-                points.append({**common, "kind": "offload", "label": label, "bytes": size, "ap": aps["bbox"]["AP"]})
-        if data.get("jpeg") and not jpeg_ap:
+        for fmt, name in (("jpeg", "JPEG"), ("webp", "WebP")):
+            for quality, aps in sorted((data.get(f"{fmt}_ap") or {}).items(), key=lambda kv: -int(kv[0])):
+                size = (data.get(fmt) or {}).get(str(quality))
+                if size is not None and "bbox" in aps:
+                    label = f"offload {name} q{quality} ({model})"
+                    point = {**common, "kind": "offload", "label": label, "bytes": size, "ap": aps["bbox"]["AP"]}
+                    points.append(point)
+        if data.get("jpeg") and not data.get("jpeg_ap"):
             notes.append(f"{path} has no jpeg_ap (AP on JPEG-encoded inputs): offload points left out")
     labels = Counter(p["label"] for p in points)
     for p in points:
@@ -623,7 +625,8 @@ def write_outputs(report: dict, out: Path) -> None:
         plots.crossover_map(report["map"], out / "crossover.png", note)
         names.append("crossover.png")
     if any(s["schedule"] for s in summaries):
-        plots.timeline(report["rows"], out / "timeline.png", report["settings"]["link_note"])
+        steps = RateSchedule.parse(report["settings"]["schedule"]).steps if report["settings"].get("schedule") else ()
+        plots.timeline(report["rows"], out / "timeline.png", report["settings"]["link_note"], steps)
         names.append("timeline.png")
     if any(not s["schedule"] for s in summaries):
         plots.latency_vs_rate(shown, out / "latency_vs_rate.png", note)

@@ -243,6 +243,7 @@ def _serve(spec: DeviceSpec, commands: Iterator[dict], send: Callable[[dict], No
             start = time.monotonic()
             for result in pipeline.run(_paced(frames, command["pace_s"], command["duration_s"], start)):
                 out = {name: getattr(result, name) for name in RESULT_FIELDS}
+                out["finished_at"] = time.monotonic()
                 send({"op": "frame", "result": out})
                 if command["sync"]:
                     _expect_ack(commands)

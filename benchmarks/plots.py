@@ -221,11 +221,11 @@ def crossover_map(cells: list[dict], path: Path, note: str) -> None:
     _save(fig, path)
 
 
-def timeline(rows: list[dict], path: Path, note: str) -> None:
+def timeline(rows: list[dict], path: Path, note: str, steps: tuple = ()) -> None:
     """A scheduled-link run: each frame's latency against its send time, per mode (auto coloured by the mode it
     chose), with the link rate on a second axis."""
     group = [r for r in rows if r["link"].startswith("schedule") and r["window"] == 1 and r["error"] is None]
-    group = [r for r in group if r["sent_at_s"] is not None]
+    group = sorted((r for r in group if r["start_s"] is not None), key=lambda r: r["start_s"])
     fig = Figure(figsize=(10, 5.5))
     ax, modes_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for mode in REMOTE:
@@ -233,22 +233,20 @@ def timeline(rows: list[dict], path: Path, note: str) -> None:
         if not own:
             continue
         style = "-" if mode == "auto" else ":"
-        ax.plot([r["sent_at_s"] for r in own], [r["total_ms"] for r in own], style, color=MODE_COLORS[mode],
+        ax.plot([r["start_s"] for r in own], [r["total_ms"] for r in own], style, color=MODE_COLORS[mode],
                 lw=1.5 if mode == "auto" else 1, label=f"{mode} (fixed)" if mode != "auto" else "auto")  # fmt: skip
         if mode == "auto":
             for chosen in ("split", "offload", "local"):
                 picked = [r for r in own if r["chosen"] == chosen]
                 if picked:
-                    ax.scatter([r["sent_at_s"] for r in picked], [r["total_ms"] for r in picked], s=9,
+                    ax.scatter([r["start_s"] for r in picked], [r["total_ms"] for r in picked], s=9,
                                color=MODE_COLORS[chosen], zorder=3, label=f"auto chose {chosen}")  # fmt: skip
             order = {"local": 0, "offload": 1, "split": 2}
-            modes_ax.step([r["sent_at_s"] for r in own], [order[r["chosen"]] for r in own], where="post", color="k")
+            modes_ax.step([r["start_s"] for r in own], [order[r["chosen"]] for r in own], where="post", color="k")
             modes_ax.set_yticks(list(order.values()), list(order))
     rate_ax = ax.twinx()
-    times = sorted(r["sent_at_s"] for r in group)
-    if times:
-        rate_ax.step(times, [next(r["rate_mbps"] for r in group if r["sent_at_s"] == t) for t in times], where="post",
-                     color="tab:orange", alpha=0.5, lw=2)  # fmt: skip
+    if steps:  # the schedule: (start second, Mbit/s), the last step marks its end
+        rate_ax.step([t for t, _ in steps], [r for _, r in steps], where="post", color="tab:orange", alpha=0.5, lw=2)
     rate_ax.set_yscale("log")
     rate_ax.set_ylabel("uplink rate (Mbit/s)", color="tab:orange")
     ax.set_ylabel("end-to-end latency (ms)")
