@@ -290,3 +290,27 @@ def test_gpu_options_are_checked_before_torch():
     for bad in (["--server-device", "tpu"], ["--server-max-batch", "0"]):
         with pytest.raises(SetupError):
             bench_cli.check_args(bench_cli.build_parser().parse_args(bad))
+
+
+def test_schedule_floor_uses_the_rate_at_the_send_time():
+    spec = bench.LinkSpec(None, None, 20.0, schedule=RateSchedule.parse("20:10,0.5:10"))
+    result = FrameResult(0, "x", "split", sent_bytes=5000, timing_ms={"head": 5.0, "total": 200.0}, server_ms=10.0)
+    result.sent_at = 115.0
+    assert bench.physical_floor(result, spec, origin=100.0) == pytest.approx(5 + 5000 * 8e-3 / 0.5 + 20 + 10)
+    result.sent_at = 101.0
+    assert bench.physical_floor(result, spec, origin=100.0) == pytest.approx(5 + 5000 * 8e-3 / 20 + 20 + 10)
+
+
+def test_accuracy_points_include_webp(tmp_path):
+    from benchmarks.bench_report import accuracy_points
+
+    path = tmp_path / "offload_eval.json"
+    path.write_text(
+        '{"checkpoint": "x.pt", "student": false, "runs": [], "jpeg": {"95": 11000.0}, '
+        '"jpeg_ap": {"95": {"bbox": {"AP": 0.35}}}, "webp": {"75": 3000.0}, "webp_ap": {"75": {"bbox": {"AP": 0.33}}}}'
+    )
+    points, _ = accuracy_points([path])
+    assert [(p["label"], p["bytes"], p["ap"]) for p in points] == [
+        ("offload JPEG q95 (teacher)", 11000.0, 0.35),
+        ("offload WebP q75 (teacher)", 3000.0, 0.33),
+    ]
