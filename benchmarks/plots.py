@@ -151,7 +151,8 @@ def throughput_vs_rate(summaries: list[dict], window: int, path: Path) -> None:
     ax.set_ylabel("frames per second")
     ax.set_title("Streaming throughput, pipelining off (window 1) and on", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
     _save(fig, path)
 
 
