@@ -223,7 +223,7 @@ def physical_floor(result: FrameResult, spec: LinkSpec | None, origin: float | N
         return None
     t = result.timing_ms
     device = sum(t.get(stage, 0.0) for stage in ("head", "filter", "encode"))
-    if spec is None or result.skipped:
+    if spec is None or result.skipped or result.mode == "local":  # auto may run a frame locally on a link
         return device + t.get("tail", 0.0)
     server = result.server_ms or 0.0
     sent_at = getattr(result, "sent_at", None)

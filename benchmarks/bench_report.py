@@ -7,6 +7,7 @@ the plots.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -311,6 +312,12 @@ def _why_split_loses(c: dict, by_key: dict, rival: str) -> str:
     if offload is None:
         return ""
     saved = (offload["bytes_per_frame"] or 0) - (split["bytes_per_sent_frame"] or 0)
+    if saved <= 0:
+        return (
+            f"offload sends fewer bytes ({offload['bytes_per_frame']:,.0f} B against split's "
+            f"{split['bytes_per_sent_frame']:,.0f} B) and spends {_fmt(offload['encode_p50_ms'], 2)} ms on the device "
+            f"against split's head + encode {device:,.1f} ms"
+        )
     return (
         f"split's head + encode on the device ({device:,.1f} ms) costs more than the {saved:,.0f} bytes it saves "
         f"take on the link (offload network {_fmt(offload['network_p50_ms'])} ms vs split "
@@ -447,6 +454,35 @@ def device_speeds(report: dict) -> list[dict]:
     return out
 
 
+def schedule_steps(report: dict) -> tuple[list[dict], list[dict]]:
+    """For a ``--schedule`` run: p50 per mode in each step of the schedule, and each of auto's switches with the
+    frames it took after the last rate change (frames started since the change, the switching frame included)."""
+    text = report["settings"].get("schedule")
+    if not text:
+        return [], []
+    steps = RateSchedule.parse(text).steps
+    rows = [r for r in report["rows"] if r["error"] is None and r["start_s"] is not None and r["window"] == 1]
+    out = []
+    for (start, rate), (end, _) in itertools.pairwise(steps):
+        cell = {"from_s": start, "to_s": end, "rate_mbps": rate}
+        for mode in dict.fromkeys(r["mode"] for r in rows):
+            values = [r["total_ms"] for r in rows if r["mode"] == mode and start <= r["start_s"] < end]
+            cell[mode] = _pct(values, 50)
+        out.append(cell)
+    switches = []
+    auto = sorted((r for r in rows if r["mode"] == "auto"), key=lambda r: r["start_s"])
+    for run in (r for r in report["runs"] if r["mode"] == "auto" and r["window"] == 1):
+        for frame, before, after in run.get("switches") or []:
+            at = next((r["start_s"] for r in auto if r["frame"] == frame), None)
+            if at is None:
+                continue
+            change = max((t for t, _ in steps[:-1] if t <= at), default=0.0)
+            after_change = sum(1 for r in auto if change <= r["start_s"] <= at)
+            switches.append({"frame": frame, "at_s": at, "from": before, "to": after, "change_at_s": change,
+                             "frames_after_change": after_change if change > 0 else None})  # fmt: skip
+    return out, switches
+
+
 def _cell_text(c: dict) -> str:
     return f"**{c['best']}** ×{c['margin']:.2f}" if c["margin"] else f"**{c['best']}**"
 
@@ -531,6 +567,34 @@ def markdown(report: dict) -> str:
                 + f" | {_fmt(c['floor_p50_ms'].get(c['best']))} | {yes[c['split_beats_offload']]} "
                 f"| {yes[c['split_beats_local']]} | {yes[c.get('auto_ok')]} |"
             )
+    steps, switches = schedule_steps(report)
+    if steps:
+        modes = [k for k in steps[0] if k not in ("from_s", "to_s", "rate_mbps")]
+        lines += [
+            "",
+            "## Link-rate schedule",
+            "",
+            "p50 end-to-end ms of the frames that started in each step of the schedule; auto's switches, with the "
+            "number of frames auto started since the last rate change up to and including the switching frame.",
+            "",
+            "| step | uplink | " + " | ".join(modes) + " |",
+            "|---|---|" + "---|" * len(modes),
+        ]
+        lines += [
+            f"| {st['from_s']:g}-{st['to_s']:g} s | {st['rate_mbps']:g} Mbps | "
+            + " | ".join(_fmt(st[m]) for m in modes)
+            + " |"
+            for st in steps
+        ]
+        lines += [""] + [
+            f"- auto: frame {w['frame']} at {w['at_s']:.1f} s: {w['from']} -> {w['to']}"
+            + (
+                f" ({w['frames_after_change']} frame(s) after the change at {w['change_at_s']:g} s)"
+                if w["frames_after_change"] is not None
+                else " (its first decision)"
+            )
+            for w in switches
+        ]
     found = targets(report)
     lines += ["", "## Targets", "", *(found or ["- nothing to compare"])]
     sizes = report.get("offload_sizes") or []
@@ -622,7 +686,7 @@ def write_outputs(report: dict, out: Path) -> None:
     note = report["settings"]["link_note"] + (f", device {slowest:g} core" if slowest is not None else "")
     names = []
     if report.get("map") and len({(c["device_cpu"], c["link"]) for c in report["map"]}) > 1:
-        plots.crossover_map(report["map"], out / "crossover.png", note)
+        plots.crossover_map(report["map"], out / "crossover.png", report["settings"]["link_note"])
         names.append("crossover.png")
     if any(s["schedule"] for s in summaries):
         steps = RateSchedule.parse(report["settings"]["schedule"]).steps if report["settings"].get("schedule") else ()

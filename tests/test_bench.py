@@ -128,6 +128,7 @@ def test_physical_floor():
     assert bench.physical_floor(skipped, spec) == pytest.approx(6.0)
     local = FrameResult(0, "x", "local", timing_ms={"head": 5.0, "tail": 30.0, "total": 36.0})
     assert bench.physical_floor(local, None) == pytest.approx(35.0)
+    assert bench.physical_floor(local, spec) == pytest.approx(35.0)  # auto ran it locally: the link is not used
     assert bench.physical_floor(FrameResult(0, "x", "split", error="UNAVAILABLE: down"), spec) is None
 
 
