@@ -522,6 +522,7 @@ def markdown(report: dict) -> str:
         "",
         f"Frames: {s['frames']} per run from {s['source']} ({s['frame_size']})"
         + (f", {len(s['empty_frames'])} of them without objects" if s.get("empty_frames") is not None else "")
+        + (f", cycled until the schedule ({s['schedule']} Mbps:s) ends" if s.get("schedule") else "")
         + f", {s['warmup']} warm-up frame(s) per run (auto: 3, its first try of each mode); RTT {s['rtt_ms']:g} ms, "
         f"jitter {s['jitter_ms']:g} ms, loss {s['loss']:g}; offload: {offload}. "
         "Latency from one frame at a time (window 1)"
