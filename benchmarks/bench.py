@@ -1,25 +1,32 @@
-"""``split-bench``: latency, bytes per frame and throughput of local, offload (JPEG), split and split+filter over
-emulated links, next to each frame's physical floor; and accuracy against bytes from ``split-eval`` results.
+"""``split-bench``: latency, bytes per frame and throughput of local, offload (JPEG/WebP at the model's input
+size), split, split+filter and auto over emulated links and emulated device speeds, next to each frame's physical
+floor; which mode wins where (the crossover map); and accuracy against bytes from ``split-eval`` results.
 
-    split-bench --ckpt student.pt --rates 0.5,1,2,5,10,50 --rtt-ms 20 --frames 30 --out benchmarks/results/bench
+    split-bench --rates 0.5,1,2,5,10,50 --device-cpu 1,0.5,0.25,0.1 --frames 16 --out benchmarks/results/crossover
 
 An ``edge-server`` process serves the checkpoint behind the emulated link (the userspace shaper of
-:mod:`benchmarks.shaper`, or netem between network namespaces, :mod:`benchmarks.netem`). For every mode and link
-the real client pipeline (:mod:`mobile_client.pipeline` over :mod:`mobile_client.link`) makes two runs over the
-same frames: a latency run, one frame at a time (window 1, unary calls), and a streaming run with ``--window``
-frames in flight, for frames per second with pipelining off and on. Each run starts with ``--warmup`` frames that
-are not recorded. ``local`` uses no link and runs once.
+:mod:`benchmarks.shaper`, or netem between network namespaces, :mod:`benchmarks.netem`). The device is a child
+process (:mod:`benchmarks.device_worker`) running the real client pipeline (:mod:`mobile_client.pipeline` over
+:mod:`mobile_client.link`); with ``--device-cpu F,...`` it runs once per F under a CPU quota of F cores
+(:mod:`mobile_client.device_cpu`: cgroup v1, cgroup v2 or cpulimit) while the server and the shaper keep their
+cores. For every device speed, mode and link it makes a latency run, one frame at a time (window 1, unary calls),
+and with ``--stream`` a streaming run with ``--window`` frames in flight. Each run starts with ``--warmup`` frames
+that are not recorded (auto: at least 3, its tries of each mode). ``local`` uses no link and runs once per device
+speed. A ``--schedule`` link changes its rate during one run (the frames cycle until the schedule ends), for
+auto's switching.
 
 The physical floor of a frame is what it has to cost on this link given its measured stages: head + filter +
-encode on the device, request bytes / uplink rate, the RTT, the server's time (queue, decode, tail, encode) and
-response bytes / downlink rate (``local``: head + filter + tail). The runtime overhead is end-to-end minus floor:
-gRPC and HTTP/2 framing, TCP, threads, Python. Packet loss is not part of the floor; a trace-driven link counts at
-its mean rate.
+encode on the device, the request's bytes over the uplink, the RTT, the server's time (queue, decode, tail,
+encode) and the response's bytes over the downlink (``local``: head + filter + tail). On a fixed rate the bytes
+take bytes / rate; on a trace link they take until the trace's delivery opportunities from the frame's send time
+have carried them (:func:`benchmarks.shaper.trace_delivery`), so no measured time can fall below it. The runtime
+overhead is end-to-end minus floor: gRPC and HTTP/2 framing, TCP, threads, Python. Packet loss is not part of the
+floor. On a trace link the frames are spread over the trace's whole period (``--trace-window-s``).
 
-Writes to ``--out``: ``bench.csv`` (one row per frame), ``bench.json`` (the rows plus summaries, runs, accuracy
-points and the setup), ``bench.md`` (also printed on stdout) and the plots ``latency_vs_rate.png``,
-``bytes_per_frame.png``, ``stage_breakdown.png``, ``throughput_vs_rate.png`` and ``ap_vs_bytes.png``. Progress goes
-to stderr. Exit status: 0, 1 when every frame failed, 2 for usage and setup errors (one line).
+Writes to ``--out``: ``bench.csv`` (one row per frame), ``bench.json`` (the rows plus summaries, the map, runs,
+accuracy points and the setup), ``cells.csv`` (one row per device speed, mode and link), ``bench.md`` (also printed
+on stdout) and the plots. Progress goes to stderr. Exit status: 0, 1 when every frame failed, 2 for usage and
+setup errors (one line).
 """
 
 from __future__ import annotations
@@ -45,23 +52,26 @@ from benchmarks.bench_report import (
     REPORT_STAGES,
     accuracy_points,
     bytes_by_mode,
+    crossover,
     describe_input,
     markdown,
     summarize,
     write_outputs,
 )
+from benchmarks.device_worker import Device, DeviceError, DeviceSpec, load_frames
 from benchmarks.netem import NetemError, NetemLink, unavailable
 from benchmarks.paths import shown_args, shown_path
 from benchmarks.server_process import ServerProcess, ServerStartError
-from benchmarks.shaper import LinkShaper, Trace
-from common.checkpoint import CheckpointError
+from benchmarks.shaper import LinkShaper, RateSchedule, Trace, trace_delivery
+from common.checkpoint import CheckpointError, load_checkpoint
 from common.demo import demo_checkpoint
-from mobile_client import handshake, sources
+from mobile_client import handshake
+from mobile_client.device_cpu import DeviceQuota, detect, parse_cores
 from mobile_client.link import LinkConfig
-from mobile_client.pipeline import FrameResult, Pipeline
-from mobile_client.settings import Options, SetupError
+from mobile_client.offload import encode_image, model_input_size
+from mobile_client.pipeline import FrameResult
+from mobile_client.settings import SetupError
 from mobile_client.sources import Frame, SourceError
-from mobile_client.torch_head import ClientModel
 
 SERVER_START_S = 180.0
 
@@ -84,9 +94,12 @@ class LinkSpec:
     loss: float = 0.0
     up_trace: Trace | None = None
     down_trace: Trace | None = None
+    schedule: RateSchedule | None = None
 
     @property
     def label(self) -> str:
+        if self.schedule is not None:
+            return self.schedule.label
         if self.up_trace is not None:
             return f"trace {self.up_trace.name}/{self.down_trace.name}"
         down = "" if self.down_mbps == self.up_mbps else f"/{self.down_mbps:g}"
@@ -94,11 +107,21 @@ class LinkSpec:
 
     @property
     def up_rate(self) -> float:
+        """Mbit/s: the trace's mean, the schedule's time-weighted mean, or the rate."""
+        if self.schedule is not None:
+            return _schedule_mean(self.schedule)
         return self.up_trace.mean_mbps if self.up_trace is not None else self.up_mbps
 
     @property
     def down_rate(self) -> float:
+        if self.schedule is not None:
+            return _schedule_mean(self.schedule)
         return self.down_trace.mean_mbps if self.down_trace is not None else self.down_mbps
+
+
+def _schedule_mean(schedule: RateSchedule) -> float:
+    steps = schedule.steps
+    return sum((b[0] - a[0]) * a[1] for a, b in itertools.pairwise(steps)) / schedule.duration_s
 
 
 @dataclass
@@ -107,6 +130,7 @@ class EmulatedPath:
 
     target: str
     counters: Callable[[], tuple[int, int]]
+    origin: float | None = None  #: time.monotonic() when the link's traces or schedule started
 
 
 class Userspace:
@@ -133,9 +157,11 @@ class Userspace:
             loss=spec.loss,
             up_trace=spec.up_trace,
             down_trace=spec.down_trace,
+            schedule=spec.schedule,
         )
         with shaper:
-            yield EmulatedPath(f"{self.host}:{shaper.port}", lambda: (shaper.up_bytes, shaper.down_bytes))
+            counters = lambda: (shaper.up_bytes, shaper.down_bytes)  # noqa: E731
+            yield EmulatedPath(f"{self.host}:{shaper.port}", counters, shaper.origin)
 
 
 class Netem:
@@ -164,7 +190,7 @@ def open_emulator(choice: str, stack: ExitStack, traces: bool) -> tuple[Userspac
     """The emulator for ``--emulator`` (auto: netem when it works here) and why netem was not used, if it was not."""
     if choice == "userspace":
         return Userspace(), None
-    reason = "trace-driven links need the userspace shaper" if traces else unavailable()
+    reason = "trace-driven and scheduled links need the userspace shaper" if traces else unavailable()
     if reason is None:
         try:
             return Netem(stack.enter_context(NetemLink())), None
@@ -181,53 +207,68 @@ def open_emulator(choice: str, stack: ExitStack, traces: bool) -> tuple[Userspac
 
 @dataclass(frozen=True)
 class RunSettings:
-    jpeg_quality: int
-    timeout_s: float
     warmup: int
     emulator: str
+    trace_window_s: float | None
+    frames: int
 
 
-def build_pipeline(mode: str, window: int, model: ClientModel, target: str | None, settings: RunSettings) -> Pipeline:
-    """The client's pipeline for one mode, after the ``GetModelInfo`` handshake over the emulated link."""
-    options = Options(
-        mode=mode.split("+")[0],
-        use_filter=mode == "split+filter",
-        codec=model.checkpoint.codec,
-        jpeg_quality=settings.jpeg_quality,
-        window=window,
-    )
-    link = None
-    if target is not None:
-        fingerprint = None if mode == "offload" else model.fingerprint
-        link, _ = handshake.connect(LinkConfig(target, timeout_s=settings.timeout_s), fingerprint=fingerprint)
-    class_names = list(model.checkpoint.class_names)
-    return Pipeline(options, class_names, model=None if mode == "offload" else model, link=link)
+def physical_floor(result: FrameResult, spec: LinkSpec | None, origin: float | None = None) -> float | None:
+    """What the frame has to cost given its measured stages: device time, transfers over the link, RTT, server.
 
-
-def physical_floor(result: FrameResult, spec: LinkSpec | None) -> float | None:
-    """What the frame has to cost given its measured stages: device time, transfers at the link rate, RTT, server."""
+    On a trace link with the frame's send time and the trace's ``origin`` known, each transfer ends at the trace's
+    delivery opportunity that carries its last byte (:func:`trace_delivery`); otherwise bytes / rate (a trace's
+    mean rate, a schedule's rate at the send time)."""
     if result.error is not None:
         return None
     t = result.timing_ms
     device = sum(t.get(stage, 0.0) for stage in ("head", "filter", "encode"))
-    if spec is None or result.skipped:
+    if spec is None or result.skipped or result.mode == "local":  # auto may run a frame locally on a link
         return device + t.get("tail", 0.0)
-    transfer = result.sent_bytes * 8e-3 / spec.up_rate + result.received_bytes * 8e-3 / spec.down_rate
-    return device + transfer + spec.rtt_ms + (result.server_ms or 0.0)
+    server = result.server_ms or 0.0
+    sent_at = getattr(result, "sent_at", None)
+    if spec.up_trace is not None and sent_at is not None and origin is not None:
+        up_done = trace_delivery(spec.up_trace, origin, sent_at, result.sent_bytes)
+        reply_at = up_done + (spec.rtt_ms / 2 + server) / 1000
+        down_done = trace_delivery(spec.down_trace, origin, reply_at, result.received_bytes)
+        return device + (down_done - sent_at) * 1000 + spec.rtt_ms / 2
+    up, down = spec.up_rate, spec.down_rate
+    if spec.schedule is not None and sent_at is not None and origin is not None:
+        up = down = spec.schedule.rate_at(sent_at - origin)
+    transfer = result.sent_bytes * 8e-3 / up + result.received_bytes * 8e-3 / down
+    return device + transfer + spec.rtt_ms + server
 
 
 def frame_row(
-    result: FrameResult, mode: str, spec: LinkSpec | None, window: int, wire: tuple[int, int] | None, emulator: str
+    result: FrameResult,
+    mode: str,
+    spec: LinkSpec | None,
+    window: int,
+    wire: tuple[int, int] | None,
+    emulator: str,
+    device_cpu: float | None = None,
+    origin: float | None = None,
 ) -> dict:
     """One CSV row: the frame's bytes, stages, end-to-end time, floor and overhead."""
     t = result.timing_ms
-    floor = physical_floor(result, spec)
+    floor = physical_floor(result, spec, origin)
     total = t.get("total")
+    sent_at = getattr(result, "sent_at", None)
+    finished_at = getattr(result, "finished_at", None)
+    at = round(sent_at - origin, 3) if sent_at is not None and origin is not None else None
+    start = None  # when the frame started, from the link's start (local frames too)
+    if finished_at is not None and origin is not None and total is not None:
+        start = round(finished_at - total / 1000 - origin, 3)
+    rate = spec.up_rate if spec is not None else None
+    if spec is not None and spec.schedule is not None and (at if at is not None else start) is not None:
+        rate = spec.schedule.rate_at(at if at is not None else start)
     return {
+        "device_cpu": device_cpu,
         "mode": mode,
+        "chosen": result.mode,
         "emulator": emulator if spec is not None else None,
         "link": spec.label if spec is not None else "none",
-        "rate_mbps": spec.up_rate if spec is not None else None,
+        "rate_mbps": rate,
         "down_mbps": spec.down_rate if spec is not None else None,
         "rtt_ms": spec.rtt_ms if spec is not None else None,
         "jitter_ms": spec.jitter_ms if spec is not None else None,
@@ -237,6 +278,8 @@ def frame_row(
         "source": result.source,
         "skipped": result.skipped,
         "error": result.error,
+        "start_s": start,
+        "sent_at_s": at,
         "sent_bytes": result.sent_bytes,
         "received_bytes": result.received_bytes,
         "wire_up_bytes": wire[0] if wire else None,
@@ -249,24 +292,12 @@ def frame_row(
     }
 
 
-def run_frames(
-    pipeline: Pipeline, frames: list[Frame], warmup: int, counters: Callable[[], tuple[int, int]] | None
-) -> tuple[list[FrameResult], list[tuple[int, int] | None], float]:
-    """Warm up, then run every frame: results, bytes that crossed the link per frame (when given), wall seconds."""
-    list(pipeline.run(frames[i % len(frames)] for i in range(warmup)))
-    results: list[FrameResult] = []
-    wire: list[tuple[int, int] | None] = []
-    before = counters() if counters else None
-    start = time.monotonic()
-    for result in pipeline.run(iter(frames)):
-        results.append(result)
-        if counters is None:
-            wire.append(None)
-            continue
-        now = counters()
-        wire.append((now[0] - before[0], now[1] - before[1]))
-        before = now
-    return results, wire, time.monotonic() - start
+def _result(data: dict) -> FrameResult:
+    sent_at, finished_at = data.pop("sent_at", None), data.pop("finished_at", None)
+    result = FrameResult(**data)
+    result.sent_at = sent_at
+    result.finished_at = finished_at  # time.monotonic() when the device had the result
+    return result
 
 
 # ---- command line ----
@@ -280,7 +311,13 @@ def _floats(text: str) -> list[float]:
 
 
 def parse_links(args: argparse.Namespace) -> list[LinkSpec]:
-    """The links to run: one per ``--rates`` entry, plus the trace link."""
+    """The links to run: one per ``--rates`` entry, plus the trace link; or only the ``--schedule`` link."""
+    if args.schedule:
+        try:
+            schedule = RateSchedule.parse(args.schedule)
+        except ValueError as e:
+            raise SetupError(str(e)) from None
+        return [LinkSpec(None, None, args.rtt_ms, args.jitter_ms, args.loss, schedule=schedule)]
     links = []
     for rate in _floats(args.rates):
         if rate <= 0:
@@ -314,19 +351,6 @@ def parse_modes(text: str | None, has_filter: bool, ckpt: Path) -> list[str]:
     return [m for m in BENCH_MODES if m in modes]
 
 
-def load_frames(args: argparse.Namespace) -> tuple[list[Frame], str]:
-    """The frames every run uses (held in memory, so every mode sees the same), and where they came from."""
-    if args.images:
-        source, label = sources.images(args.images), f"images {args.images}"
-    else:
-        count = args.synthetic or args.frames
-        source, label = sources.synthetic(count, args.seed), f"the synthetic video (seed {args.seed})"
-    frames = list(itertools.islice(source.frames, args.frames))
-    if not frames:
-        raise SourceError("no frames")
-    return frames, label
-
-
 def machine_info(server_threads: int, device: str) -> dict:
     """Where the benchmark ran: CPUs, platform, versions, threads, the server's device, the load at the start."""
     return {
@@ -343,6 +367,9 @@ def machine_info(server_threads: int, device: str) -> dict:
 
 
 def _progress(step: int, total: int, run: str, window: int, results: list[FrameResult], wall: float) -> None:
+    if not results:
+        _log(f"[{step}/{total}] {run}, window {window}: no frames")
+        return
     ok = [r for r in results if r.error is None]
     message = f"[{step}/{total}] {run}, window {window}: {len(results)} frames, {len(results) / wall:.2f} fps"
     if window == 1 and ok:
@@ -362,28 +389,52 @@ def server_device(target: str, timeout_s: float) -> str:
 
 def run_plan(
     plan: list[tuple[str, LinkSpec | None, int]],
-    model: ClientModel,
-    frames: list[Frame],
+    device: Device,
+    device_cpu: float | None,
     emulator: Userspace | Netem | None,
     server_port: int,
     settings: RunSettings,
+    step: int,
+    total: int,
 ) -> tuple[list[dict], list[dict]]:
-    """Every (mode, link, window) run: the per-frame rows and one record per run."""
+    """Every (mode, link, window) run on one device: the per-frame rows and one record per run."""
     rows: list[dict] = []
     runs: list[dict] = []
-    for step, (mode, spec, window) in enumerate(plan, 1):
+    for mode, spec, window in plan:
+        step += 1
         with ExitStack() as stack:
             wire = stack.enter_context(emulator.link(server_port, spec)) if spec is not None else None
-            pipeline = build_pipeline(mode, window, model, wire.target if wire else None, settings)
-            stack.callback(pipeline.close)
-            counters = wire.counters if wire is not None and window == 1 else None
-            results, wire_bytes, wall = run_frames(pipeline, frames, settings.warmup, counters)
+            counted: list[tuple[int, int] | None] = []
+            on_frame = on_warm = None
+            if wire is not None and window == 1:
+                last = [wire.counters()]
+
+                def on_warm(wire=wire, last=last) -> None:  # bytes after the handshake and the warm-up frames
+                    last[0] = wire.counters()
+
+                def on_frame(_result: dict, wire=wire, last=last, counted=counted) -> None:
+                    now = wire.counters()
+                    counted.append((now[0] - last[0][0], now[1] - last[0][1]))
+                    last[0] = now
+
+            pace = duration = None
+            if spec is not None and spec.up_trace is not None and window == 1:
+                pace = (settings.trace_window_s or spec.up_trace.period_ms / 1000) / settings.frames
+            if spec is not None and spec.schedule is not None:
+                duration = spec.schedule.duration_s
+            target = wire.target if wire is not None else None
+            data, wall, switches = device.run(mode, window, target, settings.warmup, on_frame, on_warm, pace, duration)
+            origin = wire.origin if wire is not None else None
+        results = [_result(dict(d)) for d in data]
         link = spec.label if spec is not None else "none"
-        _progress(step, len(plan), f"{mode} @ {link}", window, results, wall)
-        for result, wire_counted in zip(results, wire_bytes, strict=True):
-            rows.append(frame_row(result, mode, spec, window, wire_counted, settings.emulator))
+        where = f"{mode} @ {link}" + (f", device {device_cpu:g} core" if device_cpu is not None else "")
+        _progress(step, total, where, window, results, wall)
+        wires = counted if counted else [None] * len(results)
+        for result, wire_counted in zip(results, wires, strict=True):
+            rows.append(frame_row(result, mode, spec, window, wire_counted, settings.emulator, device_cpu, origin))
         runs.append(
             {
+                "device_cpu": device_cpu,
                 "mode": mode,
                 "link": link,
                 "rate_mbps": spec.up_rate if spec else None,
@@ -391,69 +442,155 @@ def run_plan(
                 "window": window,
                 "frames": len(results),
                 "wall_s": round(wall, 3),
-                "fps": round(len(results) / wall, 3),
+                "fps": round(len(results) / wall, 3) if wall > 0 else None,
+                "switches": switches,
             }
         )
     return rows, runs
 
 
+def offload_sizes(frames: list[Frame], min_size: int, max_size: int, quality: int) -> list[dict]:
+    """Mean bytes per frame of each offload encoding of these frames: JPEG at several qualities and WebP, at the
+    model's input size and (JPEG at ``quality``) at the source size; the ratio is against JPEG q95 at model size."""
+    images = [f.image for f in frames if f.image is not None]
+    size = model_input_size(*images[0].shape[:2], min_size, max_size)
+    settings = [("jpeg", q, "model") for q in sorted({95, 90, 75, 50, quality}, reverse=True)]
+    settings += [("webp", q, "model") for q in (95, 75, 50)] + [("jpeg", quality, "source")]
+    out = []
+    for fmt, q, resize in settings:
+        sizes = [len(encode_image(im, fmt, q, size if resize == "model" else None)) for im in images]
+        out.append({"format": fmt, "quality": q, "resize": resize, "bytes": float(np.mean(sizes))})
+    reference = next(o["bytes"] for o in out if (o["format"], o["quality"], o["resize"]) == ("jpeg", 95, "model"))
+    for o in out:
+        o["ratio_to_jpeg95_model"] = round(o["bytes"] / reference, 3)
+    return out
+
+
+def _quota_speeds(args: argparse.Namespace) -> tuple[list[float | None], str | None]:
+    if not args.device_cpu:
+        return [None], None
+    return parse_cores(args.device_cpu), detect(args.device_quota)
+
+
 def bench(args: argparse.Namespace, command: str) -> dict:
     """Every run; the report that :func:`write_outputs` writes."""
+    started = time.monotonic()
+    load_start = list(os.getloadavg())
     links = parse_links(args)
+    speeds, mechanism = _quota_speeds(args)
     ckpt = Path(args.ckpt) if args.ckpt else demo_checkpoint()
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    model = ClientModel.load(ckpt)
-    modes = parse_modes(args.modes, model.has_filter, ckpt)
+    checkpoint = load_checkpoint(ckpt)
+    has_filter = checkpoint.config.with_filter
+    modes = parse_modes(args.modes, has_filter, ckpt)
     remote = [m for m in modes if m != "local"]
     if remote and not links:
         raise SetupError("no links to run: give --rates or --trace")
-    frames, source_label = load_frames(args)
-    plan = [("local", None, w) for w in (1, args.window) if "local" in modes]
-    plan += [(mode, spec, w) for spec in links for mode in remote for w in (1, args.window)]
+    if args.schedule and "local" in modes:
+        modes, remote = [m for m in modes if m != "local"], remote
+        _log("--schedule: local mode does not use the link; left out")
+    spec = DeviceSpec(
+        ckpt=str(ckpt),
+        threads=args.threads,
+        frames=args.frames,
+        images=args.images,
+        synthetic=args.synthetic,
+        seed=args.seed,
+        empty_ratio=None if args.images else args.empty_ratio,
+        run_frames=(args.empty_runs, 2 * args.empty_runs),
+        jpeg_quality=args.jpeg_quality,
+        offload_format=args.offload_format,
+        offload_resize=args.offload_resize,
+        timeout_s=args.timeout_s,
+    )
+    frames = load_frames(spec)
+    windows = (1, args.window) if args.stream else (1,)
+    plan = [("local", None, w) for w in windows if "local" in modes]
+    for link in links:
+        fixed = link.up_trace is None and link.schedule is None
+        plan += [(mode, link, w) for mode in remote for w in (windows if fixed else (1,))]
     emulator, netem_reason, device, port = None, None, "-", 0
+    rows: list[dict] = []
+    runs: list[dict] = []
+    quotas: list[dict] = []
     with ExitStack() as stack:
         if remote:
-            emulator, netem_reason = open_emulator(args.emulator, stack, any(s.up_trace for s in links))
+            scheduled = any(s.up_trace or s.schedule for s in links)
+            emulator, netem_reason = open_emulator(args.emulator, stack, scheduled)
             server_args = ["--ckpt", str(ckpt), "--host", emulator.host, "--device", args.server_device]
             server_args += ["--torch-threads", str(args.server_threads), "--workers", "8", "--log-level", "WARNING"]
+            server_args += ["--max-batch", str(args.server_max_batch)]
             server = ServerProcess(server_args, SERVER_START_S, args.server_threads, emulator.wrap)
             port = stack.enter_context(server).port
             device = server_device(f"{emulator.host}:{port}", args.timeout_s)
             _log(f"edge-server on {emulator.host}:{port} ({device}); emulator: {emulator.name}")
-        settings = RunSettings(args.jpeg_quality, args.timeout_s, args.warmup, emulator.name if emulator else "none")
-        rows, runs = run_plan(plan, model, frames, emulator, port, settings)
+        settings = RunSettings(args.warmup, emulator.name if emulator else "none", args.trace_window_s, len(frames))
+        total = len(plan) * len(speeds)
+        for i, cores in enumerate(speeds):
+            with ExitStack() as on_device:
+                worker = on_device.enter_context(Device(spec, _log))
+                if cores is not None:
+                    quota = on_device.enter_context(DeviceQuota(mechanism, cores))
+                    quota.add(worker.pid)
+                    quotas.append({"device_cpu": cores, "mechanism": mechanism, "setting": quota.description})
+                    _log(f"device process {worker.pid} held to {cores:g} core(s): {quota.description}")
+                more_rows, more_runs = run_plan(plan, worker, cores, emulator, port, settings, i * len(plan), total)
+            rows += more_rows
+            runs += more_runs
+    machine = machine_info(args.server_threads, device)
+    machine["load_average"] = load_start
+    machine["load_average_end"] = list(os.getloadavg())
+    machine["wall_s"] = round(time.monotonic() - started, 1)
+    machine["client_threads"] = args.threads
     evals = [Path(p) for p in args.eval_json or sorted(glob.glob(EVAL_GLOB))]
-    accuracy, notes = accuracy_points(evals, model.checkpoint.config.arch)
+    accuracy, notes = accuracy_points(evals, checkpoint.config.arch)
     summary = summarize(rows, runs, args.window)
     first = frames[0].image
-    config = model.checkpoint.config
+    config = checkpoint.config
+    skipped_empty = None
+    if not args.images:
+        from synthetic.video import SyntheticVideo
+
+        video = SyntheticVideo(args.synthetic or args.frames, args.seed, empty_ratio=args.empty_ratio,
+                               run_frames=(args.empty_runs, 2 * args.empty_runs))  # fmt: skip
+        skipped_empty = [i for i in video.empty_frames if i < len(frames)]
     return {
         "command": command,
         "checkpoint": shown_path(ckpt),
-        "machine": machine_info(args.server_threads, device),
+        "machine": machine,
         "emulator": {
             "name": settings.emulator,
             "description": emulator.description if emulator else "no link (local only)",
             "netem_unavailable": netem_reason,
         },
+        "device_quota": {"mechanism": mechanism, "quotas": quotas},
         "settings": {
             "modes": modes,
             "links": [s.label for s in links],
+            "device_cpu": [c for c in speeds if c is not None],
             "rtt_ms": args.rtt_ms,
             "jitter_ms": args.jitter_ms,
             "loss": args.loss,
             "frames": len(frames),
+            "empty_frames": skipped_empty,
             "warmup": args.warmup,
             "window": args.window,
+            "stream": args.stream,
             "jpeg_quality": args.jpeg_quality,
-            "source": source_label,
+            "offload": f"{args.offload_format} q{args.jpeg_quality}, resized to the "
+            + ("model's input size" if args.offload_resize == "model" else "source size (not resized)"),
+            "source": "images" if args.images else f"the synthetic video (seed {args.seed})",
             "frame_size": "-" if first is None else f"{first.shape[0]}x{first.shape[1]}",
             "input_size": None if first is None else describe_input(*first.shape[:2], config.min_size, config.max_size),
             "link_note": f"RTT {args.rtt_ms:g} ms, loss {args.loss:g}, {settings.emulator} emulator",
+            "trace_window_s": args.trace_window_s,
+            "schedule": args.schedule,
         },
         "summary": summary,
+        "map": crossover(summary),
         "bytes": bytes_by_mode(summary),
+        "offload_sizes": offload_sizes(frames, config.min_size, config.max_size, args.jpeg_quality),
         "runs": runs,
         "accuracy": accuracy,
         "accuracy_notes": notes,
@@ -467,7 +604,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     torch.set_num_threads(args.threads)
     try:
         report = bench(args, shlex.join(["split-bench", *shown_args(argv)]))
-    except (SetupError, SourceError, CheckpointError, FileNotFoundError, NetemError, ServerStartError) as e:
+    except (
+        SetupError, SourceError, CheckpointError, FileNotFoundError, NetemError, ServerStartError, DeviceError
+    ) as e:  # fmt: skip
         _log(f"error: {e}")
         return 2
     except KeyboardInterrupt:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
+from mobile_client.device_cpu import MECHANISMS, detect, parse_cores
+from mobile_client.offload import OFFLOAD_FORMATS, OFFLOAD_RESIZE
 from mobile_client.settings import SetupError
 
-BENCH_MODES = ("local", "offload", "split", "split+filter")
+BENCH_MODES = ("local", "offload", "split", "split+filter", "auto")
 EVAL_GLOB = "benchmarks/results/*eval*.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="split-bench",
-        description="Latency, bytes and throughput of local, offload, split and split+filter over emulated links.",
+        description="Latency, bytes and throughput of local, offload, split, split+filter and auto over emulated links "
+        "and emulated device speeds: which mode wins where.",
     )
     p.add_argument("--ckpt", metavar="PATH", help="student checkpoint for both sides (default: the demo checkpoint)")
     p.add_argument(
@@ -37,6 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also run a mahimahi trace link: UPLINK [DOWNLINK], userspace only (default: none)",
     )
+    p.add_argument(
+        "--trace-window-s",
+        type=float,
+        metavar="S",
+        help="spread a trace run's frames over its first S seconds (default: the trace's whole period)",
+    )
+    p.add_argument(
+        "--schedule",
+        metavar="MBPS:S,...",
+        help="instead of --rates: one link whose rate changes, e.g. 20:20,0.5:20,20:20; frames cycle until it "
+        "ends (default: none)",
+    )
+    p.add_argument(
+        "--device-cpu",
+        metavar="F[,F...]",
+        help="run the device (head, filter, encode, JPEG, local tail, its gRPC link) under a CPU quota of F cores, "
+        "once per F; the server keeps its cores (default: none, the device runs at full speed)",
+    )
+    p.add_argument(
+        "--device-quota",
+        choices=("auto", *MECHANISMS),
+        default="auto",
+        help="how --device-cpu is enforced; auto tries them in this order (default: %(default)s)",
+    )
     p.add_argument("--modes", metavar="LIST", help=f"comma list of {', '.join(BENCH_MODES)} (default: all)")
     p.add_argument("--frames", type=int, default=30, metavar="N", help="frames per run (default: %(default)s)")
     p.add_argument(
@@ -49,10 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video (default: %(default)s)")
     p.add_argument(
-        "--jpeg-quality", type=int, default=95, metavar="Q", help="offload JPEG quality (default: %(default)s)"
+        "--empty-ratio",
+        type=float,
+        default=0.5,
+        metavar="R",
+        help="share of the synthetic video's frames without objects, in runs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--empty-runs",
+        type=int,
+        default=4,
+        metavar="N",
+        help="the synthetic video's runs with objects last N..2N frames (default: %(default)s)",
+    )
+    p.add_argument(
+        "--jpeg-quality", type=int, default=95, metavar="Q", help="offload JPEG or WebP quality (default: %(default)s)"
+    )
+    p.add_argument(
+        "--offload-format", choices=OFFLOAD_FORMATS, default="jpeg", help="offload image format (default: %(default)s)"
+    )
+    p.add_argument(
+        "--offload-resize",
+        choices=OFFLOAD_RESIZE,
+        default="model",
+        help="offload resizes the frame to the model's input size, or sends the source size (default: %(default)s)",
     )
     p.add_argument(
         "--window", type=int, default=4, metavar="N", help="frames in flight when streaming (default: %(default)s)"
+    )
+    p.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also a streaming run (--window frames in flight) per mode and fixed-rate link (default: %(default)s)",
     )
     p.add_argument(
         "--emulator",
@@ -68,7 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--server-threads", type=int, default=1, metavar="N", help="server torch threads (default: %(default)s)"
     )
-    p.add_argument("--server-device", default="auto", help="edge-server --device (default: %(default)s)")
+    p.add_argument(
+        "--server-device", default="auto", help="edge-server --device: auto, cpu, cuda, cuda:N (default: %(default)s)"
+    )
+    p.add_argument(
+        "--server-max-batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="edge-server --max-batch (e.g. 8 on a GPU) (default: %(default)s)",
+    )
     p.add_argument(
         "--timeout-s", type=float, default=30.0, metavar="T", help="per-frame deadline (default: %(default)s)"
     )
@@ -86,10 +152,22 @@ def check_args(args: argparse.Namespace) -> None:
         (args.window >= 2, "--window must be >= 2 (window 1 is the latency run)"),
         (args.threads >= 1 and args.server_threads >= 1, "--threads and --server-threads must be >= 1"),
         (args.timeout_s > 0, "--timeout-s must be positive"),
+        (0.0 <= args.empty_ratio < 1.0, "--empty-ratio must be in [0, 1)"),
+        (args.empty_runs >= 1, "--empty-runs must be >= 1"),
+        (args.trace_window_s is None or args.trace_window_s > 0, "--trace-window-s must be positive"),
+        (not (args.schedule and args.trace), "--schedule and --trace are separate runs"),
+        (args.server_max_batch >= 1, "--server-max-batch must be >= 1"),
+        (
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.server_device) is not None,
+            f"--server-device must be auto, cpu, cuda or cuda:N, got {args.server_device!r}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise SetupError(message)
+    if args.device_cpu is not None:
+        parse_cores(args.device_cpu)
+        detect(args.device_quota)  # no quota mechanism here: refuse rather than run at full speed
 
 
 def main(argv: list[str] | None = None) -> int:

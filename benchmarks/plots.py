@@ -10,9 +10,16 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-MODE_COLORS = {"local": "tab:gray", "offload": "tab:red", "split": "tab:blue", "split+filter": "tab:green"}
+MODE_COLORS = {
+    "local": "tab:gray",
+    "offload": "tab:red",
+    "split": "tab:blue",
+    "split+filter": "tab:green",
+    "auto": "black",
+}
 PART_COLORS = {
     "head": "tab:blue",
     "filter": "tab:cyan",
@@ -22,7 +29,7 @@ PART_COLORS = {
     "device tail": "tab:brown",
     "other": "tab:gray",
 }
-REMOTE = ("offload", "split", "split+filter")
+REMOTE = ("offload", "split", "split+filter", "auto")
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -144,7 +151,8 @@ def throughput_vs_rate(summaries: list[dict], window: int, path: Path) -> None:
     ax.set_ylabel("frames per second")
     ax.set_title("Streaming throughput, pipelining off (window 1) and on", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
     _save(fig, path)
 
 
@@ -177,4 +185,77 @@ def ap_vs_bytes(points: list[dict], path: Path) -> None:
     ax.set_title("Accuracy against bytes per frame", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    _save(fig, path)
+
+
+def crossover_map(cells: list[dict], path: Path, note: str) -> None:
+    """Heat map over device speed (rows) x link (columns): the colour is the fastest fixed mode, its shade how far
+    ahead it is (runner-up p50 / best p50); each cell names the winner, the margin and auto's verdict."""
+    from matplotlib.colors import to_rgb
+
+    devices = sorted({c["device_cpu"] for c in cells}, key=lambda d: -(d or 1e9))
+    links: list[str] = []
+    for c in sorted(cells, key=lambda c: (c["trace"], c["rate_mbps"] or 0)):
+        if c["link"] not in links:
+            links.append(c["link"])
+    fig = Figure(figsize=(1.6 * len(links) + 2.5, 1.0 * len(devices) + 2))
+    ax = fig.subplots()
+    for c in cells:
+        x, y = links.index(c["link"]), devices.index(c["device_cpu"])
+        strength = min(1.0, ((c["margin"] or 1.0) - 1.0) / 1.0)  # x2 or more: full colour
+        base = to_rgb(MODE_COLORS[c["best"]])
+        color = tuple(1 - (0.25 + 0.75 * strength) * (1 - v) for v in base)
+        ax.add_patch(Rectangle((x, y), 1, 1, color=color))
+        text = f"{c['best']}\n×{c['margin']:.2f}" if c["margin"] else c["best"]
+        if "auto_ok" in c:
+            text += f"\nauto {'ok' if c['auto_ok'] else 'LOSES'} ({c['auto_vs_best_ms']:+.0f} ms)"
+        ax.text(x + 0.5, y + 0.5, text, ha="center", va="center", fontsize=7)
+    ax.set_xlim(0, len(links))
+    ax.set_ylim(0, len(devices))
+    ax.set_xticks([i + 0.5 for i in range(len(links))], [lk.replace("trace ", "trace\n") for lk in links], fontsize=7)
+    ax.set_yticks(
+        [i + 0.5 for i in range(len(devices))], ["full" if d is None else f"{d:g} core" for d in devices], fontsize=8
+    )
+    ax.set_xlabel("link (uplink rate)")
+    ax.set_ylabel("device speed (CPU quota)")
+    ax.set_title(f"Fastest mode by p50 (×: runner-up / best) ({note})", fontsize=9)
+    _save(fig, path)
+
+
+def timeline(rows: list[dict], path: Path, note: str, steps: tuple = ()) -> None:
+    """A scheduled-link run: each frame's latency against its send time, per mode (auto coloured by the mode it
+    chose), with the link rate on a second axis."""
+    group = [r for r in rows if r["link"].startswith("schedule") and r["window"] == 1 and r["error"] is None]
+    group = sorted((r for r in group if r["start_s"] is not None), key=lambda r: r["start_s"])
+    fig = Figure(figsize=(10, 5.5))
+    ax, modes_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for mode in REMOTE:
+        own = [r for r in group if r["mode"] == mode]
+        if not own:
+            continue
+        style = "-" if mode == "auto" else ":"
+        ax.plot([r["start_s"] for r in own], [r["total_ms"] for r in own], style, color=MODE_COLORS[mode],
+                lw=1.5 if mode == "auto" else 1, label=f"{mode} (fixed)" if mode != "auto" else "auto")  # fmt: skip
+        if mode == "auto":
+            for chosen in ("split", "offload", "local"):
+                picked = [r for r in own if r["chosen"] == chosen]
+                if picked:
+                    ax.scatter([r["start_s"] for r in picked], [r["total_ms"] for r in picked], s=9,
+                               color=MODE_COLORS[chosen], zorder=3, label=f"auto chose {chosen}")  # fmt: skip
+            order = {"local": 0, "offload": 1, "split": 2}
+            modes_ax.step([r["start_s"] for r in own], [order[r["chosen"]] for r in own], where="post", color="k")
+            modes_ax.set_yticks(list(order.values()), list(order))
+    rate_ax = ax.twinx()
+    if steps:  # the schedule: (start second, Mbit/s), the last step marks its end
+        rate_ax.step([t for t, _ in steps], [r for _, r in steps], where="post", color="tab:orange", alpha=0.5, lw=2)
+    rate_ax.set_yscale("log")
+    rate_ax.set_ylabel("uplink rate (Mbit/s)", color="tab:orange")
+    ax.set_ylabel("end-to-end latency (ms)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    ax.set_title(f"Link-rate schedule: latency per frame and auto's mode ({note})", fontsize=9)
+    modes_ax.set_xlabel("time since the link started (s)")
+    modes_ax.set_ylabel("auto's mode", fontsize=8)
+    modes_ax.grid(True, alpha=0.3)
     _save(fig, path)

@@ -134,6 +134,66 @@ class _TraceLink:
         return depart
 
 
+def trace_delivery(trace: Trace, origin: float, start: float, nbytes: int) -> float:
+    """The earliest time a direction driven by ``trace`` (started at ``origin``, seconds on the same clock as
+    ``start``) can have delivered ``nbytes`` handed to it at ``start``: the ceil(nbytes / 1500)-th delivery
+    opportunity at or after ``start`` (packets ahead of them and the one-way delay not counted)."""
+    link = _TraceLink(trace, origin)
+    first = link._first_at_or_after(start)
+    return link._time(first + max(1, -(-nbytes // TRACE_PACKET_BYTES)) - 1)
+
+
+@dataclass(frozen=True)
+class RateSchedule:
+    """A fixed-rate bottleneck whose rate changes over time: ``steps`` of (start second, Mbit/s) from the
+    shaper's start, the first at 0; ``20:20,0.5:20,20:20`` is 20 Mbit/s for 20 s, 0.5 for 20 s, 20 for 20 s."""
+
+    steps: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> RateSchedule:
+        """``MBPS:SECONDS,...``; ``ValueError`` (one line) when it is not one."""
+        steps, start = [], 0.0
+        try:
+            for part in text.split(","):
+                rate, seconds = (float(v) for v in part.split(":"))
+                if rate <= 0 or seconds <= 0:
+                    raise ValueError
+                steps.append((start, rate))
+                start += seconds
+        except ValueError:
+            message = f"a rate schedule is MBPS:SECONDS[,MBPS:SECONDS...] with positive numbers, got {text!r}"
+            raise ValueError(message) from None
+        return cls((*steps, (start, steps[-1][1])))
+
+    @property
+    def duration_s(self) -> float:
+        return self.steps[-1][0]
+
+    def rate_at(self, t: float) -> float:
+        """Mbit/s at ``t`` seconds from the start (the last rate holds after the end)."""
+        return self.steps[max(0, bisect.bisect_right([s for s, _ in self.steps], t) - 1)][1]
+
+    @property
+    def label(self) -> str:
+        parts = [f"{r:g}" for _, r in self.steps[:-1]]
+        return "schedule " + "→".join(parts) + " Mbps"
+
+
+class _Scheduled:
+    """A bottleneck at the :class:`RateSchedule`'s rate when each packet starts crossing (depth 0)."""
+
+    def __init__(self, schedule: RateSchedule, origin: float) -> None:
+        self._schedule = schedule
+        self._origin = origin
+        self._free = 0.0
+
+    def depart(self, now: float, size: int) -> float:
+        t = max(now, self._free)
+        self._free = t + size * 8 / (self._schedule.rate_at(t - self._origin) * 1e6)
+        return self._free
+
+
 class _Unlimited:
     def depart(self, now: float, size: int) -> float:
         return now
@@ -143,7 +203,7 @@ class _Unlimited:
 class _Direction:
     """One direction of the link: when a packet read now is delivered, before the in-order rule."""
 
-    bottleneck: _Bucket | _TraceLink | _Unlimited
+    bottleneck: _Bucket | _TraceLink | _Scheduled | _Unlimited
     delay_s: float
     jitter_s: float
     loss: float
@@ -232,8 +292,10 @@ class LinkShaper:
     """A shaped TCP path to ``target``, listening on ``host``:``port`` (0 picks a free port, see :attr:`port`).
 
     Rates are in Mbit/s (None: unlimited), ``up_trace``/``down_trace`` replace a direction's rate, ``delay_ms`` and
-    ``jitter_ms`` apply to each direction, ``loss`` is the probability per packet and direction. ``up_bytes`` and
-    ``down_bytes`` count the bytes delivered in each direction; ``connections`` the connections open now.
+    ``jitter_ms`` apply to each direction, ``loss`` is the probability per packet and direction; ``schedule`` (a
+    :class:`RateSchedule`) replaces both rates. ``up_bytes`` and ``down_bytes`` count the bytes delivered in each
+    direction; ``connections`` the connections open now; ``origin`` is when traces and schedules start
+    (``time.monotonic()`` seconds).
     """
 
     def __init__(
@@ -252,6 +314,7 @@ class LinkShaper:
         port: int = 0,
         queue_bytes: int = 1 << 20,
         seed: int = 0,
+        schedule: RateSchedule | None = None,
     ) -> None:
         checks = [
             (all(r is None or r > 0 for r in (up_mbps, down_mbps)), "rates must be positive"),
@@ -260,6 +323,7 @@ class LinkShaper:
             (delay_ms >= 0 and jitter_ms >= 0, "delay and jitter must be >= 0"),
             (0.0 <= loss <= 1.0, "loss must be in [0, 1]"),
             (burst_bytes >= 0 and queue_bytes >= MSS, f"need burst_bytes >= 0 and queue_bytes >= {MSS}"),
+            (schedule is None or (up_mbps, down_mbps, up_trace, down_trace) == (None,) * 4, "a schedule or rates"),
         ]
         for ok, message in checks:
             if not ok:
@@ -270,6 +334,8 @@ class LinkShaper:
         self.up_bytes = 0
         self.down_bytes = 0
         self.connections = 0
+        self.origin = 0.0
+        self._schedule = schedule
         self._rates = ((up_mbps, up_trace), (down_mbps, down_trace))
         self._delay_s = delay_ms / 1000
         self._jitter_s = jitter_ms / 1000
@@ -307,8 +373,10 @@ class LinkShaper:
             self._thread.join()
 
     def _direction(self, mbps: float | None, trace: Trace | None, origin: float) -> _Direction:
-        if trace is not None:
-            bottleneck: _Bucket | _TraceLink | _Unlimited = _TraceLink(trace, origin)
+        if self._schedule is not None:
+            bottleneck: _Bucket | _TraceLink | _Scheduled | _Unlimited = _Scheduled(self._schedule, origin)
+        elif trace is not None:
+            bottleneck = _TraceLink(trace, origin)
         elif mbps is not None:
             bottleneck = _Bucket(mbps, self._burst)
         else:
@@ -317,7 +385,7 @@ class LinkShaper:
 
     def _run(self, ready: threading.Event) -> None:
         loop = self._loop = asyncio.new_event_loop()
-        origin = loop.time()
+        origin = self.origin = loop.time()
         self._up, self._down = (self._direction(mbps, trace, origin) for mbps, trace in self._rates)
         try:
             server = loop.run_until_complete(asyncio.start_server(self._relay, self.host, self.port))

@@ -60,9 +60,10 @@ def coco_from_dict(dataset: dict) -> COCO:
     return coco
 
 
-def _jpeg_roundtrip(img: Image.Image, quality: int) -> Image.Image:
+def _jpeg_roundtrip(img: Image.Image, quality: int, image_format: str = "JPEG") -> Image.Image:
+    """``img`` encoded and decoded again as JPEG (or ``image_format``, e.g. WEBP) at ``quality``."""
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
+    img.save(buf, format=image_format, quality=quality)
     buf.seek(0)
     with Image.open(buf) as decoded:
         return decoded.convert("RGB")
@@ -126,6 +127,7 @@ class CocoDetection(Dataset):
         self.task: str = task
         self.transforms = transforms
         self.jpeg_quality = jpeg_quality
+        self.image_format = "JPEG"  #: the lossy format ``jpeg_quality`` re-encodes with (JPEG or WEBP)
         cats = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
         by_id = {c["id"]: c for c in cats}
         if category_ids is None:
@@ -222,7 +224,7 @@ class CocoDetection(Dataset):
         image_id = self.ids[index]
         img = self._load_image(image_id)
         if self.jpeg_quality is not None:
-            img = _jpeg_roundtrip(img, self.jpeg_quality)
+            img = _jpeg_roundtrip(img, self.jpeg_quality, getattr(self, "image_format", "JPEG"))
         target = self._target(image_id, img.height, img.width)
         image = _to_tensor(img)
         if self.transforms is not None:

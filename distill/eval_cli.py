@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--jpeg", type=_qualities, default="", help="comma list of JPEG qualities to compare (default: none)"
     )
     p.add_argument(
+        "--webp", type=_qualities, default="", help="comma list of WebP qualities to compare (default: none)"
+    )
+    p.add_argument(
         "--teacher-score",
         type=float,
         default=0.5,
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             quantizations=args.quantization,
             use_filter=not args.no_filter,
             jpeg_qualities=args.jpeg,
+            webp_qualities=args.webp,
             teacher_score_threshold=args.teacher_score,
             batch_size=args.batch_size,
             device=args.device,

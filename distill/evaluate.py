@@ -324,8 +324,9 @@ def teacher_as_ground_truth(coco_gt: COCO, teacher_results: list[dict[str, Any]]
     return coco_from_dict(d)
 
 
-def jpeg_bytes(dataset, quality: int) -> list[int]:
-    """Bytes of every image of ``dataset`` when JPEG-encoded by PIL at ``quality`` (dataset order)."""
+def jpeg_bytes(dataset, quality: int, image_format: str = "JPEG") -> list[int]:
+    """Bytes of every image of ``dataset`` when JPEG-encoded (or ``image_format``, e.g. WEBP) by PIL at ``quality``
+    (dataset order)."""
     if not (isinstance(quality, int) and 1 <= quality <= 100):
         raise ValueError(f"JPEG quality must be an int in [1, 100], got {quality!r}")
     out = []
@@ -333,7 +334,7 @@ def jpeg_bytes(dataset, quality: int) -> list[int]:
         image = dataset[i][0]
         arr = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+        Image.fromarray(arr).save(buf, format=image_format, quality=quality)
         out.append(buf.tell())
     return out
 
@@ -352,6 +353,7 @@ def evaluate(
     quantizations: tuple[str, ...] | list[str] = ("none", "per_tensor"),
     use_filter: bool = True,
     jpeg_qualities: tuple[int, ...] | list[int] = (),
+    webp_qualities: tuple[int, ...] | list[int] = (),
     teacher_score_threshold: float = 0.5,
     batch_size: int = 1,
     device: str | torch.device = "cpu",
@@ -379,6 +381,8 @@ def evaluate(
         "jpeg": {},
         "jpeg_ap": {},
     }
+    if webp_qualities:
+        report["webp"], report["webp_ap"] = {}, {}
     teacher_gt = None
     if teacher_ckpt is not None:
         teacher = load_checkpoint(teacher_ckpt)
@@ -432,15 +436,23 @@ def evaluate(
         jpeg_set = with_jpeg_quality(dataset, quality)
         preds = predict(model, jpeg_set, "whole", batch_size=batch_size, device=device, progress=progress)
         report["jpeg_ap"][str(quality)] = _scores(dataset.coco, preds.results, types, cat_ids)
+    for quality in webp_qualities:  # the same for WebP (lossy, Pillow's default method)
+        sizes = jpeg_bytes(dataset, quality, "WEBP")
+        report["webp"][str(quality)] = float(np.mean(sizes)) if sizes else 0.0
+        webp_set = with_jpeg_quality(dataset, quality, "WEBP")
+        preds = predict(model, webp_set, "whole", batch_size=batch_size, device=device, progress=progress)
+        report["webp_ap"][str(quality)] = _scores(dataset.coco, preds.results, types, cat_ids)
     return report
 
 
-def with_jpeg_quality(dataset, quality: int):
-    """A shallow copy of ``dataset`` whose images are re-encoded as JPEG at ``quality`` before use."""
+def with_jpeg_quality(dataset, quality: int, image_format: str = "JPEG"):
+    """A shallow copy of ``dataset`` whose images are re-encoded as JPEG (or ``image_format``, e.g. WEBP) at
+    ``quality`` before use."""
     if not hasattr(dataset, "jpeg_quality"):
         raise ValueError(f"{type(dataset).__name__} cannot re-encode its images as JPEG")
     copied = copy.copy(dataset)
     copied.jpeg_quality = quality
+    copied.image_format = image_format
     return copied
 
 
@@ -486,10 +498,13 @@ def format_markdown(report: dict[str, Any]) -> str:
     for quality, size in report.get("jpeg", {}).items():
         ap = report.get("jpeg_ap", {}).get(quality, {})
         row(f"JPEG q{quality}", {"mode": "offload", "ap": ap, "bytes": {"zstd": size}})
-    if report.get("jpeg"):
+    for quality, size in report.get("webp", {}).items():
+        ap = report.get("webp_ap", {}).get(quality, {})
+        row(f"WebP q{quality}", {"mode": "offload", "ap": ap, "bytes": {"zstd": size}})
+    if report.get("jpeg") or report.get("webp"):
         lines += [
             "",
-            "JPEG rows (offloading): the whole model on the JPEG-re-encoded image; mean JPEG bytes per image in the "
+            "JPEG/WebP rows (offloading): the whole model on the re-encoded image; mean encoded bytes per image in the "
             "8-bit+zstd column.",
         ]
     return "\n".join(lines) + "\n"

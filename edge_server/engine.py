@@ -77,7 +77,7 @@ def describe_device(device: torch.device) -> str:
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
-    """JPEG or PNG bytes -> uint8 RGB tensor ``[3, H, W]``; :class:`ImageError` when it cannot be.
+    """JPEG, PNG or WebP bytes -> uint8 RGB tensor ``[3, H, W]``; :class:`ImageError` when it cannot be.
 
     The size in the header is checked before any pixel is decoded; images stay uint8 (a quarter of the float
     size) until their batch runs.
@@ -85,14 +85,14 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
     if not data:
         raise ImageError("the image frame carries no image bytes")
     try:
-        with Image.open(io.BytesIO(data), formats=["JPEG", "PNG"]) as im:
+        with Image.open(io.BytesIO(data), formats=["JPEG", "PNG", "WEBP"]) as im:
             if im.width * im.height > max_pixels:
                 raise ImageError(f"image of {im.width}x{im.height} pixels exceeds the limit of {max_pixels} pixels")
             rgb = np.array(im.convert("RGB"))
     except ImageError:
         raise
     except Exception as e:  # PIL raises many types on bad input; all mean "not a decodable image"
-        raise ImageError(f"cannot decode the image (JPEG or PNG expected): {e}") from None
+        raise ImageError(f"cannot decode the image (JPEG, PNG or WebP expected): {e}") from None
     return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
@@ -154,7 +154,7 @@ class Engine:
             [s for _, m in frames for s in m.image_sizes],
             frames[0][1].batch_shape,
         )
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             x = torch.cat([b for b, _ in frames]).to(self.device)
             detections = _to_cpu(self.tail(x, meta))
         out, start = [], 0
@@ -165,8 +165,12 @@ class Engine:
 
     def infer_images(self, images: list[Tensor]) -> list[Detections]:
         """The whole model (pure offloading) on decoded uint8 images; one detections dict per image."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             return _to_cpu(self.model([im.to(self.device).float().div_(255) for im in images]))
+
+    def _autocast(self) -> torch.autocast:
+        """fp16 autocast on CUDA (convolutions and matmuls in half precision, boxes and NMS in fp32); off on CPU."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
 
 
 def frame_limits(ckpt: Checkpoint) -> FrameLimits:

@@ -18,6 +18,8 @@ import sys
 from common.codec_settings import QUANTIZATIONS
 from common.endpoint import DEFAULT_PORT
 from common.onnx_format import ONNX_QUANTIZATIONS
+from mobile_client.device_cpu import MECHANISMS, detect, parse_cores
+from mobile_client.offload import OFFLOAD_FORMATS, OFFLOAD_RESIZE
 from mobile_client.settings import CLIENT_MODES, RUNTIMES, SetupError
 
 
@@ -71,7 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quantization", choices=QUANTIZATIONS, help="bottleneck quantization (default: checkpoint's)")
     p.add_argument(
-        "--jpeg-quality", type=int, default=95, metavar="Q", help="offload JPEG quality (default: %(default)s)"
+        "--jpeg-quality", type=int, default=95, metavar="Q", help="offload JPEG or WebP quality (default: %(default)s)"
+    )
+    p.add_argument(
+        "--offload-format", choices=OFFLOAD_FORMATS, default="jpeg", help="offload image format (default: %(default)s)"
+    )
+    p.add_argument(
+        "--offload-resize",
+        choices=OFFLOAD_RESIZE,
+        default="model",
+        help="offload resizes each frame to the model's input size (boxes are scaled back) or sends it as it is "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--score-threshold",
@@ -117,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--auto-every",
         type=int,
-        default=10,
+        default=1,
         metavar="N",
         help="auto mode: re-evaluate every N frames (default: %(default)s)",
     )
@@ -126,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="CPU threads for the on-device model (default: torch's or onnxruntime's own choice)",
+    )
+    p.add_argument(
+        "--device-cpu",
+        type=float,
+        metavar="F",
+        help="emulate a weak device: hold this process to F cores once the model is loaded (default: no quota)",
+    )
+    p.add_argument(
+        "--device-quota",
+        choices=("auto", *MECHANISMS),
+        default="auto",
+        help="how --device-cpu is enforced; auto tries them in this order (default: %(default)s)",
     )
     return p
 
@@ -180,6 +204,9 @@ def check_args(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise SetupError(message)
+    if args.device_cpu is not None:
+        parse_cores(str(args.device_cpu))
+        detect(args.device_quota)  # no quota mechanism here: refuse rather than run at full speed
 
 
 def main(argv: list[str] | None = None) -> int:

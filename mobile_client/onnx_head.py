@@ -42,6 +42,10 @@ class OnnxHead:
     metadata: dict[str, str] = field(default_factory=dict)
     entropy_tables: None = None  #: the entropy codec is refused on this head (see :meth:`load`)
 
+    @property
+    def size_rule(self) -> tuple[int, int]:
+        return self.min_size, self.max_size
+
     @classmethod
     def load(cls, path: str | Path, filter_threshold: float | None = None, threads: int | None = None) -> OnnxHead:
         """Open ``path``; ``threads`` sets ONNX Runtime's intra-op threads (default: its own choice).

@@ -4,7 +4,8 @@ Per frame, :meth:`Pipeline.prepare` runs the device's share of the work for the 
 
 * ``split``: preprocess + stem + encoder (the head), the neural filter, quantize + zstd into a
   ``BottleneckFrame``; a frame the filter rejects is finished here as skipped and never sent;
-* ``offload``: JPEG-encode the image into an ``ImageFrame`` (the server runs the whole model);
+* ``offload``: resize the image to the model's input size and JPEG- or WebP-encode it into an ``ImageFrame``
+  (the server runs the whole model; boxes come back scaled to the frame);
 * ``local``: head, filter and the tail on the device, no server at all.
 
 A frame a live source dropped (a newer one replaced it before it could be sent) is finished at once as dropped.
@@ -34,7 +35,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-import cv2
 import numpy as np
 
 from common.codec_settings import CodecSettings
@@ -42,6 +42,7 @@ from common.shapes import BatchMeta
 from common.wire import decode_detections, encode_frame
 from mobile_client.flow import Window
 from mobile_client.link import Link, LinkError, Reply, StreamLink
+from mobile_client.offload import encode_image, model_input_size, to_frame_coordinates
 from mobile_client.settings import Options
 from mobile_client.sources import Frame
 from proto import splitdet_pb2 as pb
@@ -80,6 +81,11 @@ class DeviceModel(Protocol):
     def keypoint_names(self) -> list[str]: ...
 
     @property
+    def size_rule(self) -> tuple[int, int]:
+        """The model transform's (min_size, max_size): what the offload mode resizes frames to."""
+        ...
+
+    @property
     def entropy_tables(self) -> EntropyTables | None:
         """The entropy codec's tables (an entropic checkpoint on the torch head); None otherwise."""
         ...
@@ -109,6 +115,7 @@ class FrameResult:
     image: np.ndarray | None = None
     server_ms: float | None = None
     received_bytes: int = 0  #: size of the server's response message
+    sent_at: float | None = None  #: ``time.monotonic()`` when the request was handed to the link
 
 
 @dataclass
@@ -123,6 +130,7 @@ class _Work:
     result: FrameResult | None = None
     future: Future | None = None
     deadline: float = 0.0
+    sent_size: tuple[int, int] | None = None  #: offload: (height, width) of the image sent, when resized
 
 
 def _ms(seconds: float) -> float:
@@ -191,14 +199,18 @@ class Pipeline:
         return work
 
     def _encode_jpeg(self, work: _Work) -> None:
+        """Offload: the frame resized to the model's input size (``options.offload_size``), as JPEG or WebP."""
         t0 = time.perf_counter()
-        bgr = cv2.cvtColor(work.frame.image, cv2.COLOR_RGB2BGR)
-        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality])
-        if not ok:
-            work.result = self._result(work, error="JPEG encoding failed")
+        frame = work.frame.image.shape[:2]
+        size = model_input_size(*frame, *self.options.offload_size) if self.options.offload_size else None
+        try:
+            data = encode_image(work.frame.image, self.options.offload_format, self.options.jpeg_quality, size)
+        except ValueError as e:
+            work.result = self._result(work, error=str(e))
             return
         work.timing["encode"] = _ms(time.perf_counter() - t0)
-        work.request = pb.ImageFrame(frame_id=work.frame.index, jpeg=jpeg.tobytes())
+        work.sent_size = size
+        work.request = pb.ImageFrame(frame_id=work.frame.index, jpeg=data)
 
     def _run_head(self, work: _Work) -> None:
         seconds: dict[str, float] = {}
@@ -239,10 +251,13 @@ class Pipeline:
             det = decode_detections(response.images[0])
         except ValueError as e:
             return self._result(work, error=f"bad detections from the server: {e}")
+        if work.sent_size is not None:  # a resized offload image: back to the frame's coordinates
+            det = to_frame_coordinates(det, work.sent_size, work.frame.image.shape[:2])
         result = self._result(work, detections=self._json(det))
         result.timing_ms["total"] = _ms(reply.received_at - work.started_at)
         result.server_ms = round(server_ms, 3)
         result.received_bytes = response.ByteSize()
+        result.sent_at = reply.sent_at
         return result
 
     def _json(self, det: dict) -> list[dict]:

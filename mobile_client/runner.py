@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from common.endpoint import with_default_port
 from common.token_file import TokenFileError, read_token
 from mobile_client import handshake, sources
 from mobile_client.auto import AutoPolicy
+from mobile_client.device_cpu import DeviceQuota, detect
 from mobile_client.link import Link, LinkConfig
 from mobile_client.pipeline import DeviceModel, Pipeline
 from mobile_client.report import Report
@@ -118,6 +120,7 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, list[str], Sourc
         raise SetupError("--quantization entropy needs an entropic checkpoint (one with entropy tables)")
     link, info = (None, None) if args.mode == "local" else connect(args, model, codec.quantization)
     use_filter = model is not None and (model.has_filter if args.filter is None else args.filter)
+    size_rule = model.size_rule if model is not None else (info.min_size, info.max_size)
     options = Options(
         mode=args.mode,
         use_filter=use_filter,
@@ -126,10 +129,12 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, list[str], Sourc
         score_threshold=args.score_threshold,
         window=args.window,
         live=is_live(args),
+        offload_format=args.offload_format,
+        offload_size=size_rule if args.offload_resize == "model" else None,
     )
     policy = None
     if args.mode == "auto":
-        policy = AutoPolicy(every=args.auto_every, probe_every=3 * args.auto_every, use_filter=use_filter, log=_log)
+        policy = AutoPolicy(every=args.auto_every, probe_every=30, use_filter=use_filter, log=_log)
     class_names = list(model.class_names) if model is not None else list(info.class_names)
     keypoints = list(model.keypoint_names) if model is not None else list(info.keypoint_names)
     pipeline = Pipeline(
@@ -197,9 +202,20 @@ def run(args: argparse.Namespace) -> int:
         pipeline.close()
         _log(f"mobile-client: error: cannot write {e.filename}: {e.strerror}")
         return 2
+    quota = None
     try:
+        if args.device_cpu is not None:  # the model is loaded: from here on this process is the weak device
+            try:
+                quota = DeviceQuota(detect(args.device_quota), args.device_cpu)
+                quota.add(os.getpid())
+            except (SetupError, OSError) as e:
+                _log(f"mobile-client: error: cannot hold the device to {args.device_cpu:g} core(s): {e}")
+                return 2
+            _log(f"mobile-client: device held to {args.device_cpu:g} core(s): {quota.description}")
         return stream(pipeline, source, out, args, keypoints)
     finally:
+        if quota is not None:
+            quota.close()
         pipeline.close()
         if out is not sys.stdout:
             out.close()

@@ -23,3 +23,5 @@ class Options:
     score_threshold: float = 0.5
     window: int = 4  #: most frames in flight (file sources; the flow-control window adapts below it)
     live: bool = False  #: a live source: one frame in flight, the latest wins, older ones are dropped
+    offload_format: str = "jpeg"  #: jpeg or webp (quality: jpeg_quality)
+    offload_size: tuple[int, int] | None = None  #: (min_size, max_size) of the model: resize to its input first

@@ -129,13 +129,16 @@ def images(spec: str) -> Source:
     return Source(_read_images(paths), len(paths))
 
 
-def synthetic(num_frames: int, seed: int = 0) -> Source:
-    """:class:`synthetic.SyntheticVideo`: moving objects with stretches of empty frames."""
+def synthetic(
+    num_frames: int, seed: int = 0, empty_ratio: float | None = None, run_frames: tuple[int, int] = (15, 30)
+) -> Source:
+    """:class:`synthetic.SyntheticVideo`: moving objects with stretches of empty frames (``empty_ratio`` of them,
+    the scene default when None, between runs of ``run_frames`` frames with objects)."""
     from synthetic.video import SyntheticVideo  # only --synthetic needs the data generator
 
     if num_frames < 1:
         raise SourceError(f"--synthetic needs at least 1 frame, got {num_frames}")
-    frames = SyntheticVideo(num_frames, seed=seed)
+    frames = SyntheticVideo(num_frames, seed=seed, empty_ratio=empty_ratio, run_frames=run_frames)
     return Source((Frame(i, f"synthetic:{seed}#{i}", im) for i, (im, _) in enumerate(frames)), num_frames)
 
 

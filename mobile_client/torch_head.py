@@ -45,6 +45,10 @@ class ClientModel:
         return self.checkpoint.codec
 
     @property
+    def size_rule(self) -> tuple[int, int]:
+        return self.checkpoint.config.min_size, self.checkpoint.config.max_size
+
+    @property
     def entropy_tables(self) -> EntropyTables | None:
         return self.checkpoint.entropy
 

@@ -30,27 +30,38 @@ class _Track:
 class SyntheticVideo:
     """Camera-like stream: objects move smoothly (bouncing at the borders) over a slowly drifting,
     slowly re-lit background, with stretches of empty frames (about ``empty_ratio`` of the frames,
-    a few every ~20). Deterministic by seed; iterating twice yields identical frames.
+    ``config.empty_ratio`` unless given, a few every ~20). Runs of frames with objects last ``run_frames``
+    (inclusive range, default 15..30) frames; the empty stretches between them are as long on average times
+    ``empty_ratio / (1 - empty_ratio)``. Deterministic by seed; iterating twice yields identical frames.
 
     Yields ``(frame: uint8 HxWx3 RGB, annotations)``; annotations are as in :func:`render_scene`
     plus ``track_id``.
     """
 
     def __init__(
-        self, num_frames: int, seed: int = 0, config: SceneConfig = SceneConfig(height=240, width=320)
+        self,
+        num_frames: int,
+        seed: int = 0,
+        config: SceneConfig = SceneConfig(height=240, width=320),
+        empty_ratio: float | None = None,
+        run_frames: tuple[int, int] = (15, 30),
     ) -> None:
         if num_frames < 0:
             raise ValueError(f"num_frames must be >= 0, got {num_frames}")
+        if not 1 <= run_frames[0] <= run_frames[1]:
+            raise ValueError(f"run_frames must be (low, high) with 1 <= low <= high, got {run_frames}")
+        if empty_ratio is not None and not 0.0 <= empty_ratio <= 1.0:
+            raise ValueError(f"empty_ratio must be in [0, 1], got {empty_ratio}")
         self.num_frames = int(num_frames)
         self.seed = check_seed(seed)
         self.config = config
         rng = seeded_rng(self.seed, 0)
-        r = config.empty_ratio
+        r = config.empty_ratio if empty_ratio is None else empty_ratio
         active = np.zeros(self.num_frames, dtype=bool)
         segments: list[tuple[int, int]] = []
         t = 0
         while t < self.num_frames:
-            length = int(rng.integers(15, 31))
+            length = int(rng.integers(run_frames[0], run_frames[1] + 1))
             if r < 1.0:
                 segments.append((t, min(t + length, self.num_frames)))
                 active[t : t + length] = True

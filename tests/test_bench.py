@@ -19,7 +19,8 @@ from mobile_client.pipeline import FrameResult
 from tests.conftest import tiny_student
 
 NAMES = ["__background__", "disc", "ring", "star"]
-PLOTS = ("latency_vs_rate", "bytes_per_frame", "stage_breakdown", "throughput_vs_rate", "ap_vs_bytes")
+PLOTS = ("latency_vs_rate", "bytes_per_frame", "stage_breakdown", "throughput_vs_rate", "ap_vs_bytes", "crossover")
+REMOTE_MODES = ("offload", "split", "split+filter", "auto")
 
 
 @pytest.fixture(scope="module")
@@ -63,28 +64,39 @@ def test_split_bench_writes_rows_tables_and_plots(ckpt, tmp_path, capsys):
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == COLUMNS
         rows = list(reader)
-    assert len(rows) == 2 * 2 + 3 * 3 * 2 * 2  # local x 2 windows + 3 remote modes x 3 links x 2 windows, 2 frames
+    # local x 2 windows + 4 remote modes x (2 fixed links x 2 windows + the trace, window 1 only), 2 frames each
+    assert len(rows) == 2 * 2 + 4 * (2 * 2 + 1) * 2
     links = {"1 Mbps", "10 Mbps", "trace lte.up/lte.up"}
     assert {(r["mode"], r["link"]) for r in rows} == {("local", "none")} | {
-        (mode, link) for mode in ("offload", "split", "split+filter") for link in links
+        (mode, link) for mode in REMOTE_MODES for link in links
     }
     assert {float(r["rate_mbps"]) for r in rows if r["link"].startswith("trace")} == {6.0}
     assert all(r["error"] == "" and float(r["total_ms"]) > 0 for r in rows)
-    sequential = [r for r in rows if r["window"] == "1" and r["mode"] != "local" and r["skipped"] == "False"]
+    sequential = [r for r in rows if r["window"] == "1" and r["chosen"] != "local" and r["skipped"] == "False"]
     assert sequential
     for r in sequential:
         assert int(r["wire_up_bytes"]) > int(r["sent_bytes"]) > 0 and int(r["wire_down_bytes"]) > 0
-        transfer = int(r["sent_bytes"]) * 8e-3 / float(r["rate_mbps"])
-        assert float(r["floor_ms"]) >= 20 + transfer  # RTT + uplink transfer at least
         assert float(r["overhead_ms"]) == pytest.approx(float(r["total_ms"]) - float(r["floor_ms"]), abs=0.01)
+        assert float(r["overhead_ms"]) >= 0  # never below the physical floor, trace or not
+        if not r["link"].startswith("trace"):
+            transfer = int(r["sent_bytes"]) * 8e-3 / float(r["rate_mbps"])
+            assert float(r["floor_ms"]) >= 20 + transfer  # RTT + uplink transfer at least
+    trace_starts = sorted(float(r["sent_at_s"]) for r in sequential if r["link"].startswith("trace"))
+    assert trace_starts  # the frames of a trace run are spread over the trace's period (0.2 s here)
     assert {r["window"] for r in rows} == {"1", "4"}
 
     report = json.loads((out / "bench.json").read_text())
     assert report["emulator"]["name"] == "userspace" and report["machine"]["cpus"] >= 1
-    assert len(report["summary"]) == 10 and len(report["rows"]) == len(rows)
+    assert len(report["summary"]) == 13 and len(report["rows"]) == len(rows)
     for s in report["summary"]:
-        assert s["p50_ms"] > 0 and s["floor_p50_ms"] > 0 and s["fps_window1"] > 0 and s["fps_window4"] > 0
+        assert s["p50_ms"] > 0 and s["floor_p50_ms"] > 0 and s["fps_window1"] > 0
+        assert s["trace"] or s["fps_window4"] > 0
         assert s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"]
+    assert len(report["map"]) == 3 and all(
+        c["best"] in ("local", "offload", "split", "split+filter") for c in report["map"]
+    )
+    assert all("auto_ok" in c and isinstance(c["split_beats_offload"], bool) for c in report["map"])
+    assert (out / "cells.csv").read_text().startswith("device_cpu,mode,link")
     offload = [s for s in report["summary"] if s["mode"] == "offload"]
     split = [s for s in report["summary"] if s["mode"] == "split"]
     assert min(s["bytes_per_frame"] for s in offload) > max(s["bytes_per_frame"] for s in split)
@@ -101,8 +113,9 @@ def test_split_bench_writes_rows_tables_and_plots(ckpt, tmp_path, capsys):
     md = (out / "bench.md").read_text()
     assert md == stdout
     assert "Command: `split-bench --ckpt" in md and "Emulator: userspace" in md and "torch" in md
-    assert "| split | 1 Mbps |" in md and "floor p50" in md and "## Targets" in md and "![ap_vs_bytes.png]" in md
-    assert "[20/20]" in stderr
+    assert "| full | split | 1 Mbps |" in md and "floor p50" in md and "## Targets" in md and "![ap_vs_bytes.png]" in md
+    assert "## Crossover map" in md and "## Offload encodings of these frames" in md and "auto's p50 is within" in md
+    assert "[22/22]" in stderr
 
 
 def test_physical_floor():
@@ -115,6 +128,7 @@ def test_physical_floor():
     assert bench.physical_floor(skipped, spec) == pytest.approx(6.0)
     local = FrameResult(0, "x", "local", timing_ms={"head": 5.0, "tail": 30.0, "total": 36.0})
     assert bench.physical_floor(local, None) == pytest.approx(35.0)
+    assert bench.physical_floor(local, spec) == pytest.approx(35.0)  # auto ran it locally: the link is not used
     assert bench.physical_floor(FrameResult(0, "x", "split", error="UNAVAILABLE: down"), spec) is None
 
 
@@ -197,20 +211,60 @@ def test_report_names_largest_overhead_in_ms_and_in_percent_and_the_real_input_s
 
     def run(link: str, rate: float, ms: float, pct: float) -> dict:
         return {
-            "mode": "split", "link": link, "rate_mbps": rate, "trace": False, "bytes_per_sent_frame": None,
-            "p50_ms": 100.0, "overhead_p50_ms": ms, "overhead_pct": pct, "encode_p50_ms": 0.4,
-            "server_decode_p50_ms": 0.5,
+            "device_cpu": None, "mode": "split", "link": link, "rate_mbps": rate, "trace": False,
+            "bytes_per_sent_frame": None, "p50_ms": 100.0, "overhead_p50_ms": ms, "overhead_pct": pct,
+            "encode_p50_ms": 0.4, "server_decode_p50_ms": 0.5, "below_floor": 0,
         }  # fmt: skip
 
-    lines = targets(
-        [run("0.5 Mbps", 0.5, 4.8, 2.4), run("1 Mbps", 1.0, 4.5, 2.7)], 95, describe_input(240, 320, 160, 160)
-    )
+    report = {
+        "summary": [run("0.5 Mbps", 0.5, 4.8, 2.4), run("1 Mbps", 1.0, 4.5, 2.7)],
+        "settings": {"input_size": describe_input(240, 320, 160, 160)},
+    }
+    lines = targets(report)
     overhead = next(line for line in lines if "runtime overhead" in line)
     assert "largest 4.8 ms (2.4 %) for split at 0.5 Mbps" in overhead
     assert "largest share of the floor 2.7 % (4.5 ms) for split at 1 Mbps" in overhead
+    assert "frames measured below their floor: 0" in overhead
     codec = next(line for line in lines if "quantize+zstd" in line)
     assert "input size (120x160, padded to 128x160, from 240x320 frames at min/max size 160/160)" in codec
     assert "800x1333" not in codec
+
+
+def test_crossover_cells_and_their_targets():
+    from benchmarks.bench_report import crossover, targets
+
+    def s(device, mode, link, rate, p50, **extra) -> dict:
+        return {
+            "device_cpu": device, "mode": mode, "link": link, "rate_mbps": rate, "trace": False, "schedule": False,
+            "p50_ms": p50, "p95_ms": p50 + 5, "fps_window1": 1000 / p50, "floor_p50_ms": p50 - 5,
+            "chosen": {"split": 16} if mode == "auto" else None, "bytes_per_frame": 9000 if mode == "offload" else 4000,
+            "bytes_per_sent_frame": 9000 if mode == "offload" else 4000, "head_p50_ms": 30.0, "filter_p50_ms": None,
+            "encode_p50_ms": 2.0, "network_p50_ms": 50.0, "tail_p50_ms": 95.0, "overhead_p50_ms": 3.0,
+            "overhead_pct": 1.0, "server_decode_p50_ms": 0.5, "below_floor": 0, "skipped": 0, "frames": 16,
+            **extra,
+        }  # fmt: skip
+
+    summaries = [
+        s(0.25, "local", "none", None, 640.0),
+        s(0.25, "offload", "1 Mbps", 1.0, 200.0),
+        s(0.25, "split", "1 Mbps", 1.0, 180.0),
+        s(0.25, "auto", "1 Mbps", 1.0, 190.0),
+        s(0.25, "offload", "5 Mbps", 5.0, 140.0),
+        s(0.25, "split", "5 Mbps", 5.0, 155.0),
+        s(0.25, "auto", "5 Mbps", 5.0, 170.0),
+    ]
+    cells = crossover(summaries)
+    assert [(c["link"], c["best"], c["split_beats_offload"], c["split_beats_local"]) for c in cells] == [
+        ("1 Mbps", "split", True, True),
+        ("5 Mbps", "offload", False, True),
+    ]
+    assert cells[0]["margin"] == pytest.approx(200 / 180, abs=1e-3) and cells[0]["auto_ok"]
+    assert not cells[1]["auto_ok"] and cells[1]["auto_vs_best_ms"] == 30.0  # 14 ms over 10 % of 140
+    lines = targets({"summary": summaries, "map": cells, "settings": {"input_size": None}})
+    text = "\n".join(lines)
+    assert "beats offload in 1 of 2 cells" in text and "beats local in 2 of 2 cells" in text
+    assert "0.25 core, 5 Mbps: split 155.0 ms vs offload 140.0 ms: split's head + encode" in text
+    assert "auto's p50 is within 10 % or 10 ms of the best fixed mode in 1 of 2 cells" in text
 
 
 def test_report_paths_are_relative_to_the_repository(tmp_path):

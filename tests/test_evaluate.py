@@ -94,7 +94,9 @@ def test_whole_equals_split_without_quantization_and_bytes(tmp_path):
         model.backbone.body.layer1.encoder[-1].weight[1:] = 0.0
     path = tmp_path / "student.pt"
     save_checkpoint(model, path, dataset.class_names)
-    report = evaluate(path, dataset, quantizations=("none", "per_tensor"), jpeg_qualities=(75,), progress=False)
+    report = evaluate(
+        path, dataset, quantizations=("none", "per_tensor"), jpeg_qualities=(75,), webp_qualities=(75,), progress=False
+    )
     whole, split_none, split_8bit = report["runs"]
     assert (whole["mode"], split_none["quantization"], split_8bit["quantization"]) == ("whole", "none", "per_tensor")
     assert whole["ap"] == split_none["ap"]
@@ -104,8 +106,9 @@ def test_whole_equals_split_without_quantization_and_bytes(tmp_path):
     assert b["uint8"] * 4 == b["raw"] and b["frames_sent"] == len(dataset)
     assert report["jpeg"]["75"] > 0
     assert set(report["jpeg_ap"]["75"]["bbox"]) == {"AP", "AP50", "AP75", "AR100"}
+    assert 0 < report["webp"]["75"] != report["jpeg"]["75"] and "bbox" in report["webp_ap"]["75"]
     table = format_markdown(report)
-    assert "| student | whole |" in table and "| JPEG q75 | offload |" in table
+    assert "| student | whole |" in table and "| JPEG q75 | offload |" in table and "| WebP q75 | offload |" in table
 
     # Identical detections, not only identical AP, image by image.
     a = predict(model, dataset, "whole", batch_size=1, progress=False)
@@ -123,6 +126,8 @@ def test_offload_inputs_are_jpeg_reencoded():
     dataset = _dataset("faster_rcnn")
     lossy = with_jpeg_quality(dataset, 10)
     assert dataset.jpeg_quality is None
+    webp = with_jpeg_quality(dataset, 10, "WEBP")
+    assert webp.image_format == "WEBP" and not torch.equal(webp[0][0], lossy[0][0])
     original, degraded = dataset[0][0], lossy[0][0]
     assert original.shape == degraded.shape and not torch.equal(original, degraded)
     assert (original - degraded).abs().mean() < 0.1
