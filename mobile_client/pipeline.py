@@ -190,7 +190,7 @@ class Pipeline:
             return work
         try:
             if mode == "offload":
-                self._encode_jpeg(work)
+                self._encode_image(work)
             else:
                 self._run_head(work)
         except Exception as e:  # one bad frame is reported as failed; the run goes on
@@ -198,7 +198,7 @@ class Pipeline:
             work.result = self._result(work, error=f"{type(e).__name__}: {e}")
         return work
 
-    def _encode_jpeg(self, work: _Work) -> None:
+    def _encode_image(self, work: _Work) -> None:
         """Offload: the frame resized to the model's input size (``options.offload_size``), as JPEG or WebP."""
         t0 = time.perf_counter()
         frame = work.frame.image.shape[:2]
