@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from mobile_client.sources import Frame
 from mobile_client.torch_head import ClientModel
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
-from tests.conftest import TINY_NAMES
+from tests.conftest import TINY_NAMES, wait_until
 
 NAMES = TINY_NAMES
 IMAGE = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
@@ -100,15 +100,6 @@ def client_pipeline(target: str, ckpt: Path, timeout_s: float, window: int) -> P
         cli.build_parser().parse_args([*argv, "--timeout-s", str(timeout_s), "--window", str(window)])
     )
     return pipeline
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 WAIT = "wait"

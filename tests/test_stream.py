@@ -27,7 +27,7 @@ from mobile_client.flow import Window
 from mobile_client.pipeline import FrameResult, Pipeline
 from mobile_client.report import Report
 from mobile_client.sources import Frame, Source, live
-from tests.conftest import certificate_authority, client_cert, self_signed_cert
+from tests.conftest import certificate_authority, client_cert, self_signed_cert, wait_until
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
@@ -288,20 +288,11 @@ def test_trimmer_returns_heap_once_per_idle_spell():
         time.sleep(0.2)
         assert trimmer.trims == 0  # no work yet: nothing to give back
         activity[0] += 5  # a burst
-        assert wait_for(lambda: trimmer.trims == 1)
+        assert wait_until(lambda: trimmer.trims == 1, timeout_s=5.0)
         time.sleep(0.2)
         assert trimmer.trims == 1  # still idle: once per idle spell
         activity[0] += 1
-        assert wait_for(lambda: trimmer.trims == 2)
+        assert wait_until(lambda: trimmer.trims == 2, timeout_s=5.0)
     finally:
         trimmer.close()
     assert isinstance(malloc_trim(), bool)
-
-
-def wait_for(condition, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
