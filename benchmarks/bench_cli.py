@@ -6,8 +6,8 @@ import argparse
 import re
 import sys
 
-from mobile_client.device_cpu import MECHANISMS, detect, parse_cores
-from mobile_client.offload import OFFLOAD_FORMATS, OFFLOAD_RESIZE
+from mobile_client.device_cpu import add_quota_argument, check_quota
+from mobile_client.offload import add_offload_arguments
 from mobile_client.settings import SetupError
 
 BENCH_MODES = ("local", "offload", "split", "split+filter", "auto")
@@ -59,12 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the device (head, filter, encode, JPEG, local tail, its gRPC link) under a CPU quota of F cores, "
         "once per F; the server keeps its cores (default: none, the device runs at full speed)",
     )
-    p.add_argument(
-        "--device-quota",
-        choices=("auto", *MECHANISMS),
-        default="auto",
-        help="how --device-cpu is enforced; auto tries them in this order (default: %(default)s)",
-    )
+    add_quota_argument(p)
     p.add_argument("--modes", metavar="LIST", help=f"comma list of {', '.join(BENCH_MODES)} (default: all)")
     p.add_argument("--frames", type=int, default=30, metavar="N", help="frames per run (default: %(default)s)")
     p.add_argument(
@@ -90,18 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the synthetic video's runs with objects last N..2N frames (default: %(default)s)",
     )
-    p.add_argument(
-        "--jpeg-quality", type=int, default=95, metavar="Q", help="offload JPEG or WebP quality (default: %(default)s)"
-    )
-    p.add_argument(
-        "--offload-format", choices=OFFLOAD_FORMATS, default="jpeg", help="offload image format (default: %(default)s)"
-    )
-    p.add_argument(
-        "--offload-resize",
-        choices=OFFLOAD_RESIZE,
-        default="model",
-        help="offload resizes the frame to the model's input size, or sends the source size (default: %(default)s)",
-    )
+    add_offload_arguments(p)
     p.add_argument(
         "--window", type=int, default=4, metavar="N", help="frames in flight when streaming (default: %(default)s)"
     )
@@ -165,9 +149,7 @@ def check_args(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise SetupError(message)
-    if args.device_cpu is not None:
-        parse_cores(args.device_cpu)
-        detect(args.device_quota)  # no quota mechanism here: refuse rather than run at full speed
+    check_quota(args.device_cpu, args.device_quota)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,8 @@ import sys
 from common.codec_settings import QUANTIZATIONS
 from common.endpoint import DEFAULT_PORT
 from common.onnx_format import ONNX_QUANTIZATIONS
-from mobile_client.device_cpu import MECHANISMS, detect, parse_cores
-from mobile_client.offload import OFFLOAD_FORMATS, OFFLOAD_RESIZE
+from mobile_client.device_cpu import add_quota_argument, check_quota
+from mobile_client.offload import add_offload_arguments
 from mobile_client.settings import CLIENT_MODES, RUNTIMES, SetupError
 
 
@@ -72,19 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--filter-threshold", type=float, metavar="P", help="keep frames with P(object) >= P (default: checkpoint's)"
     )
     p.add_argument("--quantization", choices=QUANTIZATIONS, help="bottleneck quantization (default: checkpoint's)")
-    p.add_argument(
-        "--jpeg-quality", type=int, default=95, metavar="Q", help="offload JPEG or WebP quality (default: %(default)s)"
-    )
-    p.add_argument(
-        "--offload-format", choices=OFFLOAD_FORMATS, default="jpeg", help="offload image format (default: %(default)s)"
-    )
-    p.add_argument(
-        "--offload-resize",
-        choices=OFFLOAD_RESIZE,
-        default="model",
-        help="offload resizes each frame to the model's input size (boxes are scaled back) or sends it as it is "
-        "(default: %(default)s)",
-    )
+    add_offload_arguments(p)
     p.add_argument(
         "--score-threshold",
         type=float,
@@ -145,12 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="emulate a weak device: hold this process to F cores once the model is loaded (default: no quota)",
     )
-    p.add_argument(
-        "--device-quota",
-        choices=("auto", *MECHANISMS),
-        default="auto",
-        help="how --device-cpu is enforced; auto tries them in this order (default: %(default)s)",
-    )
+    add_quota_argument(p)
     return p
 
 
@@ -204,9 +187,7 @@ def check_args(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise SetupError(message)
-    if args.device_cpu is not None:
-        parse_cores(str(args.device_cpu))
-        detect(args.device_quota)  # no quota mechanism here: refuse rather than run at full speed
+    check_quota(args.device_cpu, args.device_quota)
 
 
 def main(argv: list[str] | None = None) -> int:

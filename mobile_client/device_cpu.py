@@ -20,6 +20,7 @@ When no mechanism is available, :func:`detect` raises a one-line :class:`SetupEr
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -97,6 +98,23 @@ def parse_cores(text: str, cpus: int | None = None) -> list[float]:
     if not cores or any(not 0.01 <= c <= cpus for c in cores):
         raise SetupError(f"--device-cpu values must be in [0.01, {cpus}] (cores of this machine)")
     return cores
+
+
+def add_quota_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device-quota``: how ``--device-cpu`` is enforced (mobile-client and split-bench alike)."""
+    parser.add_argument(
+        "--device-quota",
+        choices=("auto", *MECHANISMS),
+        default="auto",
+        help="how --device-cpu is enforced; auto tries them in this order (default: %(default)s)",
+    )
+
+
+def check_quota(device_cpu: str | float | None, mechanism: str) -> None:
+    """Refuse bad ``--device-cpu`` values, and a quota this machine cannot enforce rather than run at full speed."""
+    if device_cpu is not None:
+        parse_cores(str(device_cpu))
+        detect(mechanism)
 
 
 class DeviceQuota:
