@@ -7,8 +7,7 @@ import re
 import sys
 
 from mobile_client.device_cpu import add_quota_argument, check_quota
-from mobile_client.offload import add_offload_arguments
-from mobile_client.settings import SetupError
+from mobile_client.settings import SetupError, add_offload_arguments
 
 BENCH_MODES = ("local", "offload", "split", "split+filter", "auto")
 EVAL_GLOB = "benchmarks/results/*eval*.json"

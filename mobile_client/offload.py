@@ -9,32 +9,13 @@ the source frame's (:func:`to_frame_coordinates`).
 
 from __future__ import annotations
 
-import argparse
 import io
 
 import cv2
 import numpy as np
 from PIL import Image
 
-OFFLOAD_FORMATS = ("jpeg", "webp")
-OFFLOAD_RESIZE = ("model", "source")
-
-
-def add_offload_arguments(parser: argparse.ArgumentParser) -> None:
-    """The offload options of mobile-client and split-bench: quality, format and resize."""
-    parser.add_argument(
-        "--jpeg-quality", type=int, default=95, metavar="Q", help="offload JPEG or WebP quality (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--offload-format", choices=OFFLOAD_FORMATS, default="jpeg", help="offload image format (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--offload-resize",
-        choices=OFFLOAD_RESIZE,
-        default="model",
-        help="offload resizes each frame to the model's input size (boxes are scaled back) or sends it as it is "
-        "(default: %(default)s)",
-    )
+from mobile_client.settings import OFFLOAD_FORMATS
 
 
 def model_input_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:

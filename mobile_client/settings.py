@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 from common.codec_settings import CodecSettings
 
+OFFLOAD_FORMATS = ("jpeg", "webp")
+OFFLOAD_RESIZE = ("model", "source")
 CLIENT_MODES = ("split", "offload", "local", "auto")
 RUNTIMES = ("torch", "onnx")  #: what runs the head on the device
 
@@ -25,3 +28,20 @@ class Options:
     live: bool = False  #: a live source: one frame in flight, the latest wins, older ones are dropped
     offload_format: str = "jpeg"  #: jpeg or webp (quality: jpeg_quality)
     offload_size: tuple[int, int] | None = None  #: (min_size, max_size) of the model: resize to its input first
+
+
+def add_offload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The offload options of mobile-client and split-bench: quality, format and resize."""
+    parser.add_argument(
+        "--jpeg-quality", type=int, default=95, metavar="Q", help="offload JPEG or WebP quality (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--offload-format", choices=OFFLOAD_FORMATS, default="jpeg", help="offload image format (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--offload-resize",
+        choices=OFFLOAD_RESIZE,
+        default="model",
+        help="offload resizes each frame to the model's input size (boxes are scaled back) or sends it as it is "
+        "(default: %(default)s)",
+    )
