@@ -28,8 +28,11 @@ import time
 import tomllib
 from pathlib import Path
 
+from mobile_client.device_cpu import DeviceQuota, detect
+from mobile_client.settings import SetupError
+
 ROOT = Path(__file__).resolve().parent.parent
-CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+QUOTA_PERIOD_US = 100_000
 
 
 def copy_project(dest: Path) -> Path:
@@ -148,25 +151,22 @@ def _run_latency(ckpt: Path, head: Path, size: str, frames: int, quota: float | 
     argv = [sys.executable, "-m", "benchmarks.device_client", "_latency", "--ckpt", str(ckpt), "--head", str(head)]
     argv += ["--size", size, "--frames", str(frames), "--order", "alternate" if quota is None else "blocked"]
     env = {**_env(False), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    group = None
-    if quota is not None:
-        group = CGROUP_CPU / f"splitdet-device-{os.getpid()}"
-        group.mkdir()
-        (group / "cpu.cfs_period_us").write_text("100000")
-        (group / "cpu.cfs_quota_us").write_text(str(int(quota * 100000)))
-    procs = group / "cgroup.procs" if group else None
-
-    def enter_group() -> None:
-        if procs is not None:
-            procs.write_text(str(os.getpid()))
-
+    # The same cgroup v1 quota mobile-client's --device-cpu uses, with a 100 ms period; the child joins it before
+    # it imports anything.
+    group = DeviceQuota("cgroup1", quota, period_us=QUOTA_PERIOD_US) if quota is not None else None
     try:
         proc = subprocess.run(
-            argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600, preexec_fn=enter_group
+            argv,
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            preexec_fn=(lambda: group.add(os.getpid())) if group is not None else None,
         )
     finally:
         if group is not None:
-            group.rmdir()
+            group.close()
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -242,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
                     [str(full_python), "-m", "mobile_client", "--ckpt", str(ckpt), *common], _env(False), work
                 )
             )
-    quota_ok = os.geteuid() == 0 and (CGROUP_CPU / "cpu.cfs_quota_us").exists()
+    try:
+        quota_ok = detect("cgroup1") == "cgroup1"
+    except SetupError:
+        quota_ok = False
     runs = []
     for size in args.sizes.split(","):
         for quota in [None, args.quota] if quota_ok else [None]:

@@ -120,10 +120,18 @@ def check_quota(device_cpu: str | float | None, mechanism: str) -> None:
 class DeviceQuota:
     """A CPU quota of ``cores`` for the processes :meth:`add` puts under it; :meth:`close` undoes it."""
 
-    def __init__(self, mechanism: str, cores: float, root: Path | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        mechanism: str,
+        cores: float,
+        root: Path | None = None,
+        name: str | None = None,
+        period_us: int = PERIOD_US,
+    ) -> None:
         root = CGROUP_ROOT if root is None else root
         self.mechanism = mechanism
         self.cores = cores
+        self.period_us = period_us
         self._root = root
         self._pids: list[int] = []
         self._limiters: list[subprocess.Popen] = []
@@ -132,24 +140,24 @@ class DeviceQuota:
         if mechanism == "cgroup1":
             self.group = root / "cpu" / name
             self.group.mkdir(exist_ok=True)
-            (self.group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-            (self.group / "cpu.cfs_quota_us").write_text(str(max(1000, round(cores * PERIOD_US))))
+            (self.group / "cpu.cfs_period_us").write_text(str(period_us))
+            (self.group / "cpu.cfs_quota_us").write_text(str(max(1000, round(cores * period_us))))
         elif mechanism == "cgroup2":
             subtree = root / "cgroup.subtree_control"
             if "cpu" not in subtree.read_text().split():
                 subtree.write_text("+cpu")
             self.group = root / name
             self.group.mkdir(exist_ok=True)
-            (self.group / "cpu.max").write_text(f"{max(1000, round(cores * PERIOD_US))} {PERIOD_US}")
+            (self.group / "cpu.max").write_text(f"{max(1000, round(cores * period_us))} {period_us}")
         elif mechanism != "cpulimit":
             raise SetupError(f"unknown CPU quota mechanism {mechanism!r}")
 
     @property
     def description(self) -> str:
         if self.mechanism == "cgroup1":
-            return f"cgroup v1 cpu.cfs_quota_us {round(self.cores * PERIOD_US)} per {PERIOD_US} us period"
+            return f"cgroup v1 cpu.cfs_quota_us {round(self.cores * self.period_us)} per {self.period_us} us period"
         if self.mechanism == "cgroup2":
-            return f"cgroup v2 cpu.max {round(self.cores * PERIOD_US)} {PERIOD_US}"
+            return f"cgroup v2 cpu.max {round(self.cores * self.period_us)} {self.period_us}"
         return f"cpulimit -l {round(self.cores * 100)} (SIGSTOP/SIGCONT duty cycle)"
 
     def add(self, pid: int) -> None:
