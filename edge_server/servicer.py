@@ -117,6 +117,7 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
     def GetModelInfo(self, request: pb.ModelInfoRequest | Unparsable, context: grpc.ServicerContext) -> pb.ModelInfo:
         self._refuse_unparsable("GetModelInfo", request, context)
         ckpt, config = self.engine.checkpoint, self.engine.checkpoint.config
+        quantizations, compressions = accepted_codecs(ckpt.entropy)
         return pb.ModelInfo(
             format_version=FORMAT_VERSION,
             server_version=server_version(),
@@ -127,8 +128,8 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
             class_names=ckpt.class_names,
             keypoint_names=ckpt.keypoint_names,
             default_quantization=QUANTIZATION_TO_PB[ckpt.codec.quantization],
-            quantizations=accepted_codecs(ckpt.entropy)[0],
-            compressions=accepted_codecs(ckpt.entropy)[1],
+            quantizations=quantizations,
+            compressions=compressions,
             fingerprint=self.engine.fingerprint,
             device=self.engine.description,
             min_size=config.min_size,
