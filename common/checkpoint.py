@@ -39,7 +39,9 @@ def fingerprint(
     """16 hex digits identifying a (head, tail) pair and, for the entropy codec, its tables (``entropy``, the
     tables' own fingerprint; checkpoints without tables keep the fingerprint they always had)."""
     # Fields that do not change what the head sends or the tail computes stay out of the fingerprint.
-    wire = {k: v for k, v in config.to_dict().items() if k not in ("with_filter", "box_batch_size_per_image")}
+    wire = {
+        k: v for k, v in config.to_dict().items() if k not in ("with_filter", "filter_arch", "box_batch_size_per_image")
+    }
     fields = {"config": wire, "class_names": class_names, "head": head_digest, "tail": tail_digest}
     if entropy:
         fields["entropy"] = entropy

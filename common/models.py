@@ -27,7 +27,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from common.architectures import ARCHS, BACKBONES
 from common.bottleneck import Bottleneck
-from common.filter import NeuralFilter
+from common.filter import FILTER_ARCHS, build_filter
 
 NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
 LAYER1_CHANNELS = {"resnet18": 64, "resnet34": 64, "resnet50": 256}
@@ -58,6 +58,7 @@ class ModelConfig:
     keypoint_head_layers: tuple[int, ...] = (512,) * 8  #: conv channels of the keypoint head (torchvision's)
     norm_layer: str = "frozen_bn"
     with_filter: bool = False
+    filter_arch: str = "presence"  #: neural filter layout (common.filter.FILTER_ARCHS)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -80,6 +81,8 @@ class ModelConfig:
                 raise ValueError(f"{name} needs at least one positive channel count, got {list(layers)}")
         if self.norm_layer not in NORM_LAYERS:
             raise ValueError(f"norm_layer must be one of {', '.join(NORM_LAYERS)}, got {self.norm_layer!r}")
+        if self.filter_arch not in FILTER_ARCHS:
+            raise ValueError(f"filter_arch must be one of {', '.join(FILTER_ARCHS)}, got {self.filter_arch!r}")
         if self.with_filter and self.bottleneck_channels is None:
             raise ValueError("the neural filter needs a student (bottleneck_channels set)")
 
@@ -100,6 +103,7 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
         d = dict(d)
+        d.setdefault("filter_arch", "seed")  # checkpoints written before there was a choice hold the seed's layout
         for name in TUPLE_FIELDS:
             if name in d:
                 d[name] = tuple(int(s) for s in d[name])
@@ -156,7 +160,7 @@ def build_model(config: ModelConfig) -> GeneralizedRCNN:
             keypoint_predictor=KeypointRCNNPredictor(layers[-1], config.num_keypoints),
             **common,
         )
-    model.neural_filter = NeuralFilter() if config.with_filter else None
+    model.neural_filter = build_filter(config.filter_arch) if config.with_filter else None
     model.config = config
     return model
 

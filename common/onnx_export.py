@@ -91,7 +91,7 @@ class ExportedHead(nn.Module):
         bottleneck = self.encoder(stem)
         if self.neural_filter is None:
             return (bottleneck,)
-        return bottleneck, torch.softmax(self.neural_filter(stem), dim=1)[:, 1]
+        return bottleneck, self.neural_filter.object_probability(stem)
 
 
 def metadata(checkpoint: Checkpoint, head: Head, source: Path) -> dict[str, str]:

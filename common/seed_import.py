@@ -79,6 +79,7 @@ def seed_state_to_config(state: dict[str, torch.Tensor], seed_config: Any = None
         box_representation_size=int(state["roi_heads.box_head.fc6.weight"].shape[0]),
         norm_layer="bn" if "backbone.body.bn1.num_batches_tracked" in state else "frozen_bn",
         with_filter=any(k.startswith("neural_filter.") for k in state),
+        filter_arch="seed",
     )
 
 

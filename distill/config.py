@@ -26,7 +26,7 @@ MODEL_KEYS = (
     "box_batch_size_per_image", "anchor_sizes", "mask_head_layers", "keypoint_head_layers", "norm_layer",
 )  # fmt: skip
 TOP_KEYS = ("method", "output", "dataset", "model", "teacher", "student", "init", "train")
-DATASET_KEYS = ("type", "coco_root", "task", "scene", "train", "val", "jpeg_quality")
+DATASET_KEYS = ("type", "coco_root", "task", "scene", "train", "calibration", "val", "jpeg_quality")
 SPLIT_KEYS = ("num_images", "seed")
 TEACHER_KEYS = ("ckpt", "weights", "num_classes", "num_keypoints", *MODEL_KEYS)
 STUDENT_KEYS = {

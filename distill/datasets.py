@@ -29,6 +29,7 @@ from common.split import image_tensor
 from synthetic import SceneConfig, build_coco_annotations, build_coco_dict, image_seed, render_scene
 
 __all__ = [
+    "MIN_OBJECT_FRACTION",
     "TASKS",
     "AnnotationKind",
     "CocoDetection",
@@ -36,8 +37,9 @@ __all__ = [
     "coco_2017",
     "coco_from_dict",
     "collate_detection",
-    "has_object_label",
+    "has_object_of_interest",
     "load_coco",
+    "objects_of_interest",
 ]
 
 AnnotationKind = Literal["bbox", "segm", "keypoints"]
@@ -294,16 +296,32 @@ def coco_2017(
     return CocoDetection(img_dir, ann_file, task=task, **kw)
 
 
-def has_object_label(target: dict[str, Any], label_ids: Iterable[int] | None = None) -> bool:
-    """Whether ``target`` holds an object of interest: any label, or one of ``label_ids``
-    (e.g. only the person label for keypoint R-CNN). Used as the neural filter's target."""
-    labels = target["labels"]
-    if not isinstance(labels, torch.Tensor):
-        labels = torch.as_tensor(labels, dtype=torch.int64)
-    if label_ids is None:
-        return bool(labels.numel() > 0)
-    wanted = torch.as_tensor(list(label_ids), dtype=labels.dtype)
-    return bool(torch.isin(labels, wanted).any())
+#: An object of interest is at least this large: the square root of its visible area is at least this share of
+#: the image's shorter side (16 px at 160x160, 48 px at 640x480). Smaller objects are ones the teacher finds less
+#: than 40 % of the time (``benchmarks/results/filter_curve.md``); a frame holding only such objects counts as empty
+#: for the neural filter, in training and in evaluation alike.
+MIN_OBJECT_FRACTION = 0.1
+
+
+def objects_of_interest(
+    target: dict[str, Any], image_size: tuple[int, int], label_ids: Iterable[int] | None = None
+) -> torch.Tensor:
+    """Bool ``[N]``: which of ``target``'s objects are of interest in an image of ``image_size`` (h, w): of one of
+    ``label_ids`` (any label when None; e.g. only the person label for Keypoint R-CNN) and at least
+    :data:`MIN_OBJECT_FRACTION` of the shorter side across (square root of the visible area)."""
+    labels = torch.as_tensor(target["labels"], dtype=torch.int64)
+    area = torch.as_tensor(target["area"], dtype=torch.float32)
+    keep = area.sqrt() >= MIN_OBJECT_FRACTION * min(image_size)
+    if label_ids is not None:
+        keep &= torch.isin(labels, torch.as_tensor(list(label_ids), dtype=torch.int64))
+    return keep
+
+
+def has_object_of_interest(
+    target: dict[str, Any], image_size: tuple[int, int], label_ids: Iterable[int] | None = None
+) -> bool:
+    """Whether ``target`` holds an object of interest (:func:`objects_of_interest`): the neural filter's target."""
+    return bool(objects_of_interest(target, image_size, label_ids).any())
 
 
 def collate_detection(batch: Sequence[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:

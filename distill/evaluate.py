@@ -34,7 +34,7 @@ from common.filter import DEFAULT_THRESHOLD
 from common.masks import binary_masks, encode_rle
 from common.split import split
 from common.wire import QUANTIZATION_TO_PB, FrameLimits, decode_frame, encode_frame
-from distill.datasets import coco_from_dict, has_object_label
+from distill.datasets import coco_from_dict, has_object_of_interest
 
 __all__ = [
     "IOU_TYPES_BY_ARCH",
@@ -106,7 +106,10 @@ class Predictions:
         return out
 
     def filter_stats(self) -> dict[str, float] | None:
-        """Share of empty frames skipped and of frames with objects wrongly skipped; ``None`` without filter."""
+        """Share of empty frames skipped and of frames with objects wrongly skipped; ``None`` without filter.
+
+        "Objects" are objects of interest (:func:`distill.datasets.objects_of_interest`): a frame holding only
+        smaller ones counts as empty."""
         if not any(s.object_prob is not None for s in self.images):
             return None
         empty = [s for s in self.images if not s.has_object]
@@ -223,7 +226,10 @@ def predict(
             items = [dataset[i] for i in indices[start : start + batch_size]]
             images = [im.to(device) for im, _ in items]
             targets = [t for _, t in items]
-            stats = [ImageStats(int(t["image_id"]), has_object_label(t, wanted)) for t in targets]
+            stats = [
+                ImageStats(int(t["image_id"]), has_object_of_interest(t, tuple(im.shape[-2:]), wanted))
+                for im, t in zip(images, targets, strict=True)
+            ]
             if mode == "whole":
                 dets: list[dict[str, Tensor] | None] = list(model(images))
             else:

@@ -1,8 +1,9 @@
-"""Reproduce the bundled demo checkpoint: synthetic teacher -> GHND 3-channel student -> neural filter -> fp16.
+"""Reproduce the bundled demo checkpoint: synthetic teacher -> GHND 3-channel student -> fp16 -> neural filter.
 
     python -m distill.make_demo [--resume]
 
-Each stage writes under ``runs/`` (see the configs); the result replaces ``common/assets/``'s demo file.
+Each stage writes under ``runs/`` (see the configs); the student is exported to ``common/assets/``'s demo file, the
+filter config trains the neural filter on that file's (frozen) head, and the result replaces it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from common import model_cli
 from common.demo import DEMO_CHECKPOINT
 from distill import cli
 
-STAGES = (
-    "configs/teacher/synthetic-faster_rcnn-resnet18.yaml",
-    "configs/ghnd/synthetic-demo.yaml",
-    "configs/filter/synthetic-demo.yaml",
-)
+STAGES = ("configs/teacher/synthetic-faster_rcnn-resnet18.yaml", "configs/ghnd/synthetic-demo.yaml")
+STUDENT = "runs/ghnd-synthetic-faster_rcnn-resnet18-b3ch/final.pt"
+FILTER_CONFIG = "configs/filter/synthetic-demo.yaml"  #: its student.ckpt is the demo file
 FILTERED = "runs/filter-synthetic-faster_rcnn-resnet18-b3ch/final.pt"
 
 
@@ -26,10 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill.make_demo", description=__doc__)
     parser.add_argument("--resume", action="store_true", help="continue interrupted stages")
     args = parser.parse_args(argv)
+    resume = ["--resume"] if args.resume else []
     for config in STAGES:
-        code = cli.main(["--config", config, *(["--resume"] if args.resume else [])])
+        code = cli.main(["--config", config, *resume])
         if code:
             return code
+    code = model_cli.main(["export", STUDENT, "--half", "--out", str(DEMO_CHECKPOINT)])
+    if code:
+        return code
+    code = cli.main(["--config", FILTER_CONFIG, *resume])
+    if code:
+        return code
     return model_cli.main(["export", FILTERED, "--half", "--out", str(DEMO_CHECKPOINT)])
 
 

@@ -24,7 +24,7 @@ TRAINED = Path("runs/entropic-synthetic-faster_rcnn-resnet18-b3ch-beta8/final.pt
 
 def export(trained: Path = TRAINED, out: Path = ENTROPIC_DEMO_CHECKPOINT) -> None:
     ckpt, ghnd = load_checkpoint(trained), load_checkpoint(DEMO_CHECKPOINT)
-    model = build_model(ckpt.config.replace(with_filter=True))
+    model = build_model(ckpt.config.replace(with_filter=True, filter_arch=ghnd.config.filter_arch))
     filter_state = {k: v for k, v in ghnd.state_dict.items() if k.startswith("neural_filter.")}
     stem = ("backbone.body.conv1.", "backbone.body.bn1.")
     if any(not ckpt.state_dict[k].equal(v) for k, v in ghnd.state_dict.items() if k.startswith(stem)):

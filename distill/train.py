@@ -1,6 +1,7 @@
-"""Training runs: the teacher (from scratch, torchvision's detection losses), HND/GHND students, the neural filter.
+"""Training runs: the teacher (from scratch, torchvision's detection losses), HND/GHND and entropic students; the
+neural filter trains in :mod:`distill.filter_training`.
 
-One loop serves all three; each method supplies a module whose ``forward(images, targets)`` returns a dict of
+One loop serves them all; each method supplies a module whose ``forward(images, targets)`` returns a dict of
 losses. Runs on CPU or GPU, and under ``torchrun`` with DistributedDataParallel. A checkpoint in the project's
 format is written after every epoch (``last.pt``, with the optimizer state for ``--resume``) and at the end
 (``final.pt``).
@@ -9,14 +10,12 @@ format is written after every epoch (``last.pt``, with the optimizer state for `
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -26,10 +25,9 @@ from tqdm import tqdm
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.models import ModelConfig, build_model, build_teacher, coco_class_names, init_student_from_teacher
-from common.split import Head
 from distill.config import ConfigError, TrainConfig
 from distill.dataset_config import DatasetInfo, build_dataset
-from distill.datasets import collate_detection, has_object_label
+from distill.datasets import collate_detection
 from distill.mimic import HeadMimic
 
 
@@ -69,37 +67,6 @@ class DetectionTraining(nn.Module):
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         return self.model(images, targets)
-
-
-class FilterTraining(nn.Module):
-    """Neural filter on the frozen stem: cross-entropy on "holds an object of interest"."""
-
-    def __init__(self, student: nn.Module, positive_labels: list[int] | None) -> None:
-        super().__init__()
-        self.head = Head(student)
-        self.neural_filter = student.neural_filter
-        self.positive_labels = positive_labels
-        for p in self.head.parameters():
-            p.requires_grad_(False)
-        for p in self.neural_filter.parameters():
-            p.requires_grad_(True)
-
-    def train(self, mode: bool = True) -> FilterTraining:
-        super().train(False)
-        self.neural_filter.train(mode)
-        return self
-
-    def logits(self, images: list[Tensor]) -> Tensor:
-        with torch.no_grad():
-            x, _ = self.head.preprocess(images)
-            stem = self.head.stem(x)
-        return self.neural_filter(stem)
-
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        labels = torch.tensor(
-            [int(has_object_label(t, self.positive_labels)) for t in targets], device=images[0].device
-        )
-        return {"filter": nn.functional.cross_entropy(self.logits(images), labels)}
 
 
 def _teacher_from(
@@ -196,21 +163,7 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
         return TrainingTask(module, student, info, names)
     if config.method == "entropic":
         return _entropic_task(config, info)
-    ckpt = load_checkpoint(config.student["ckpt"])
-    if not ckpt.config.is_student:
-        raise ConfigError(f"student.ckpt {config.student['ckpt']} holds a teacher; the filter needs a student")
-    model = build_model(ckpt.config.replace(with_filter=True))
-    own = model.state_dict()
-    model.load_state_dict({**own, **{k: v for k, v in ckpt.state_dict.items() if not k.startswith("neural_filter.")}})
-    model.eval()
-    positive = [info.class_names.index("person")] if ckpt.config.arch == "keypoint_rcnn" else None
-    kwargs = {
-        "class_names": ckpt.class_names,
-        "keypoint_names": ckpt.keypoint_names,
-        "codec": ckpt.codec,
-        "entropy": ckpt.entropy,
-    }
-    return TrainingTask(FilterTraining(model, positive), model, info, kwargs, dict(ckpt.metrics))
+    raise ConfigError(f"unknown method {config.method!r}")
 
 
 def _entropic_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
@@ -292,41 +245,12 @@ def _to(device: torch.device, images: list[Tensor], targets: list[dict[str, Tens
     ]
 
 
-def choose_threshold(probs: np.ndarray, positive: np.ndarray, target_recall: float) -> float:
-    """Largest threshold that keeps at least ``target_recall`` of the positive frames."""
-    pos = np.sort(probs[positive])
-    if len(pos) == 0:
-        return 0.0
-    allowed = math.floor((1.0 - target_recall) * len(pos) + 1e-9)
-    return float(pos[min(allowed, len(pos) - 1)])
-
-
-@torch.no_grad()
-def evaluate_filter(
-    module: FilterTraining, dataset: Dataset, batch_size: int, device: torch.device, target_recall: float
-) -> dict[str, float]:
-    """Pick the threshold on ``dataset`` and report skip rates at it."""
-    module.eval()
-    probs, positive = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection)
-    for images, targets in loader:
-        images, targets = _to(device, images, targets)
-        probs.append(torch.softmax(module.logits(images), 1)[:, 1].cpu())
-        positive += [has_object_label(t, module.positive_labels) for t in targets]
-    p = torch.cat(probs).numpy()
-    pos = np.array(positive, dtype=bool)
-    threshold = choose_threshold(p, pos, target_recall)
-    skipped = p < threshold
-    return {
-        "filter_threshold": threshold,
-        "empty_frames_skipped": float(skipped[~pos].mean()) if (~pos).any() else float("nan"),
-        "object_frames_wrongly_skipped": float(skipped[pos].mean()) if pos.any() else float("nan"),
-        "val_frames": len(p),
-    }
-
-
 def run(config: TrainConfig, resume: bool = False) -> Path:
     """Train as ``config`` says; return the path of the final checkpoint."""
+    if config.method == "filter":  # one process, on cached stem features: distill.filter_training
+        from distill.filter_training import run as run_filter
+
+        return run_filter(config, resume)
     rank, world, device = _init_distributed()
     torch.manual_seed(config.seed + rank)
     train_set, info = build_dataset(config.dataset, "train", detector=config.method == "teacher")
@@ -402,10 +326,6 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
                 **task.extra(),
             )
     final_kwargs = dict(task.checkpoint_kwargs)
-    if config.method == "filter" and rank == 0:
-        val_set, _ = build_dataset(config.dataset, "val", detector=False)
-        metrics["filter"] = evaluate_filter(task.module, val_set, config.batch_size, device, config.target_recall)
-        final_kwargs["filter_threshold"] = metrics["filter"]["filter_threshold"]
     final = out / "final.pt"
     if rank == 0:
         training = {"epoch": config.epochs, "method": config.method}

@@ -13,11 +13,13 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
 from distill.datasets import (
+    MIN_OBJECT_FRACTION,
     CocoDetection,
     SyntheticCoco,
     coco_2017,
     collate_detection,
-    has_object_label,
+    has_object_of_interest,
+    objects_of_interest,
 )
 from synthetic import KEYPOINT_NAMES, PERSON_CATEGORY_ID, SceneConfig, write_coco_dataset
 
@@ -61,7 +63,8 @@ def test_bbox_targets_match_annotations(coco_root):
         assert t["labels"].tolist() == [ds.cat_id_to_label[a["category_id"]] for a in anns]
         assert t["area"].tolist() == [a["area"] for a in anns] and t["iscrowd"].sum() == 0
         n_empty += len(anns) == 0
-        assert has_object_label(t) == (len(anns) > 0)
+        short = min(CFG.height, CFG.width)
+        assert has_object_of_interest(t, image.shape[-2:]) == any(a["area"] ** 0.5 >= 0.1 * short for a in anns)
     assert n_empty > 0, "empty images are kept by default"
     removed = coco_2017(coco_root, "val", "bbox", remove_images_without_annotations=True)
     assert len(removed) == N - n_empty
@@ -163,14 +166,21 @@ def test_synthetic_coco_matches_disk_and_cocoeval_sanity(coco_root):
     assert mask_utils.area(dets[0]["segmentation"]) == mem.coco.anns[1]["area"]
 
 
-def test_collate_and_has_object_label():
+def test_collate_and_objects_of_interest():
     images = [torch.zeros(3, 4, 4), torch.ones(3, 5, 5)]
-    targets = [{"labels": torch.tensor([1, 3])}, {"labels": torch.zeros(0, dtype=torch.int64)}]
+    targets = [
+        {"labels": torch.tensor([1, 3]), "area": torch.tensor([100.0, 400.0])},
+        {"labels": torch.zeros(0, dtype=torch.int64), "area": torch.zeros(0)},
+    ]
     imgs, tgts = collate_detection(list(zip(images, targets, strict=True)))
     assert isinstance(imgs, list) and isinstance(tgts, list) and imgs[1] is images[1] and tgts[0] is targets[0]
-    assert has_object_label(targets[0]) and not has_object_label(targets[1])
-    assert has_object_label(targets[0], label_ids=[1]) and not has_object_label(targets[0], label_ids=[2])
-    assert not has_object_label(targets[1], label_ids=[1])
+    # 160 px: an object of interest is >= 16 px across (sqrt of its visible area); 10 px and 20 px objects here
+    assert MIN_OBJECT_FRACTION * 160 == 16
+    assert objects_of_interest(targets[0], (160, 200)).tolist() == [False, True]
+    assert has_object_of_interest(targets[0], (160, 200)) and not has_object_of_interest(targets[1], (160, 200))
+    assert not has_object_of_interest(targets[0], (160, 200), label_ids=[1])  # the person is too small
+    assert has_object_of_interest(targets[0], (160, 200), label_ids=[3])
+    assert not has_object_of_interest(targets[0], (400, 400))  # the same pixels in a larger frame
 
 
 def test_synthetic_coco_remove_empty_for_training():

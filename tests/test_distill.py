@@ -13,8 +13,8 @@ from common.checkpoint import load_checkpoint
 from common.models import build_student, build_teacher, init_student_from_teacher
 from distill.cli import main
 from distill.config import ConfigError, Term, load_config, parse_config
+from distill.filter_training import choose_threshold
 from distill.mimic import HeadMimic
-from distill.train import choose_threshold
 
 SMALL = dict(min_size=64, max_size=64, fpn_channels=32, box_representation_size=32, anchor_sizes=(8, 16, 32, 64, 128))
 
@@ -218,7 +218,7 @@ def test_config_key_lists_match_the_model_config():
     from common.models import ModelConfig
     from distill.config import MODEL_KEYS
 
-    overridden = {"bottleneck_channels", "num_classes", "num_keypoints", "with_filter"}
+    overridden = {"bottleneck_channels", "num_classes", "num_keypoints", "with_filter", "filter_arch"}
     assert set(MODEL_KEYS) == {f.name for f in fields(ModelConfig)} - overridden
 
 
@@ -268,6 +268,7 @@ def test_teacher_then_ghnd_then_filter_runs_end_to_end(tmp_path):
             **ghnd["dataset"],
             "scene": {"height": 64, "width": 64, "empty_ratio": 0.5},
             "train": {"num_images": 32, "seed": 3},
+            "calibration": {"num_images": 16, "seed": 5},
             "val": {"num_images": 16, "seed": 4},
         },
         "student": {"ckpt": str(tmp_path / "out" / "final.pt")},
@@ -276,47 +277,88 @@ def test_teacher_then_ghnd_then_filter_runs_end_to_end(tmp_path):
     (tmp_path / "filter.yaml").write_text(yaml.safe_dump(filt))
     assert main(["--config", str(tmp_path / "filter.yaml")]) == 0
     with_filter = load_checkpoint(tmp_path / "filter" / "final.pt")
-    assert with_filter.config.with_filter and 0.0 <= with_filter.filter_threshold <= 1.0
-    assert with_filter.metrics["filter"]["object_frames_wrongly_skipped"] <= 0.1 + 1e-9
+    assert with_filter.config.with_filter and with_filter.config.filter_arch == "presence"
+    assert 0.0 <= with_filter.filter_threshold <= 1.0
     # the filter never changes what the server sees: same fingerprint as the student it was trained on
     assert with_filter.fingerprint == student.fingerprint
 
 
-def test_filter_learns_above_chance():
-    """On a tiny synthetic set the filter separates empty from object frames better than chance."""
-    from distill.datasets import SyntheticCoco, collate_detection
-    from distill.train import FilterTraining, evaluate_filter
-    from synthetic import SceneConfig
+def _filter_config(tmp_path, student: str) -> dict:
+    scene = {
+        "height": 64,
+        "width": 64,
+        "empty_ratio": 0.5,
+        "min_size_frac": 0.5,
+        "max_size_frac": 0.9,
+        "min_distractors": 0,
+        "max_distractors": 0,
+        "front_distractor_prob": 0.0,
+        "low_contrast_prob": 0.0,
+    }
+    return {
+        "method": "filter",
+        "output": str(tmp_path / "filter"),
+        "dataset": {
+            "type": "synthetic",
+            "scene": scene,
+            "train": {"num_images": 96, "seed": 5},
+            "calibration": {"num_images": 48, "seed": 7},
+            "val": {"num_images": 48, "seed": 6},
+        },
+        "student": {"ckpt": student},
+        "train": {"epochs": 8, "batch_size": 16, "optimizer": {"type": "Adam", "lr": 0.003}, "target_recall": 0.9},
+    }
+
+
+def test_filter_learns_above_chance_and_its_threshold_comes_from_held_out_frames(tmp_path):
+    """On a tiny synthetic set the filter separates empty from object frames better than chance; its threshold is
+    chosen on the calibration split (not train, not val) and its metrics are measured on the val split."""
+    import numpy as np
+
+    from common.checkpoint import save_checkpoint
+    from common.split import Head
+    from distill.config import parse_config
+    from distill.dataset_config import build_dataset
+    from distill.filter_training import frame_probabilities, run, skip_rates
 
     torch.manual_seed(0)
-    student = build_student("faster_rcnn", "resnet18", 3, num_classes=7, with_filter=True, **SMALL).eval()
-    scene = SceneConfig(
-        height=64,
-        width=64,
-        empty_ratio=0.5,
-        min_size_frac=0.5,
-        max_size_frac=0.9,
-        min_distractors=0,
-        max_distractors=0,
-        front_distractor_prob=0.0,
-        low_contrast_prob=0.0,
-    )
-    train = SyntheticCoco(96, 5, scene)
-    val = SyntheticCoco(48, 6, scene)
-    module = FilterTraining(student, None)
-    optimizer = torch.optim.Adam(student.neural_filter.parameters(), lr=3e-3)
-    loader = torch.utils.data.DataLoader(
-        train, batch_size=16, shuffle=True, collate_fn=collate_detection, generator=torch.Generator().manual_seed(0)
-    )
-    for _ in range(8):
-        module.train()
-        for images, targets in loader:
-            loss = module(images, targets)["filter"]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    found = evaluate_filter(module, val, 16, torch.device("cpu"), target_recall=0.9)
-    assert found["empty_frames_skipped"] > 0.1  # at 90 % recall, chance would skip ~10 % of empty frames
+    student = build_student("faster_rcnn", "resnet18", 3, num_classes=7, **SMALL).eval()
+    names = ["__background__", "person", "disc", "triangle", "star", "ring", "cross"]
+    save_checkpoint(student, tmp_path / "student.pt", names)
+    config = parse_config(_filter_config(tmp_path, str(tmp_path / "student.pt")))
+    ckpt = load_checkpoint(run(config))
+    head = Head(ckpt.build_model().eval())
+    found = {}
+    for split in ("train", "calibration", "val"):
+        dataset, _ = build_dataset(config.dataset, split)
+        found[split] = frame_probabilities(head, dataset, None)
+    assert ckpt.filter_threshold == choose_threshold(*found["calibration"], 0.9)
+    assert ckpt.filter_threshold != choose_threshold(*found["val"], 0.9)
+    val = ckpt.metrics["filter"]
+    assert val == {**val, **skip_rates(*found["val"], ckpt.filter_threshold)} and val["val_frames"] == 48
+    probs, positive = found["val"]
+    assert np.mean(probs[~positive] < ckpt.filter_threshold) > 0.1  # chance would skip ~10 % at 90 % recall
+
+
+def test_presence_targets_mark_centres_of_objects_of_interest_only():
+    """The centre cell of an object of interest is positive, the rest of its box and a small object are not scored,
+    the background is negative; the frame label follows the object-of-interest rule."""
+    from distill.filter_training import presence_targets
+
+    target = {
+        "boxes": torch.tensor([[64.0, 64.0, 128.0, 128.0], [8.0, 8.0, 14.0, 14.0]]),
+        "labels": torch.tensor([2, 3]),
+        "area": torch.tensor([4096.0, 36.0]),
+    }
+    presence, scored, label = presence_targets(target, (160, 160), (160, 160), (10, 10), None)
+    assert label == 1.0 and presence[6, 6] == 1.0 and scored[6, 6] == 1.0  # centre (96, 96) is in cell 6
+    assert presence.sum() == presence[5:7, 5:7].sum() and scored[4, 4] == 0.0  # box, not centre: not scored
+    assert presence[0, 0] == 0.0 and scored[0, 0] == 0.0  # the small object's box is not scored either
+    assert scored[9, 0] == 1.0 and presence[9, 0] == 0.0  # background: negative
+    small_only = {k: v[1:] for k, v in target.items()}
+    assert presence_targets(small_only, (160, 160), (160, 160), (10, 10), None)[2] == 0.0
+    person_only = presence_targets(target, (160, 160), (160, 160), (10, 10), [1])
+    assert person_only[2] == 0.0 and person_only[0].sum() == 0.0
 
 
 def test_warm_start_copies_matching_weights_and_freezes(tmp_path):
