@@ -10,7 +10,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
+from benchmarks import skip_static
 from edge_server.server import serve
 from mobile_client import cli, runner
 from mobile_client.pipeline import HeadResult, Pipeline
@@ -169,3 +171,23 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
         argv = [*argv, "--synthetic", "5"]
     assert cli.main(["--server", "127.0.0.1:1", *argv]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"mobile-client: error: {message}"]
+
+
+def test_benchmark_writes_its_table(ckpt, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        assert (
+            skip_static.main(
+                ["--ckpt", str(ckpt), "--frames", "6", "--thresholds", "0.5", "--out", str(tmp_path / "s")]
+            )
+            == 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "s.json").read_text())
+    off, on = report["runs"]
+    assert off["threshold"] == 0 and off["sent"] == 6 and off["reused"] == 0 and off["saved"] == 0.0
+    assert on["sent"] + on["reused"] + on["skipped"] == 6 and on["reused"] > 0
+    assert on["saved"] == pytest.approx(1 - on["bytes_total"] / off["bytes_total"])
+    text = (tmp_path / "s.md").read_text()
+    assert "python -m benchmarks.skip_static --ckpt" in text and "machine:" in text and "| 0.5 |" in text
