@@ -15,7 +15,8 @@ import torch
 from benchmarks import skip_static
 from edge_server.server import serve
 from mobile_client import cli, runner
-from mobile_client.pipeline import HeadResult, Pipeline
+from mobile_client.auto import AutoPolicy
+from mobile_client.pipeline import FrameResult, HeadResult, Pipeline
 from mobile_client.report import Report, result_json
 from mobile_client.settings import Options
 from mobile_client.sources import Frame
@@ -146,6 +147,14 @@ def test_frames_reusing_a_frame_that_failed_fail_with_it(ckpt):
     assert [r.error is None for r in results[:3]] == [True] * 3
     assert results[3].error.startswith("DEADLINE_EXCEEDED")
     assert results[4].error == results[5].error == "frame 3, whose detections it reuses, failed"
+
+
+def test_auto_mode_learns_only_the_head_cost_from_a_reused_frame():
+    policy = AutoPolicy(log=lambda _: None)
+    reused = FrameResult(1, "cam", "split", timing_ms={"head": 4.0, "filter": 1.0, "total": 5.1}, reused_from=0)
+    policy.observe(reused)  # it has no encode or network time
+    policy.observe(FrameResult(2, "cam", "local", timing_ms={"head": 6.0, "tail": 20.0, "total": 26.1}))
+    assert policy.predict() == {"split": None, "offload": None, "local": pytest.approx(5.5 + 20.0)}
 
 
 @pytest.mark.parametrize(
