@@ -20,13 +20,7 @@ from common.codec_settings import QUANTIZATIONS
 from common.endpoint import DEFAULT_PORT
 from common.onnx_format import ONNX_QUANTIZATIONS
 from mobile_client.device_cpu import add_quota_argument, check_quota
-from mobile_client.settings import (
-    CLIENT_MODES,
-    DEFAULT_MAX_REUSED,
-    RUNTIMES,
-    SetupError,
-    add_offload_arguments,
-)
+from mobile_client.settings import CLIENT_MODES, DEFAULT_MAX_REUSED, RUNTIMES, SetupError, add_offload_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,8 +32,8 @@ def change(reference: np.ndarray, current: np.ndarray) -> float:
 class StaticGate:
     """Decides, frame by frame, whether a split frame is sent or reuses the answer of the last frame sent.
 
-    :meth:`check` is called from the thread that prepares frames; :meth:`forget` and :meth:`reset` may be called
-    from the thread that collects the answers, hence the lock."""
+    :meth:`check` and :meth:`reset` run where frames are prepared, :meth:`forget` where their answers are collected:
+    another thread in the pipelined path, hence the lock."""
 
     def __init__(self, threshold: float, max_reused: int = DEFAULT_MAX_REUSED) -> None:
         if not threshold >= 0.0 or max_reused < 1:

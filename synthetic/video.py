@@ -35,7 +35,7 @@ class SyntheticVideo:
     (inclusive range, default 15..30) frames; the empty stretches between them are as long on average times
     ``empty_ratio / (1 - empty_ratio)``. Deterministic by seed; iterating twice yields identical frames.
 
-    With ``static_ratio`` > 0, about that share of the frames fall in static stretches of ``static_frames``
+    With ``static_ratio`` > 0, about that share of the frames fall in static stretches of ``static_run_frames``
     (inclusive range, default 10..30) frames: the scene's clock stops, so objects, poses, background drift and
     lighting stay as they were in the frame before the stretch, while the sensor noise is drawn anew every frame as
     in a real camera. Objects still enter and leave on the empty/object schedule above. ``static_ratio`` 0 (the
@@ -53,7 +53,7 @@ class SyntheticVideo:
         empty_ratio: float | None = None,
         run_frames: tuple[int, int] = (15, 30),
         static_ratio: float = 0.0,
-        static_frames: tuple[int, int] = (10, 30),
+        static_run_frames: tuple[int, int] = (10, 30),
     ) -> None:
         if num_frames < 0:
             raise ValueError(f"num_frames must be >= 0, got {num_frames}")
@@ -63,8 +63,8 @@ class SyntheticVideo:
             raise ValueError(f"empty_ratio must be in [0, 1], got {empty_ratio}")
         if not 0.0 <= static_ratio <= 1.0:
             raise ValueError(f"static_ratio must be in [0, 1], got {static_ratio}")
-        if not 1 <= static_frames[0] <= static_frames[1]:
-            raise ValueError(f"static_frames must be (low, high) with 1 <= low <= high, got {static_frames}")
+        if not 1 <= static_run_frames[0] <= static_run_frames[1]:
+            raise ValueError(f"static_run_frames must be (low, high) with 1 <= low <= high, got {static_run_frames}")
         self.num_frames = int(num_frames)
         self.seed = check_seed(seed)
         self.config = config
@@ -84,7 +84,7 @@ class SyntheticVideo:
                 t += gap
         self._active = active
         self._segments = segments
-        self._frozen = self._static_schedule(static_ratio, static_frames)
+        self._frozen = self._static_schedule(static_ratio, static_run_frames)
         #: the scene's clock at each frame: it stops during static stretches
         self._clock = np.concatenate([[0], np.cumsum(~self._frozen[1:])]).astype(int)[: self.num_frames]
 
@@ -102,7 +102,7 @@ class SyntheticVideo:
                 t += max(1, round(length * (1.0 - ratio) / ratio * rng.uniform(0.6, 1.4)))
             frozen[t : t + length] = True
             t += length
-        frozen[0] = False  # the first frame has no frame before it
+        frozen[:1] = False  # the first frame has no frame before it
         return frozen
 
     def __len__(self) -> int:
