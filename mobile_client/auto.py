@@ -10,7 +10,9 @@ From its own recent frames the policy keeps:
 * device costs: head + filter, bottleneck encode, JPEG encode, local tail; the filter's skip rate;
 * server costs: total server time per remote mode; message sizes per remote mode.
 
-Predicted latency per frame (a filtered frame stops after head + filter):
+Predicted latency per frame (a filtered frame stops after head + filter; a split frame reused as static,
+``--skip-static``, too, but the prediction does not count on it: how still the scene was says little about the next
+frames):
 
 * local   = head + (1 - skip) * local_tail
 * split   = head + (1 - skip) * (encode + bottleneck_bytes / throughput + RTT + server)
@@ -130,7 +132,7 @@ class AutoPolicy:
                 self._costs["head"].append(t.get("head", 0.0) + t.get("filter", 0.0))
                 if self.use_filter:
                     self._skips.append(result.skipped)
-            if result.skipped:
+            if result.skipped or result.reused:  # not sent: nothing to learn about the link or the server
                 return
             if result.mode == "local":
                 self._costs["local_tail"].append(t["tail"])

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import sys
 
 from common.codec_settings import QUANTIZATIONS
 from common.endpoint import DEFAULT_PORT
 from common.onnx_format import ONNX_QUANTIZATIONS
 from mobile_client.device_cpu import add_quota_argument, check_quota
-from mobile_client.settings import CLIENT_MODES, RUNTIMES, SetupError, add_offload_arguments
+from mobile_client.settings import CLIENT_MODES, DEFAULT_MAX_REUSED, RUNTIMES, SetupError, add_offload_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
         "wins, frames that cannot be sent fresh are dropped (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video (default: %(default)s)")
+    p.add_argument(
+        "--static-ratio",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="share of the synthetic video's frames in static stretches of 10-30 frames (nothing moves, only the "
+        "sensor noise changes) (default: %(default)s)",
+    )
     p.add_argument(
         "--ckpt", metavar="PATH", help="client checkpoint, torch runtime (default: the bundled demo checkpoint)"
     )
@@ -80,6 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="report detections scoring >= S (default: %(default)s)",
     )
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames (default: the whole source)")
+    p.add_argument(
+        "--skip-static",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="video and camera sources, split frames (auto mode's too): when the bottleneck changed by less than T "
+        "from the last frame sent (mean |difference| / mean |value| of that frame's bottleneck), send nothing and "
+        "report that frame's detections, marked reused; 0 = off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--skip-static-max",
+        type=int,
+        default=DEFAULT_MAX_REUSED,
+        metavar="N",
+        help="with --skip-static, at most N frames in a row reuse one answer; the next one is sent "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--window",
         type=int,
@@ -144,6 +170,18 @@ def check_args(args: argparse.Namespace) -> None:
         (1 <= args.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
         (0.0 <= args.score_threshold <= 1.0, "--score-threshold must be in [0, 1]"),
         (args.max_frames is None or args.max_frames >= 1, "--max-frames must be >= 1"),
+        (0.0 <= args.static_ratio <= 1.0, "--static-ratio must be in [0, 1]"),
+        (args.static_ratio == 0.0 or args.synthetic is not None, "--static-ratio is for the --synthetic video"),
+        (math.isfinite(args.skip_static) and args.skip_static >= 0.0, "--skip-static must be a number >= 0"),
+        (args.skip_static_max >= 1, "--skip-static-max must be >= 1"),
+        (
+            args.skip_static == 0.0 or args.mode in ("split", "auto"),
+            f"--skip-static compares the bottlenecks sent to the server: split or auto mode, not {args.mode}",
+        ),
+        (
+            args.skip_static == 0.0 or args.images is None,
+            "--skip-static is for video sources (--video, --camera, --synthetic), not --images",
+        ),
         (args.window >= 1, "--window must be >= 1"),
         (not args.live or args.video is not None, "--live needs --video (a camera is always live)"),
         (args.timeout_s > 0, "--timeout-s must be positive"),

@@ -10,6 +10,13 @@ Per frame, :meth:`Pipeline.prepare` runs the device's share of the work for the 
 
 A frame a live source dropped (a newer one replaced it before it could be sent) is finished at once as dropped.
 
+With ``options.skip_static`` > 0 (``--skip-static``), a split frame whose bottleneck changed less than that from the
+last frame sent (:mod:`mobile_client.static`) is not sent either: it is finished as *reused*, and :meth:`Pipeline.run`
+gives it that frame's detections when it yields it, in frame order, so in the pipelined path the frame it reuses may
+still be in flight when it is prepared. At most ``options.skip_static_max`` frames in a row reuse one answer. Frames
+the filter skipped are never the reference; a frame in another mode (auto) or a sent frame that failed clears it, so
+the next split frame is sent.
+
 The head is a :class:`DeviceModel`: the torch head of a checkpoint (:class:`mobile_client.torch_head.ClientModel`)
 or the ONNX head run by ONNX Runtime (:class:`mobile_client.onnx_head.OnnxHead`). Both hand back the bottleneck as
 a numpy array, which :func:`common.wire.encode_frame` quantizes and compresses; this module imports no torch.
@@ -45,6 +52,7 @@ from mobile_client.link import Link, LinkError, Reply, StreamLink
 from mobile_client.offload import encode_image, model_input_size, to_frame_coordinates
 from mobile_client.settings import Options
 from mobile_client.sources import Frame
+from mobile_client.static import StaticGate
 from proto import splitdet_pb2 as pb
 
 if TYPE_CHECKING:
@@ -116,6 +124,11 @@ class FrameResult:
     server_ms: float | None = None
     received_bytes: int = 0  #: size of the server's response message
     sent_at: float | None = None  #: ``time.monotonic()`` when the request was handed to the link
+    reused_from: int | None = None  #: static (``--skip-static``): not sent; carries this frame's detections
+
+    @property
+    def reused(self) -> bool:
+        return self.reused_from is not None
 
 
 @dataclass
@@ -175,6 +188,7 @@ class Pipeline:
         self.link = link
         self.choose_mode = choose_mode
         self.observe = observe
+        self.static = StaticGate(options.skip_static, options.skip_static_max) if options.skip_static > 0 else None
 
     # ---- one frame, top to bottom ----
 
@@ -182,6 +196,8 @@ class Pipeline:
         """The device's share of one frame: ends with a request to send or an already final result."""
         mode = self.choose_mode(frame.index) if self.choose_mode else self.options.mode
         work = _Work(frame, mode, frame.captured_at or time.monotonic())
+        if self.static is not None and mode != "split":
+            self.static.reset()
         if frame.dropped:
             work.result = self._result(work, dropped=True)
             return work
@@ -225,6 +241,9 @@ class Pipeline:
             work.timing["tail"] = _ms(time.perf_counter() - t0)
             work.result = self._result(work, detections=self._json(detections))
             return
+        if self.static is not None and (reference := self.static.check(work.frame.index, out.bottleneck)) is not None:
+            work.result = self._result(work, reused_from=reference)  # detections: filled in by run()
+            return
         work.request = encode_frame(
             out.bottleneck,
             out.meta,
@@ -264,7 +283,13 @@ class Pipeline:
         return detections_json(det, self.class_names, self.options.score_threshold)
 
     def _result(
-        self, work: _Work, skipped: bool = False, detections=None, error: str | None = None, dropped: bool = False
+        self,
+        work: _Work,
+        skipped: bool = False,
+        detections=None,
+        error: str | None = None,
+        dropped: bool = False,
+        reused_from: int | None = None,
     ) -> FrameResult:
         timing = {stage: work.timing[stage] for stage in FRAME_STAGES if stage in work.timing}
         timing["total"] = _ms(time.monotonic() - work.started_at)
@@ -280,6 +305,7 @@ class Pipeline:
             timing_ms=timing,
             error=error,
             image=work.frame.image,
+            reused_from=reused_from,
         )
 
     # ---- many frames ----
@@ -291,7 +317,14 @@ class Pipeline:
     def run(self, frames: Iterable[Frame]) -> Iterator[FrameResult]:
         """Results in frame order; every frame yields exactly one result (failed frames carry ``error``)."""
         path = self._run_sequential if self.options.window == 1 or self.options.live else self._run_pipelined
+        sent: FrameResult | None = None  # the last split frame sent: what a static frame reuses
         for result in path(frames):
+            if result.reused:
+                _reuse(result, sent)
+            elif self.static is not None and result.mode == "split" and not (result.skipped or result.dropped):
+                sent = result
+                if result.error is not None:
+                    self.static.forget(result.index)
             if self.observe is not None:
                 self.observe(result)
             yield result
@@ -367,3 +400,13 @@ class Pipeline:
         except LinkError as e:
             return self.complete(work, error=e), None
         return self.complete(work, reply=reply), reply.received_at - reply.sent_at
+
+
+def _reuse(result: FrameResult, sent: FrameResult | None) -> None:
+    """A static frame takes the detections of the frame it reuses (which precedes it in frame order)."""
+    if sent is None or sent.index != result.reused_from:
+        result.error = f"frame {result.reused_from}, whose detections it reuses, has no result"
+    elif sent.error is not None:
+        result.error = f"frame {sent.index}, whose detections it reuses, failed"
+    else:
+        result.detections = list(sent.detections)

@@ -20,10 +20,13 @@ def result_json(result: FrameResult) -> dict:
         "mode": result.mode,
         "skipped": result.skipped,
         "dropped": result.dropped,
+        "reused": result.reused,
         "sent_bytes": result.sent_bytes,
         "detections": result.detections,
         "timing_ms": result.timing_ms,
     }
+    if result.reused:
+        line["reused_from"] = result.reused_from
     if result.error is not None:
         line["error"] = result.error
     return line
@@ -39,6 +42,7 @@ class Report:
         self.frames = 0
         self.skipped = 0
         self.dropped = 0
+        self.reused = 0
         self.failed = 0
         self.sent_bytes: list[int] = []
         self.modes: Counter[str] = Counter()
@@ -56,6 +60,7 @@ class Report:
             self.dropped += 1
             return
         self.skipped += result.skipped
+        self.reused += result.reused
         self.sent_bytes.append(result.sent_bytes)
         for stage, ms in result.timing_ms.items():
             self.stages[stage].append(ms)
@@ -74,9 +79,14 @@ class Report:
         lines = [
             f"summary: mode {self.mode}, {self.frames} frames in {elapsed:.2f} s ({fps:.2f} fps)"
             + (", interrupted" if interrupted else ""),
-            f"  frames {self.frames}  skipped {self.skipped}  dropped {self.dropped}  failed {self.failed}  "
-            f"bytes/frame {mean_all:.0f} (mean over {len(sent)} sent frames: {mean_sent:.0f})",
+            f"  frames {self.frames}  skipped {self.skipped}  dropped {self.dropped}  reused {self.reused}  "
+            f"failed {self.failed}  bytes/frame {mean_all:.0f} (mean over {len(sent)} sent frames: {mean_sent:.0f})",
         ]
+        if self.reused:
+            lines.append(
+                f"  static frames reused the last answer instead of being sent: {self.reused}, about "
+                f"{self.reused * mean_sent:,.0f} bytes saved (each at the mean of the sent frames)"
+            )
         if len(self.modes) > 1 or self.mode == "auto":
             lines.append("  frames by mode: " + ", ".join(f"{m} {n}" for m, n in sorted(self.modes.items())))
         lines.append(f"  {'stage':<14}{'frames':>8}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")

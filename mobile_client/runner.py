@@ -41,7 +41,7 @@ def open_source(args: argparse.Namespace) -> Source:
     elif args.images is not None:
         source = sources.images(args.images)
     else:
-        source = sources.synthetic(args.synthetic, args.seed)
+        source = sources.synthetic(args.synthetic, args.seed, static_ratio=args.static_ratio)
     if args.max_frames is not None:
         total = args.max_frames if source.total is None else min(source.total, args.max_frames)
         source = Source(itertools.islice(source.frames, args.max_frames), total, source.fps)
@@ -131,6 +131,8 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, list[str], Sourc
         live=is_live(args),
         offload_format=args.offload_format,
         offload_size=size_rule if args.offload_resize == "model" else None,
+        skip_static=args.skip_static,
+        skip_static_max=args.skip_static_max,
     )
     policy = None
     if args.mode == "auto":

@@ -11,6 +11,7 @@ OFFLOAD_FORMATS = ("jpeg", "webp")
 OFFLOAD_RESIZE = ("model", "source")
 CLIENT_MODES = ("split", "offload", "local", "auto")
 RUNTIMES = ("torch", "onnx")  #: what runs the head on the device
+DEFAULT_MAX_REUSED = 30  #: --skip-static-max: frames in a row that may reuse one answer (one second at 30 fps)
 
 
 class SetupError(RuntimeError):
@@ -28,6 +29,8 @@ class Options:
     live: bool = False  #: a live source: one frame in flight, the latest wins, older ones are dropped
     offload_format: str = "jpeg"  #: jpeg or webp (quality: jpeg_quality)
     offload_size: tuple[int, int] | None = None  #: (min_size, max_size) of the model: resize to its input first
+    skip_static: float = 0.0  #: split frames changed less than this from the last frame sent reuse its answer; 0 off
+    skip_static_max: int = DEFAULT_MAX_REUSED  #: most frames in a row that reuse one answer
 
 
 def add_offload_arguments(parser: argparse.ArgumentParser) -> None:

@@ -130,15 +130,22 @@ def images(spec: str) -> Source:
 
 
 def synthetic(
-    num_frames: int, seed: int = 0, empty_ratio: float | None = None, run_frames: tuple[int, int] = (15, 30)
+    num_frames: int,
+    seed: int = 0,
+    empty_ratio: float | None = None,
+    run_frames: tuple[int, int] = (15, 30),
+    static_ratio: float = 0.0,
 ) -> Source:
     """:class:`synthetic.SyntheticVideo`: moving objects with stretches of empty frames (``empty_ratio`` of them,
-    the scene default when None, between runs of ``run_frames`` frames with objects)."""
+    the scene default when None, between runs of ``run_frames`` frames with objects) and ``static_ratio`` of the
+    frames in static stretches (only the sensor noise changes)."""
     from synthetic.video import SyntheticVideo  # only --synthetic needs the data generator
 
     if num_frames < 1:
         raise SourceError(f"--synthetic needs at least 1 frame, got {num_frames}")
-    frames = SyntheticVideo(num_frames, seed=seed, empty_ratio=empty_ratio, run_frames=run_frames)
+    frames = SyntheticVideo(
+        num_frames, seed=seed, empty_ratio=empty_ratio, run_frames=run_frames, static_ratio=static_ratio
+    )
     return Source((Frame(i, f"synthetic:{seed}#{i}", im) for i, (im, _) in enumerate(frames)), num_frames)
 
 

@@ -43,6 +43,8 @@ def annotate(result: FrameResult, skeleton: list[tuple[int, int]]) -> np.ndarray
         keypoints=np.array([d["keypoints"] for d in dets]) if dets and all("keypoints" in d for d in dets) else None,
     )
     status = "skipped by the filter" if result.skipped else f"{len(dets)} detections"
+    if result.reused:
+        status += f" reused from #{result.reused_from} (static)"
     if result.error is not None:
         status = f"failed: {result.error}"
     return draw(result.image, items, skeleton, status=f"#{result.index} {result.mode}: {status}")

@@ -294,7 +294,7 @@ def test_every_frame_failed_exits_1(ckpts, tmp_path, capsys):
 def test_ctrl_c_stops_cleanly_with_summary(ckpts, monkeypatch, tmp_path, capsys):
     image = np.zeros((64, 80, 3), dtype=np.uint8)
 
-    def interrupted(num_frames: int, seed: int = 0) -> Source:
+    def interrupted(num_frames: int, seed: int = 0, static_ratio: float = 0.0) -> Source:
         def frames():
             yield from (Frame(i, "cam", image) for i in range(2))
             raise KeyboardInterrupt

@@ -24,7 +24,9 @@ from common.onnx_export import WindowMeanPool2d
 from common.shapes import padded_size, resized_size
 from common.wire import encode_frame
 from mobile_client.onnx_head import OnnxHead
-from mobile_client.settings import SetupError
+from mobile_client.pipeline import Pipeline
+from mobile_client.settings import Options, SetupError
+from mobile_client.sources import Frame
 from mobile_client.torch_head import ClientModel
 from synthetic import SceneConfig, render_scene
 from tests.conftest import TINY_NAMES, tiny_student
@@ -114,6 +116,19 @@ def test_filter_decides_alike(filter_ckpt, head_file):
     skipped = [torch_head.run_head(rgb, use_filter=True).bottleneck is None for rgb in rgbs]
     assert [onnx_head.run_head(rgb, use_filter=True).bottleneck is None for rgb in rgbs] == skipped
     assert 0 < sum(skipped) < len(skipped)
+
+
+def test_onnx_head_skips_static_frames_alike(filter_ckpt, head_file):
+    """--skip-static needs only the numpy bottleneck: both heads send and reuse the same frames."""
+    scene = frames()[1]
+    noisy = np.clip(scene.astype(int) + np.random.default_rng(0).integers(-3, 4, scene.shape), 0, 255)
+    images = [scene, noisy.astype(np.uint8), frames()[2], frames()[2]]
+    decisions = []
+    for model in (ClientModel.load(filter_ckpt), OnnxHead.load(head_file)):
+        pipeline = Pipeline(Options(mode="split", skip_static=0.05), TINY_NAMES, model=model)
+        works = [pipeline.prepare(Frame(i, "cam", image)) for i, image in enumerate(images)]
+        decisions.append([None if w.result is None else w.result.reused_from for w in works])
+    assert decisions == [[None, 0, None, 2]] * 2
 
 
 def test_head_without_filter(tmp_path, ckpt):

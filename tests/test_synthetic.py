@@ -198,6 +198,25 @@ def test_video_len_determinism_motion_and_empty_frames():
     assert not np.array_equal(frames[0][0], other)
 
 
+def test_video_static_stretches_change_only_by_sensor_noise():
+    assert SyntheticVideo(60, seed=3, config=VIDEO_CFG).static_frames == []
+    video = SyntheticVideo(60, seed=3, config=VIDEO_CFG, static_ratio=0.5)
+    frames = list(video)
+    static = set(video.static_frames)
+    assert 0 < len(static) < 60 and 0 not in static
+    still, moving = [], []
+    for t in range(1, 60):
+        (before, a), (image, b) = frames[t - 1], frames[t]
+        diff = np.abs(image.astype(np.float32) - before).mean()
+        if t not in static:
+            moving.append(diff)
+        elif {x["track_id"] for x in a} == {x["track_id"] for x in b}:  # no object entered or left
+            assert a == b, f"frame {t}: nothing may move in a static stretch"
+            assert diff > 0, f"frame {t}: the sensor noise still changes"
+            still.append(diff)
+    assert still and np.mean(still) < np.mean(moving)
+
+
 def test_video_background_drifts_slowly():
     frames = [
         f.astype(np.float32)
