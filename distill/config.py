@@ -26,8 +26,8 @@ MODEL_KEYS = (
     "box_batch_size_per_image", "anchor_sizes", "mask_head_layers", "keypoint_head_layers", "norm_layer",
 )  # fmt: skip
 TOP_KEYS = ("method", "output", "dataset", "model", "teacher", "student", "init", "train")
-DATASET_KEYS = ("type", "coco_root", "task", "scene", "train", "calibration", "val", "jpeg_quality")
-SPLIT_KEYS = ("num_images", "seed")
+DATASET_KEYS = ("type", "coco_root", "task", "scene", "video", "train", "calibration", "val", "jpeg_quality")
+SPLIT_KEYS = ("num_images", "seed", "first_frame")  # first_frame: dataset type video
 TEACHER_KEYS = ("ckpt", "weights", "num_classes", "num_keypoints", *MODEL_KEYS)
 STUDENT_KEYS = {
     "hnd": ("bottleneck_channels", "init"),
@@ -139,8 +139,8 @@ def parse_config(raw: Any, where: str = "config") -> TrainConfig:
         raise ConfigError(f"{where}: method must be one of {', '.join(METHODS)}, got {method!r}")
     dataset = _section(raw, "dataset", where)
     check_keys(dataset, DATASET_KEYS, "dataset", where)
-    if dataset.get("type", "synthetic") not in ("synthetic", "coco"):
-        raise ConfigError(f"{where}: dataset.type must be synthetic or coco, got {dataset.get('type')!r}")
+    if dataset.get("type", "synthetic") not in ("synthetic", "coco", "video"):
+        raise ConfigError(f"{where}: dataset.type must be synthetic, coco or video, got {dataset.get('type')!r}")
     if dataset.get("type") == "coco":
         _require(dataset, "coco_root", f"{where}: dataset")
     for split in ("train", "val"):

@@ -6,8 +6,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from distill.config import ConfigError, check_keys
-from distill.datasets import CocoDetection, SyntheticCoco, coco_2017
-from synthetic import SceneConfig
+from distill.datasets import CocoDetection, SyntheticCoco, SyntheticVideoCoco, coco_2017
+from synthetic import SceneConfig, SyntheticVideo
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,33 @@ def dataset_info(dataset: CocoDetection) -> DatasetInfo:
     return DatasetInfo(dataset.class_names, keypoint_names)
 
 
+def _video_split(section: dict[str, Any], split: str, task: str, options: dict[str, Any]) -> SyntheticVideoCoco:
+    part = section.get(split) or {}
+    if "num_images" not in part or "first_frame" not in part:
+        raise ConfigError(f"dataset.{split} of a video needs first_frame and num_images")
+    video_section = dict(section.get("video") or {})
+    check_keys(video_section, ["seed", "empty_ratio", "run_frames"], "dataset.video", "")
+    first, count = int(part["first_frame"]), int(part["num_images"])
+    video = SyntheticVideo(
+        first + count,
+        int(video_section.get("seed", 0)),
+        scene_config(section.get("scene") or {}),
+        empty_ratio=video_section.get("empty_ratio"),
+        run_frames=tuple(video_section.get("run_frames", (15, 30))),
+    )
+    return SyntheticVideoCoco(video, first, count, task=task, **options)
+
+
 def build_dataset(section: dict[str, Any], split: str, detector: bool = False) -> tuple[CocoDetection, DatasetInfo]:
-    """The ``split`` ("train" or "val") dataset; ``detector`` drops images without annotations (for training)."""
+    """The ``split`` ("train", "calibration" or "val") dataset; ``detector`` drops images without annotations (for
+    training). ``type: video`` takes each split as frames ``first_frame ..`` of one synthetic video (``video:``)."""
     task = section.get("task", "bbox")
     options = {"remove_images_without_annotations": detector, "jpeg_quality": section.get("jpeg_quality")}
     try:
         if section.get("type", "synthetic") == "coco":
             dataset = coco_2017(section["coco_root"], split, task, **options)
+        elif section["type"] == "video":
+            dataset = _video_split(section, split, task, options)
         else:
             part = section.get(split) or {}
             if "num_images" not in part:

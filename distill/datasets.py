@@ -26,7 +26,15 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from common.split import image_tensor
-from synthetic import SceneConfig, build_coco_annotations, build_coco_dict, image_seed, render_scene
+from synthetic import (
+    SceneConfig,
+    SyntheticVideo,
+    build_coco_annotations,
+    build_coco_dict,
+    build_video_coco_dict,
+    image_seed,
+    render_scene,
+)
 
 __all__ = [
     "MIN_OBJECT_FRACTION",
@@ -34,6 +42,7 @@ __all__ = [
     "AnnotationKind",
     "CocoDetection",
     "SyntheticCoco",
+    "SyntheticVideoCoco",
     "coco_2017",
     "coco_from_dict",
     "collate_detection",
@@ -271,6 +280,32 @@ class SyntheticCoco(CocoDetection):
         if self._images is not None:
             return self._images[image_id]
         return render_scene(image_seed(self.seed, image_id - 1), self.config)[0]
+
+
+class SyntheticVideoCoco(CocoDetection):
+    """:class:`CocoDetection` over frames ``first .. first + num_images - 1`` of one :class:`synthetic.SyntheticVideo`
+    (one fixed camera: the same background and clutter in every frame, objects entering and leaving), in memory.
+    Disjoint frame ranges of one video are the train / calibration / val splits of a filter fitted to a camera."""
+
+    def __init__(
+        self,
+        video: SyntheticVideo,
+        first: int,
+        num_images: int,
+        task: AnnotationKind = "bbox",
+        remove_images_without_annotations: bool = False,
+        jpeg_quality: int | None = None,
+    ) -> None:
+        self.seed = video.seed
+        self.config = video.config
+        self.root = None
+        self.ann_file = None
+        d, images = build_video_coco_dict(video, first, num_images)
+        self._images = {info["id"]: img for info, img in zip(d["images"], images, strict=True)}
+        self._setup(coco_from_dict(d), task, None, remove_images_without_annotations, jpeg_quality, None)
+
+    def _load_image(self, image_id: int) -> Image.Image:
+        return self._images[image_id]
 
 
 def coco_2017(

@@ -30,7 +30,7 @@ from synthetic.categories import (
     SHAPE_NAMES,
     SKELETON,
 )
-from synthetic.coco import build_coco_annotations, build_coco_dict, write_coco_dataset
+from synthetic.coco import build_coco_annotations, build_coco_dict, build_video_coco_dict, write_coco_dataset
 from synthetic.config import SceneConfig, image_seed
 from synthetic.scene import iter_scenes, render_scene
 from synthetic.video import SyntheticVideo
@@ -46,6 +46,7 @@ __all__ = [
     "SyntheticVideo",
     "build_coco_annotations",
     "build_coco_dict",
+    "build_video_coco_dict",
     "image_seed",
     "iter_scenes",
     "render_scene",

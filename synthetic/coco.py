@@ -10,6 +10,7 @@ from PIL import Image
 from synthetic.categories import CATEGORIES, PERSON_CATEGORY_ID
 from synthetic.config import SceneConfig
 from synthetic.scene import iter_scenes
+from synthetic.video import SyntheticVideo
 
 
 def _coco_skeleton(config: SceneConfig, seed: int) -> dict:
@@ -56,6 +57,22 @@ def build_coco_dict(
     for i, img, anns in iter_scenes(num_images, seed, config):
         _add_image(d, i, anns, config, file_prefix)
         images.append(img)
+    return d, images
+
+
+def build_video_coco_dict(video: SyntheticVideo, first: int, count: int) -> tuple[dict, list[Image.Image]]:
+    """Frames ``first .. first + count - 1`` of ``video`` (one fixed camera) as a COCO dataset dict (image ids
+    1..count, in frame order) and the frames; ``video`` must have at least ``first + count`` frames."""
+    if first < 0 or count < 0 or first + count > len(video):
+        raise ValueError(f"frames {first}..{first + count - 1} are not all in a video of {len(video)} frames")
+    d = _coco_skeleton(video.config, video.seed)
+    images = []
+    for t, (frame, anns) in enumerate(video):
+        if t >= first + count:
+            break
+        if t >= first:
+            _add_image(d, t - first, [{k: v for k, v in a.items() if k != "track_id"} for a in anns], video.config, "")
+            images.append(Image.fromarray(frame, "RGB"))
     return d, images
 
 

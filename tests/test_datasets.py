@@ -190,3 +190,24 @@ def test_synthetic_coco_remove_empty_for_training():
     assert 0 < len(ds) < 8
     assert all(len(ds[i][1]["boxes"]) > 0 for i in range(len(ds)))
     assert np.all(np.diff(ds.ids) > 0)
+
+
+def test_video_splits_are_frames_of_one_camera():
+    """A ``type: video`` split is frames first_frame.. of one synthetic video, with that frame's annotations."""
+    from distill.dataset_config import build_dataset
+    from synthetic import SyntheticVideo
+
+    section = {
+        "type": "video",
+        "scene": {"height": 48, "width": 64},
+        "video": {"seed": 3, "empty_ratio": 0.5, "run_frames": [2, 4]},
+        "train": {"first_frame": 5, "num_images": 4},
+    }
+    ds, info = build_dataset(section, "train")
+    frames = list(SyntheticVideo(9, 3, SceneConfig(height=48, width=64), empty_ratio=0.5, run_frames=(2, 4)))
+    assert len(ds) == 4 and info.class_names[1] == "person"
+    for i in range(4):
+        image, target = ds[i]
+        frame, anns = frames[5 + i]
+        assert torch.equal((image * 255).round().to(torch.uint8), torch.from_numpy(frame).permute(2, 0, 1))
+        assert target["area"].tolist() == [a["area"] for a in anns]
