@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         final = run(config, resume=args.resume)
-    except (CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, ConfigError, FileNotFoundError) as e:
         print(f"split-distill: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ training nor the threshold has seen, is what the checkpoint's metrics report.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,8 @@ def skip_rates(probs: np.ndarray, positive: np.ndarray, threshold: float) -> dic
 
 def run(config: TrainConfig, resume: bool = False) -> Path:
     """Train the filter as ``config`` says, choose its threshold on the calibration split; return ``final.pt``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("method filter trains in one process (on cached features): run it without torchrun")
     torch.manual_seed(config.seed)
     model, source = _student(config)
     head = Head(model)
