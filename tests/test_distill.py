@@ -442,3 +442,16 @@ def test_torchrun_two_ranks_train_in_sync_and_write_one_checkpoint(tmp_path):
     assert final.training["epoch"] == 1
     student = final.build_model()
     assert state_digest(student) == digests["0"]  # what was written is what both ranks hold
+
+
+def test_filter_without_a_calibration_split_is_one_line_exit_2(tmp_path, capsys):
+    from common.checkpoint import save_checkpoint
+
+    student = build_student("faster_rcnn", "resnet18", 3, num_classes=7, **SMALL).eval()
+    save_checkpoint(student, tmp_path / "student.pt", ["__background__", *"abcdef"])
+    raw = _filter_config(tmp_path, str(tmp_path / "student.pt"))
+    del raw["dataset"]["calibration"]
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(tmp_path / "f.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dataset.calibration" in err
