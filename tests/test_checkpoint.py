@@ -58,7 +58,7 @@ def test_filter_retraining_keeps_fingerprint(tmp_path):
     model = tiny_student(with_filter=True)
     before = save_checkpoint(model, tmp_path / "a.pt", NAMES).fingerprint
     with torch.no_grad():
-        model.neural_filter.linear.weight.add_(1.0)
+        model.neural_filter.classifier.weight.add_(1.0)
     assert save_checkpoint(model, tmp_path / "b.pt", NAMES).fingerprint == before
 
 
@@ -114,7 +114,7 @@ def to_seed_layout(state):
 
 @pytest.mark.parametrize("arch", ["faster_rcnn", "mask_rcnn", "keypoint_rcnn"])
 def test_import_seed_checkpoint(tmp_path, arch, images):
-    model = tiny_student(arch, channels=6, with_filter=True)
+    model = tiny_student(arch, channels=6, with_filter=True, filter_arch="seed")  # the seed's own filter layout
     seed = {
         "model": to_seed_layout(model.state_dict()),
         "optimizer": {"state": {}, "param_groups": []},

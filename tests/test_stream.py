@@ -143,7 +143,7 @@ def test_live_video_against_a_slow_server_drops_stale_frames_with_bounded_latenc
     assert not any("error" in line for line in lines)
     assert 3 <= len(answered) <= 15 and len(dropped) == 60 - len(answered)
     assert max(line["timing_ms"]["total"] for line in answered) < 1000  # 0.3 s service + head + link
-    assert f"dropped {len(dropped)}  failed 0" in err
+    assert f"dropped {len(dropped)}  reused 0  failed 0" in err
 
 
 def test_report_counts_dropped_frames_apart_from_failed():
@@ -152,7 +152,7 @@ def test_report_counts_dropped_frames_apart_from_failed():
     assert not report.all_failed
     report.add(FrameResult(1, "cam", "split", error="DEADLINE_EXCEEDED: x"))
     assert report.all_failed  # every frame that was tried failed
-    assert "dropped 1  failed 1" in report.summary()
+    assert "dropped 1  reused 0  failed 1" in report.summary()
 
 
 def test_live_needs_a_video(capsys):
