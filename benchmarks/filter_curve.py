@@ -33,7 +33,7 @@ from common.demo import DEMO_CHECKPOINT
 from common.split import Head
 from distill.config import load_config
 from distill.dataset_config import build_dataset
-from distill.datasets import MIN_OBJECT_FRACTION, objects_of_interest
+from distill.datasets import MIN_OBJECT_FRACTION, has_object_of_interest, objects_of_interest
 from distill.evaluate import object_labels
 from distill.filter_training import choose_threshold, frame_probabilities, skip_rates
 
@@ -63,10 +63,12 @@ def conv_macs(module: nn.Module, x: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def detector_scores(model: nn.Module, dataset, label_ids: list[int] | None) -> tuple[np.ndarray, list[list[float]]]:
-    """Highest detection score per frame (of the wanted labels), and per ground-truth object the best score of a
-    detection of its class at IoU >= 0.5 (0 when none)."""
-    best_per_frame, best_per_object = [], []
+def detector_scores(
+    model: nn.Module, dataset, label_ids: list[int] | None
+) -> tuple[np.ndarray, np.ndarray, list[list[float]]]:
+    """Highest detection score per frame (of the wanted labels), whether each frame holds an object of interest,
+    and per ground-truth object the best score of a detection of its class at IoU >= 0.5 (0 when none)."""
+    best_per_frame, positive, best_per_object = [], [], []
     for i in range(len(dataset)):
         image, target = dataset[i]
         det = model([image])[0]
@@ -75,6 +77,7 @@ def detector_scores(model: nn.Module, dataset, label_ids: list[int] | None) -> t
             keep = torch.isin(det["labels"], torch.tensor(label_ids))
         scores = det["scores"][keep]
         best_per_frame.append(float(scores.max()) if len(scores) else 0.0)
+        positive.append(has_object_of_interest(target, tuple(image.shape[-2:]), label_ids))
         found = []
         boxes = torch.as_tensor(target["boxes"]).reshape(-1, 4)
         for box, label in zip(boxes, torch.as_tensor(target["labels"]).tolist(), strict=True):
@@ -83,7 +86,7 @@ def detector_scores(model: nn.Module, dataset, label_ids: list[int] | None) -> t
             ok = iou >= 0.5
             found.append(float(det["scores"][same][ok].max()) if ok.any() else 0.0)
         best_per_object.append(found)
-    return np.array(best_per_frame), best_per_object
+    return np.array(best_per_frame), np.array(positive, dtype=bool), best_per_object
 
 
 def recall_by_size(dataset, found: list[list[float]]) -> list[dict]:
@@ -214,19 +217,18 @@ def main(argv: list[str] | None = None) -> int:
         threshold = choose_threshold(cal_p, cal_pos, recall)
         curves[name] = curve(v_p, v_pos)
         points[name] = {"threshold": threshold, **skip_rates(v_p, v_pos, threshold)}
-        stem = head.stem(head.preprocess([val[0][0]])[0])
+        x = head.preprocess([val[0][0]])[0]
+        stem = head.stem(x)
         costs[name] = {
             "filter_macs": conv_macs(model.neural_filter, stem),
-            "head_macs": conv_macs(head.stem, head.preprocess([val[0][0]])[0]) + conv_macs(head.encoder, stem),
+            "head_macs": conv_macs(head.stem, x) + conv_macs(head.encoder, stem),
         }
         val_probs[name] = (v_p, v_pos, labels)
     detector = load_checkpoint(args.detector)
     model = detector.build_model().eval()
     labels = object_labels(detector.config.arch, list(info.class_names))
-    cal_s, _ = detector_scores(model, calibration, labels)
-    cal_pos = np.array([objects_of_interest(t, tuple(im.shape[-2:]), labels).any().item() for im, t in calibration])
-    v_s, found = detector_scores(model, val, labels)
-    v_pos = val_probs[next(iter(val_probs))][1]
+    cal_s, cal_pos, _ = detector_scores(model, calibration, labels)
+    v_s, v_pos, found = detector_scores(model, val, labels)
     name = f"whole detector, max score ({shown_path(args.detector)})"
     threshold = choose_threshold(cal_s, cal_pos, recall)
     curves[name] = curve(v_s, v_pos)

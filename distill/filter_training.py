@@ -31,7 +31,7 @@ from common.models import build_model
 from common.split import Head
 from distill.config import ConfigError, TrainConfig
 from distill.dataset_config import DatasetInfo, build_dataset
-from distill.datasets import objects_of_interest
+from distill.datasets import has_object_of_interest, objects_of_interest
 from distill.evaluate import object_labels
 
 CACHE_BYTES = 6 << 30  #: stem features of the training set are cached when they take at most this much
@@ -185,7 +185,7 @@ def frame_probabilities(head: Head, dataset: Dataset, label_ids: list[int] | Non
         image, target = dataset[i]
         x, _ = head.preprocess([image])
         probs.append(float(head.object_probability(head.stem(x))[0]))
-        positive.append(bool(objects_of_interest(target, tuple(image.shape[-2:]), label_ids).any()))
+        positive.append(has_object_of_interest(target, tuple(image.shape[-2:]), label_ids))
     return np.array(probs), np.array(positive, dtype=bool)
 
 
