@@ -6,7 +6,9 @@ JPEG and WebP of the model input; encode and decode times per frame; the fallbac
 Every row is measured on the same images (``configs/ghnd/synthetic-demo.yaml``'s val set, 160x160, the model's
 input size) with :func:`distill.evaluate.predict`, i.e. the codec in ``common/`` that client and server run;
 the bytes are the payloads actually sent. GHND 6 and 12 channels come from the committed ``eval-*.json`` (their
-checkpoints are not kept); JPEG and WebP rows run the GHND 3-channel student whole on the re-encoded image.
+checkpoints are not kept); JPEG and WebP rows run the GHND 3-channel student whole on the re-encoded image. Runs
+whose tail was fine-tuned on the decoded bottleneck (``configs/finetune/``) are their own series, the GHND student
+fine-tuned the same way included, so that they are compared like for like.
 """
 
 from __future__ import annotations
@@ -45,9 +47,15 @@ ENTROPIC = (
     "b3ch-beta128",
     "b6ch-beta32",
     "b3ch-beta32-lr1e-3",
+    "b3ch-beta2-long",
     "b3ch-beta8-long",
     "b3ch-beta32-long",
+    "b3ch-beta2-long-finetuned",
+    "b3ch-beta8-long-finetuned",
+    "b3ch-beta32-long-finetuned",
 )
+FINETUNED = "-finetuned"  #: stage two (``method: finetune``): the tail trained on the decoded bottleneck
+GHND_FINETUNED_RUN = "finetune-ghnd-synthetic-faster_rcnn-resnet18-b3ch"  #: the same stage two for the GHND student
 RESULTS = Path("benchmarks/results")
 JPEG_QUALITIES = (95, 75, 50, 25, 10)
 WEBP_QUALITIES = (75, 50, 25)
@@ -193,6 +201,8 @@ def plot(rows: list[dict], path: Path) -> None:
         "webp": ("tab:orange", "v-", "WebP (model input)"),
         "entropic-tried": ("tab:olive", "x", "entropic 3 ch, lr 1e-3 (first try)"),
         "entropic-long": ("tab:purple", "P-", "entropic 3 ch, 500 steps"),
+        "entropic-finetuned": ("black", "h-", "entropic 3 ch, 500 steps, tail fine-tuned"),
+        "ghnd-finetuned": ("tab:gray", "s--", "GHND 3 ch 8/6-bit + zstd, tail fine-tuned"),
     }
     for kind, (color, style, label) in styles.items():
         pts = sorted(
@@ -281,26 +291,40 @@ def main(argv: list[str] | None = None) -> int:
     entropic = {}
     entropic_cache = Path(f"{args.out}.entropic.json")  # rows of checkpoints already scored (path, mtime, images)
     done = json.loads(entropic_cache.read_text()) if entropic_cache.is_file() else {}
-    for name in ENTROPIC:
-        path = args.runs / f"entropic-synthetic-faster_rcnn-resnet18-{name}" / "final.pt"
-        if not path.is_file():
-            print(f"skipping {name}: {path} not found", file=sys.stderr)
-            continue
-        ckpt = load_checkpoint(path)
-        entropic[name] = ckpt
-        channels, beta = name.split("-beta")
-        label = f"entropic {channels[1:-2]} ch beta {beta.replace('-', ', ', 1)}"
-        kind = "entropic-tried" if "lr" in name else "entropic-long" if name.endswith("-long") else "entropic"
-        key = f"{path}@{path.stat().st_mtime_ns}/{len(dataset)}"
+
+    def scored(path: Path, label: str, kind: str, quantization: str, bits: int = 8) -> None:
+        key = f"{path}@{path.stat().st_mtime_ns}/{len(dataset)}" + (f"/{bits}-bit" if quantization != "entropy" else "")
         if key not in done:
-            done[key] = split_row(label, kind, ckpt, dataset, "entropy") | {"checkpoint": str(path)}
+            row = split_row(label, kind, load_checkpoint(path), dataset, quantization, bits)
+            done[key] = row | {"checkpoint": str(path)}
             entropic_cache.write_text(json.dumps(done, indent=2) + "\n")
         rows.append(done[key] | {"name": label})
         log(rows[-1])
+
+    for name in ENTROPIC:
+        tuned = name.endswith(FINETUNED)
+        run = f"entropic-synthetic-faster_rcnn-resnet18-{name.removesuffix(FINETUNED)}"
+        path = args.runs / (f"finetune-{run}" if tuned else run) / "final.pt"
+        if not path.is_file():
+            print(f"skipping {name}: {path} not found", file=sys.stderr)
+            continue
+        entropic[name] = load_checkpoint(path)
+        channels, beta = name.removesuffix(FINETUNED).split("-beta")
+        label = f"entropic {channels[1:-2]} ch beta {beta.replace('-', ', ', 1)}"
+        label += ", tail fine-tuned" if tuned else ""
+        kind = "entropic-tried" if "lr" in name else "entropic-long" if name.endswith("-long") else "entropic"
+        scored(path, label, "entropic-finetuned" if tuned else kind, "entropy")
+    path = args.runs / GHND_FINETUNED_RUN / "final.pt"
+    if path.is_file():
+        for bits in GHND_BITS[:2]:
+            scored(path, f"GHND 3 ch {bits}-bit+zstd, tail fine-tuned", "ghnd-finetuned", "per_tensor", bits)
+    else:
+        print(f"skipping the fine-tuned GHND student: {path} not found", file=sys.stderr)
     if args.no_report:
         return 0
     times = {"GHND 3 ch 8-bit+zstd": timings(ghnd, dataset, CodecSettings("per_tensor"), args.timing_frames)}
-    shown = [n for n in ("b3ch-beta32", "b3ch-beta8") if n in entropic]  # the best point and the bundled demo
+    # the smallest fine-tuned point and the bundled demo's recipe
+    shown = [n for n in ("b3ch-beta32-long-finetuned", "b3ch-beta8-long-finetuned") if n in entropic]
     for name, ckpt in ((n, entropic[n]) for n in shown):
         times[f"entropic {name}"] = timings(ckpt, dataset, CodecSettings("entropy"), args.timing_frames)
     fallback = [r for name in shown for r in fallback_rows(entropic[name], name)]
@@ -340,22 +364,31 @@ def markdown(report: dict) -> str:
             f"{100 * r['ap']:.1f} | {fb} |"
         )
     lines += [""]
-    for kind, what in (("entropic", "40 training steps"), ("entropic-long", "500 training steps")):
+    tuned8 = next((r for r in rows if r["name"] == "GHND 3 ch 8-bit+zstd, tail fine-tuned"), None)
+    series = [
+        ("entropic", "40 training steps", ghnd8, "the GHND 3-channel 8-bit AP"),
+        ("entropic-long", "500 training steps", ghnd8, "the GHND 3-channel 8-bit AP"),
+        ("entropic-finetuned", "500 steps, tail fine-tuned", ghnd8, "the GHND 3-channel 8-bit AP"),
+    ]
+    if tuned8 is not None:
+        like = "the AP of the GHND 3-channel 8-bit student fine-tuned the same way"
+        series.append(("entropic-finetuned", "500 steps, tail fine-tuned", tuned8, like))
+    for kind, what, goal, goal_name in series:
         ent = [(r["bytes"], r["ap"]) for r in rows if r["kind"] == kind and " 3 ch" in r["name"]]
         if not ent:
             continue
-        at = interpolate_bytes(ent, ghnd8["ap"])
+        at = interpolate_bytes(ent, goal["ap"])
         if at is not None:
             lines.append(
-                f"- At the GHND 3-channel 8-bit AP ({100 * ghnd8['ap']:.1f}) the entropic 3-channel curve ({what}) "
-                f"needs about {at:,.0f} B per frame: {at / ghnd8['bytes']:.2f}× GHND 8-bit"
+                f"- At {goal_name} ({100 * goal['ap']:.1f}) the entropic 3-channel curve ({what}) "
+                f"needs about {at:,.0f} B per frame: {at / goal['bytes']:.2f}× that GHND student's bytes"
                 + (f", {at / q95['bytes']:.2f}× JPEG q95." if q95 else ".")
             )
         else:
             best = max(ent, key=lambda p: p[1])
             lines.append(
-                f"- No entropic 3-channel point ({what}) reaches the GHND 3-channel 8-bit AP "
-                f"({100 * ghnd8['ap']:.1f}); the best is {100 * best[1]:.1f} at {best[0]:,.0f} B."
+                f"- No entropic 3-channel point ({what}) reaches {goal_name} "
+                f"({100 * goal['ap']:.1f}); the best is {100 * best[1]:.1f} at {best[0]:,.0f} B."
             )
     entropic = [r for r in rows if r["kind"].startswith("entropic")]
     for r in sorted((r for r in rows if r["kind"] == "jpeg"), key=lambda r: -r["bytes"]):

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-METHODS = ("teacher", "hnd", "ghnd", "entropic", "filter")
+METHODS = ("teacher", "hnd", "ghnd", "entropic", "finetune", "filter")
 LAYER_PATH = re.compile(r"^backbone\.body\.layer([1-4])$")
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 
@@ -33,6 +33,7 @@ STUDENT_KEYS = {
     "hnd": ("bottleneck_channels", "init"),
     "ghnd": ("bottleneck_channels", "init"),
     "entropic": ("bottleneck_channels", "init"),
+    "finetune": ("ckpt",),
     "filter": ("ckpt",),
 }
 ANY_STUDENT_KEYS = ("bottleneck_channels", "init", "ckpt")  # method teacher ignores the section
@@ -190,7 +191,7 @@ def parse_config(raw: Any, where: str = "config") -> TrainConfig:
         raise ConfigError(f"{where}: hnd mimics layer1 only; use method: ghnd for deeper terms")
     if method == "teacher" and not model:
         raise ConfigError(f"{where}: method teacher needs a model section (arch, backbone, sizes)")
-    if method == "filter":
+    if method in ("finetune", "filter"):
         _require(student, "ckpt", f"{where}: student")
     init = _section(raw, "init", where)
     if init:

@@ -2,9 +2,10 @@
 
     python -m distill.make_entropic_demo [--reuse]
 
-Trains ``CONFIG`` (an entropic student initialised from, and mimicking, the GHND demo; ``--reuse`` keeps an
-existing ``runs/`` result), gives it the GHND demo's neural filter and threshold (the filter reads the stem, which
-both share, unchanged) and exports it in float16 with its entropy tables next to the GHND demo.
+Trains the two stages of ``CONFIGS`` in turn (an entropic student initialised from, and mimicking, the GHND demo;
+then its tail fine-tuned on the decoded bottleneck; ``--reuse`` keeps a stage's existing ``runs/`` result), gives
+the result the GHND demo's neural filter and threshold (the filter reads the stem, which both share, unchanged) and
+exports it in float16 with its entropy tables next to the GHND demo.
 """
 
 from __future__ import annotations
@@ -18,8 +19,18 @@ from common.demo import DEMO_CHECKPOINT, ENTROPIC_DEMO_CHECKPOINT
 from common.models import build_model
 from distill import cli
 
-CONFIG = "configs/entropic/synthetic-faster_rcnn-resnet18-b3ch-beta8.yaml"
-TRAINED = Path("runs/entropic-synthetic-faster_rcnn-resnet18-b3ch-beta8/final.pt")
+#: (config, what it writes): stage one (bottleneck + entropy model), stage two (the tail, on the decoded bottleneck)
+CONFIGS = (
+    (
+        "configs/entropic/synthetic-faster_rcnn-resnet18-b3ch-beta8-long.yaml",
+        Path("runs/entropic-synthetic-faster_rcnn-resnet18-b3ch-beta8-long/final.pt"),
+    ),
+    (
+        "configs/finetune/synthetic-entropic-faster_rcnn-resnet18-b3ch-beta8-long.yaml",
+        Path("runs/finetune-entropic-synthetic-faster_rcnn-resnet18-b3ch-beta8-long/final.pt"),
+    ),
+)
+TRAINED = CONFIGS[-1][1]
 
 
 def export(trained: Path = TRAINED, out: Path = ENTROPIC_DEMO_CHECKPOINT) -> None:
@@ -38,7 +49,11 @@ def export(trained: Path = TRAINED, out: Path = ENTROPIC_DEMO_CHECKPOINT) -> Non
         filter_threshold=ghnd.filter_threshold,
         codec=ckpt.codec,
         half=True,
-        training={"exported_from": str(trained), "config": CONFIG, "filter_from": DEMO_CHECKPOINT.name},
+        training={
+            "exported_from": str(trained),
+            "configs": [config for config, _ in CONFIGS],
+            "filter_from": DEMO_CHECKPOINT.name,
+        },
         metrics={**ckpt.metrics, "filter": ghnd.metrics.get("filter", {})},
         entropy=ckpt.entropy,
     )
@@ -47,12 +62,15 @@ def export(trained: Path = TRAINED, out: Path = ENTROPIC_DEMO_CHECKPOINT) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill.make_entropic_demo", description=__doc__)
-    parser.add_argument("--reuse", action="store_true", help=f"use {TRAINED} when it exists (default: retrain)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep a stage's runs/ result when it exists (default: retrain both)"
+    )
     args = parser.parse_args(argv)
-    if not (args.reuse and TRAINED.is_file()):
-        code = cli.main(["--config", CONFIG])
-        if code:
-            return code
+    for config, trained in CONFIGS:
+        if not (args.reuse and trained.is_file()):
+            code = cli.main(["--config", config])
+            if code:
+                return code
     export()
     return 0
 

@@ -1,5 +1,5 @@
-"""Training runs: the teacher (from scratch, torchvision's detection losses), HND/GHND and entropic students; the
-neural filter trains in :mod:`distill.filter_training`.
+"""Training runs: the teacher (from scratch, torchvision's detection losses), HND/GHND and entropic students, and
+a student's tail fine-tuned on its decoded bottleneck; the neural filter trains in :mod:`distill.filter_training`.
 
 One loop serves them all; each method supplies a module whose ``forward(images, targets)`` returns a dict of
 losses. Runs on CPU or GPU, and under ``torchrun`` with DistributedDataParallel. A checkpoint in the project's
@@ -163,6 +163,8 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
         return TrainingTask(module, student, info, names)
     if config.method == "entropic":
         return _entropic_task(config, info)
+    if config.method == "finetune":
+        return _finetune_task(config, info)
     raise ConfigError(f"unknown method {config.method!r}")
 
 
@@ -196,6 +198,26 @@ def _entropic_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
             f"entropic: prior fitted to the initial latents, {module.fit_prior(_first_images(dataset)):.0f} bits/image"
         ),
     )
+
+
+def _finetune_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
+    """A trained student's tail (decoder onwards) on detection losses; its head, codec and tables unchanged."""
+    from distill.finetune import TailFinetune
+
+    source = load_checkpoint(config.student["ckpt"])
+    if not source.config.is_student:
+        raise ConfigError(f"student.ckpt {config.student['ckpt']} holds a teacher; finetune takes a student")
+    if source.class_names != info.class_names:
+        raise ConfigError(f"student.ckpt {config.student['ckpt']} predicts other classes than the dataset holds")
+    model = source.build_model()
+    kwargs = {
+        "class_names": source.class_names,
+        "keypoint_names": source.keypoint_names,
+        "filter_threshold": source.filter_threshold,
+        "codec": source.codec,
+        "entropy": source.entropy,
+    }
+    return TrainingTask(TailFinetune(model, source), model, info, kwargs)
 
 
 def _first_images(dataset: Dataset, count: int = 16) -> list[Tensor]:
@@ -253,7 +275,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         return run_filter(config, resume)
     rank, world, device = _init_distributed()
     torch.manual_seed(config.seed + rank)
-    train_set, info = build_dataset(config.dataset, "train", detector=config.method == "teacher")
+    train_set, info = build_dataset(config.dataset, "train", detector=config.method in ("teacher", "finetune"))
     task = build_task(config, info)
     task.module.to(device)
     params = [p for p in task.module.parameters() if p.requires_grad]
