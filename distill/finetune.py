@@ -46,7 +46,11 @@ class TailFinetune(nn.Module):
         return self
 
     def received(self, bottleneck: Tensor, meta: BatchMeta) -> Tensor:
-        """What the edge server decodes for each image's bottleneck, one frame per image as the client sends."""
+        """What the edge server decodes for each image's bottleneck, one frame per image as the client sends.
+
+        Same-size images (every synthetic set) get exactly the client's bottleneck; in a batch of mixed sizes
+        (COCO) the smaller ones are padded to the batch, as in torchvision's own training, which the client, running
+        one frame at a time, does not do."""
         decoded = []
         for i in range(bottleneck.shape[0]):
             one = meta.select([i])
