@@ -296,13 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     entropic_cache = Path(f"{args.out}.entropic.json")  # rows of checkpoints already scored (path, mtime, images)
     done = json.loads(entropic_cache.read_text()) if entropic_cache.is_file() else {}
 
-    def scored(path: Path, label: str, kind: str, quantization: str, bits: int = 8) -> None:
+    def scored(path: Path, ckpt, label: str, kind: str, quantization: str, bits: int = 8) -> None:
         key = f"{path}@{path.stat().st_mtime_ns}/{len(dataset)}" + (f"/{bits}-bit" if quantization != "entropy" else "")
         nonlocal reused
         if key in done:
             reused += 1
         else:
-            row = split_row(label, kind, load_checkpoint(path), dataset, quantization, bits)
+            row = split_row(label, kind, ckpt, dataset, quantization, bits)
             done[key] = row | {"checkpoint": str(path)}
             entropic_cache.write_text(json.dumps(done, indent=2) + "\n")
         rows.append(done[key] | {"name": label})
@@ -320,11 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         label = f"entropic {channels[1:-2]} ch beta {beta.replace('-', ', ', 1)}"
         label += ", tail fine-tuned" if tuned else ""
         kind = "entropic-tried" if "lr" in name else "entropic-long" if name.endswith("-long") else "entropic"
-        scored(path, label, "entropic-finetuned" if tuned else kind, "entropy")
+        scored(path, entropic[name], label, "entropic-finetuned" if tuned else kind, "entropy")
     path = args.runs / GHND_FINETUNED_RUN / "final.pt"
     if path.is_file():
+        tuned_ghnd = load_checkpoint(path)
         for bits in GHND_BITS[:2]:
-            scored(path, f"GHND 3 ch {bits}-bit+zstd, tail fine-tuned", "ghnd-finetuned", "per_tensor", bits)
+            label = f"GHND 3 ch {bits}-bit+zstd, tail fine-tuned"
+            scored(path, tuned_ghnd, label, "ghnd-finetuned", "per_tensor", bits)
     else:
         print(f"skipping the fine-tuned GHND student: {path} not found", file=sys.stderr)
     if args.no_report:

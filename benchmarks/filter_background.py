@@ -42,9 +42,9 @@ CELL = 4  #: stem pixels per side of a scored cell (16 input pixels)
 
 
 @torch.no_grad()
-def stems(head: Head, dataset, count: int | None = None) -> tuple[Tensor, np.ndarray]:
-    """Stems ``[N, 64, h, w]`` and whether each frame holds an object of interest."""
-    labels = object_labels("faster_rcnn", list(dataset.class_names))
+def stems(head: Head, dataset, arch: str, count: int | None = None) -> tuple[Tensor, np.ndarray]:
+    """Stems ``[N, 64, h, w]`` and whether each frame holds an object of interest (for a detector of ``arch``)."""
+    labels = object_labels(arch, list(dataset.class_names))
     out, positive = [], []
     for i in range(len(dataset) if count is None else min(count, len(dataset))):
         image, target = dataset[i]
@@ -86,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     started = time.perf_counter()
     config = load_config(args.config)
-    head = Head(load_checkpoint(DEMO_CHECKPOINT).build_model().eval())
-    train, train_positive = stems(head, build_dataset(config.dataset, "train")[0], args.train_frames)
+    demo = load_checkpoint(DEMO_CHECKPOINT)
+    head, arch = Head(demo.build_model().eval()), demo.config.arch
+    train, train_positive = stems(head, build_dataset(config.dataset, "train")[0], arch, args.train_frames)
     fixed = train[torch.from_numpy(~train_positive)].mean(0)
     rows = []
     thresholds: dict[str, float] = {}
     for split in ("calibration", "val"):
-        clip, positive = stems(head, build_dataset(config.dataset, split)[0])
+        clip, positive = stems(head, build_dataset(config.dataset, split)[0], arch)
         for name, scores in (
             ("fixed background", fixed_scores(clip, fixed)),
             ("running background (ground-truth updates)", running_scores(clip, positive, fixed)),

@@ -65,6 +65,17 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     entropy: EntropyTables | None = None  #: the entropy codec's tables (entropic students only)
 
+    def save_options(self) -> dict[str, Any]:
+        """The :func:`save_checkpoint` arguments that keep this checkpoint's names, filter threshold, codec and
+        entropy tables: a model derived from it (exported, fine-tuned) is saved with them."""
+        return {
+            "class_names": self.class_names,
+            "keypoint_names": self.keypoint_names,
+            "filter_threshold": self.filter_threshold,
+            "codec": self.codec,
+            "entropy": self.entropy,
+        }
+
     @property
     def entropy_fingerprint(self) -> str:
         return self.entropy.fingerprint if self.entropy is not None else ""

@@ -117,14 +117,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     exported = save_checkpoint(
         ckpt.build_model(),
         args.out,
-        class_names=ckpt.class_names,
-        keypoint_names=ckpt.keypoint_names,
-        filter_threshold=ckpt.filter_threshold,
-        codec=ckpt.codec,
         half=args.half,
         training={"exported_from": str(args.path), "epoch": ckpt.training.get("epoch")},
         metrics=ckpt.metrics,
-        entropy=ckpt.entropy,
+        **ckpt.save_options(),
     )
     size = args.out.stat().st_size / 1e6
     print(f"wrote {args.out} ({size:.1f} MB{', float16' if args.half else ''}, fingerprint {exported.fingerprint})")

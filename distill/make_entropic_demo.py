@@ -44,10 +44,7 @@ def export(trained: Path = TRAINED, out: Path = ENTROPIC_DEMO_CHECKPOINT) -> Non
     saved = save_checkpoint(
         model.eval(),
         out,
-        class_names=ckpt.class_names,
-        keypoint_names=ckpt.keypoint_names,
-        filter_threshold=ghnd.filter_threshold,
-        codec=ckpt.codec,
+        **{**ckpt.save_options(), "filter_threshold": ghnd.filter_threshold},
         half=True,
         training={
             "exported_from": str(trained),
@@ -55,7 +52,6 @@ def export(trained: Path = TRAINED, out: Path = ENTROPIC_DEMO_CHECKPOINT) -> Non
             "filter_from": DEMO_CHECKPOINT.name,
         },
         metrics={**ckpt.metrics, "filter": ghnd.metrics.get("filter", {})},
-        entropy=ckpt.entropy,
     )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, float16, fingerprint {saved.fingerprint})")
 

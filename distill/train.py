@@ -210,14 +210,7 @@ def _finetune_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
     if source.class_names != info.class_names:
         raise ConfigError(f"student.ckpt {config.student['ckpt']} predicts other classes than the dataset holds")
     model = source.build_model()
-    kwargs = {
-        "class_names": source.class_names,
-        "keypoint_names": source.keypoint_names,
-        "filter_threshold": source.filter_threshold,
-        "codec": source.codec,
-        "entropy": source.entropy,
-    }
-    return TrainingTask(TailFinetune(model, source), model, info, kwargs)
+    return TrainingTask(TailFinetune(model, source), model, info, source.save_options())
 
 
 def _first_images(dataset: Dataset, count: int = 16) -> list[Tensor]:

@@ -14,7 +14,7 @@ from common.split import split
 from common.wire import encode_frame
 from distill.cli import main
 from distill.config import ConfigError, parse_config
-from tests.test_distill import SMALL
+from tests.test_distill import SMALL, base_config
 from tests.test_entropy import tables
 
 NAMES = ["__background__", "person", "disc", "triangle", "star", "ring", "cross"]
@@ -59,13 +59,7 @@ def test_finetune_run_keeps_the_codec_tables_and_bytes_and_changes_the_tail(tmp_
     raw = {
         "method": "finetune",
         "output": str(tmp_path / "ft"),
-        "dataset": {
-            "type": "synthetic",
-            "task": "bbox",
-            "scene": {"height": 64, "width": 64},
-            "train": {"num_images": 4, "seed": 1},
-            "val": {"num_images": 4, "seed": 2},
-        },
+        "dataset": base_config(tmp_path)["dataset"],
         "student": {"ckpt": str(tmp_path / "e.pt")},
         "train": {"epochs": 1, "batch_size": 2, "optimizer": {"type": "Adam", "lr": 0.001}},
     }
