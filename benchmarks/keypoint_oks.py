@@ -1,12 +1,14 @@
 """How strict keypoint AP is on the synthetic persons: ground-truth keypoints with pixel noise, scored by COCOeval.
 
-    python -m benchmarks.keypoint_oks [--images 300] [--out benchmarks/results/keypoint_oks]
+    python -m benchmarks.keypoint_oks [--images 300] [--config CONFIG] [--out benchmarks/results/keypoint_oks]
 
-Each ground-truth person of the Keypoint R-CNN validation set (``configs/teacher/synthetic-keypoint_rcnn-resnet18
-.yaml``'s scenes) becomes a detection with its own keypoints moved by Gaussian noise of a few pixels (score 1, exact
-box), scored with the OKS sigma :mod:`distill.evaluate` uses. OKS scales the tolerance by the object's area, and a
-stick figure's area (its mask) is a third of its box: this measures how much of the Keypoint R-CNN's low AP the
-metric itself explains, with the mask area and, for comparison, the box area as the scale.
+Each ground-truth person of the Keypoint R-CNN validation set (the scenes of ``--config``, by default
+``configs/teacher/synthetic-keypoint_rcnn-resnet18.yaml``) becomes a detection with its own keypoints moved by
+Gaussian noise of a few pixels (score 1, exact box), scored with the OKS sigma :mod:`distill.evaluate` uses. OKS
+scales the tolerance by the object's area, and a stick figure's area (its mask) is a third of its box: this measures
+how much of a Keypoint R-CNN's AP the metric itself takes, with the mask area and, for comparison, the box area as
+the scale. ``--scene-defaults`` scores the default scenes instead (persons 1.25x the object extent of 0.15..0.6 of
+the image side), the scale the first Keypoint R-CNN was trained on.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.paths import shown_args
+from distill.config import load_config
+from distill.dataset_config import scene_config
 from distill.datasets import coco_from_dict
 from distill.evaluate import DEFAULT_OKS_SIGMA, coco_eval
 from synthetic import PERSON_CATEGORY_ID, SceneConfig, build_coco_dict
@@ -50,9 +54,14 @@ def jittered_ap(d: dict, jitter: float, area: str, seed: int = 0) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.keypoint_oks", description=__doc__)
     p.add_argument("--images", type=int, default=300, help="validation scenes (default: %(default)s)")
+    p.add_argument("--config", type=Path, default=Path("configs/teacher/synthetic-keypoint_rcnn-resnet18.yaml"))
+    p.add_argument("--scene-defaults", action="store_true", help="default persons (x1.25), not the config's scene")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/keypoint_oks"), help="output prefix")
     args = p.parse_args(argv)
-    d, _ = build_coco_dict(args.images, 2, SceneConfig(height=160, width=160, person_ratio=0.6))
+    scene = scene_config(load_config(args.config).dataset.get("scene") or {})
+    if args.scene_defaults:
+        scene = SceneConfig(height=scene.height, width=scene.width, person_ratio=scene.person_ratio)
+    d, _ = build_coco_dict(args.images, 2, scene)
     persons = [a for a in d["annotations"] if a["category_id"] == PERSON_CATEGORY_ID]
     fill = float(np.median([a["area"] / (a["bbox"][2] * a["bbox"][3]) for a in persons]))
     size = float(np.median([a["area"] ** 0.5 for a in persons]))
@@ -67,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": command.strip(),
         "images": args.images,
         "persons": len(persons),
+        "scene": {
+            k: getattr(scene, k)
+            for k in ("person_scale", "min_size_frac", "max_size_frac", "person_ratio", "person_facing_away")
+        },
         "oks_sigma": DEFAULT_OKS_SIGMA,
         "median_mask_over_box_area": fill,
         "median_sqrt_mask_area_px": size,
@@ -77,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Keypoint AP of the ground truth moved by pixel noise",
         "",
-        f"Command: `{result['command']}`. {len(persons)} persons in {args.images} validation scenes (160x160, seed 2), "
+        f"Command: `{result['command']}`. {len(persons)} persons in {args.images} validation scenes "
+        f"({scene.width}x{scene.height}, seed 2; {result['scene']}), "
         f"OKS sigma {DEFAULT_OKS_SIGMA} for each of the 14 keypoints; exact boxes, score 1. A person's mask covers "
         f"{100 * fill:.0f} % of its box (median) and the square root of its mask area is {size:.0f} px (median).",
         "",

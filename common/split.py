@@ -32,6 +32,7 @@ class HeadOutput:
     kept: list[int]
     num_images: int
     object_prob: Tensor | None = field(default=None)
+    stem: Tensor | None = field(default=None)  #: the stem output of the kept images (the background filter's input)
 
     @property
     def skipped(self) -> list[bool]:
@@ -109,7 +110,7 @@ class Head(nn.Module):
                 meta = meta.select(kept)
         with timed(timing, "head"):
             bottleneck = self.encoder(stem)
-        return HeadOutput(bottleneck, meta, kept, len(images), prob)
+        return HeadOutput(bottleneck, meta, kept, len(images), prob, stem)
 
     def digest(self) -> str:
         """Digest of the weights that shape the bottleneck (stem + encoder; the filter does not)."""

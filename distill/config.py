@@ -37,7 +37,7 @@ STUDENT_KEYS = {
     "filter": ("ckpt",),
 }
 ANY_STUDENT_KEYS = ("bottleneck_channels", "init", "ckpt")  # method teacher ignores the section
-INIT_KEYS = ("ckpt", "freeze")
+INIT_KEYS = ("ckpt", "freeze", "layer1_steps")
 TRAIN_KEYS = ("epochs", "batch_size", "workers", "optimizer", "scheduler", "criterion", "target_recall", "seed",
               "log_every")  # fmt: skip
 OPTIMIZER_KEYS = {
@@ -202,6 +202,10 @@ def parse_config(raw: Any, where: str = "config") -> TrainConfig:
         freeze = init.get("freeze", []) or []
         if not isinstance(freeze, list) or not all(isinstance(f, str) and f for f in freeze):
             raise ConfigError(f"{where}: init.freeze must be a list of module names, e.g. [backbone]")
+        if "layer1_steps" in init:
+            _number(init, "layer1_steps", int, None, "init.layer1_steps", where)
+            if init["layer1_steps"] < 1:
+                raise ConfigError(f"{where}: init.layer1_steps must be >= 1, got {init['layer1_steps']}")
     optimizer = dict(_section(train, "optimizer", f"{where}: train") or {"type": "Adam", "lr": 1e-3})
     kind = optimizer.get("type", "Adam")
     if kind not in OPTIMIZERS:

@@ -25,6 +25,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from common.interest import MIN_OBJECT_FRACTION
 from common.split import image_tensor
 from synthetic import (
     SceneConfig,
@@ -329,13 +330,6 @@ def coco_2017(
                 "yourself; this program cannot download it"
             )
     return CocoDetection(img_dir, ann_file, task=task, **kw)
-
-
-#: An object of interest is at least this large: the square root of its visible area is at least this share of
-#: the image's shorter side (16 px at 160x160, 48 px at 640x480). Smaller objects are ones the teacher finds less
-#: than 40 % of the time (``benchmarks/results/filter_curve.md``); a frame holding only such objects counts as empty
-#: for the neural filter, in training and in evaluation alike.
-MIN_OBJECT_FRACTION = 0.1
 
 
 def objects_of_interest(

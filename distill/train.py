@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from common.models import ModelConfig, build_model, build_teacher, coco_class_names, init_student_from_teacher
 from distill.config import ConfigError, TrainConfig
 from distill.dataset_config import DatasetInfo, build_dataset
@@ -95,13 +95,19 @@ def _teacher_from(
     return teacher.eval(), names
 
 
-def warm_start(model: nn.Module, ckpt_path: str | Path, freeze: list[str]) -> int:
+def warm_start(model: nn.Module, ckpt_path: str | Path, freeze: list[str], from_student: bool = False) -> Checkpoint:
     """Copy every weight of the teacher at ``ckpt_path`` whose name and shape match ``model``'s (e.g. a Mask or
     Keypoint R-CNN teacher from a trained Faster R-CNN one), then freeze the modules named in ``freeze``.
-    Returns how many tensors were copied."""
+    ``from_student`` takes a student instead (all but ``layer1``, which :mod:`distill.layer1_recovery` rebuilds).
+    Returns the source checkpoint."""
     source = load_checkpoint(ckpt_path)
-    if source.config.is_student:
-        raise ConfigError(f"init.ckpt {ckpt_path} holds a student; warm starts take a teacher")
+    if source.config.is_student and not from_student:
+        raise ConfigError(
+            f"init.ckpt {ckpt_path} holds a student; warm starts take a teacher, or a student with init.layer1_steps "
+            "(the teacher's layer1 rebuilt from the student's bottleneck)"
+        )
+    if from_student and not source.config.is_student:
+        raise ConfigError(f"init.layer1_steps rebuilds layer1 from a student, but init.ckpt {ckpt_path} is a teacher")
     own = model.state_dict()
     taken = {k: v for k, v in source.state_dict.items() if k in own and own[k].shape == v.shape}
     if not taken:
@@ -113,7 +119,7 @@ def warm_start(model: nn.Module, ckpt_path: str | Path, freeze: list[str]) -> in
             raise ConfigError(f"init.freeze: the model has no module {name!r}")
         for p in modules[name].parameters():
             p.requires_grad_(False)
-    return len(taken)
+    return source
 
 
 def init_bottleneck(student: nn.Module, ckpt_path: str | Path) -> None:
@@ -147,9 +153,13 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
         )
         model = build_model(model_cfg)
         frozen = list(config.init.get("freeze") or [])
+        task = TrainingTask(DetectionTraining(model, frozen), model, info, names)
         if config.init:
-            warm_start(model, config.init["ckpt"], frozen)
-        return TrainingTask(DetectionTraining(model, frozen), model, info, names)
+            steps = config.init.get("layer1_steps")
+            source = warm_start(model, config.init["ckpt"], frozen, from_student=steps is not None)
+            if steps is not None:
+                task.prepare = lambda dataset: _recover_layer1(model, source, dataset, int(steps))
+        return task
     if config.method in ("hnd", "ghnd"):
         teacher, names = _teacher_from(config.teacher, info)
         student_cfg = teacher.config.replace(
@@ -211,6 +221,13 @@ def _finetune_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
         raise ConfigError(f"student.ckpt {config.student['ckpt']} predicts other classes than the dataset holds")
     model = source.build_model()
     return TrainingTask(TailFinetune(model, source), model, info, source.save_options())
+
+
+def _recover_layer1(model: nn.Module, source: Checkpoint, dataset: Dataset, steps: int) -> None:
+    from distill.layer1_recovery import recover_layer1
+
+    first, last = recover_layer1(model, source.build_model(), dataset, steps)
+    print(f"layer1 rebuilt from the student's bottleneck in {steps} steps: MSE {first:.4f} -> {last:.4f}")
 
 
 def _first_images(dataset: Dataset, count: int = 16) -> list[Tensor]:

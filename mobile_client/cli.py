@@ -19,6 +19,7 @@ import sys
 from common.codec_settings import QUANTIZATIONS
 from common.endpoint import DEFAULT_PORT
 from common.onnx_format import ONNX_QUANTIZATIONS
+from mobile_client.background import DEFAULT_MAX_SKIPPED, DEFAULT_RATE
 from mobile_client.device_cpu import add_quota_argument, check_quota
 from mobile_client.settings import CLIENT_MODES, DEFAULT_MAX_REUSED, RUNTIMES, SetupError, add_offload_arguments
 
@@ -107,6 +108,32 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--background-filter",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="fixed cameras, split frames (auto mode's too): skip a frame, reporting no detections, when its stem "
+        "differs from the empty background by less than T (largest mean squared difference over 16x16-pixel cells); "
+        "the background is learnt from the server's empty answers and the skipped frames; choose T with "
+        "`python -m benchmarks.filter_background`; 0 = off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--background-rate",
+        type=float,
+        default=DEFAULT_RATE,
+        metavar="R",
+        help="with --background-filter, how much of each frame it learns from goes into the background "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--background-max-skipped",
+        type=int,
+        default=DEFAULT_MAX_SKIPPED,
+        metavar="N",
+        help="with --background-filter, at most N frames in a row are skipped; the next one is sent "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--window",
         type=int,
         default=4,
@@ -182,6 +209,21 @@ def check_args(args: argparse.Namespace) -> None:
             args.skip_static == 0.0 or args.images is None,
             "--skip-static is for video sources (--video, --camera, --synthetic), not --images",
         ),
+        (
+            math.isfinite(args.background_filter) and args.background_filter >= 0.0,
+            "--background-filter must be a number >= 0",
+        ),
+        (0.0 < args.background_rate <= 1.0, "--background-rate must be in (0, 1]"),
+        (args.background_max_skipped >= 1, "--background-max-skipped must be >= 1"),
+        (
+            args.background_filter == 0.0 or args.mode in ("split", "auto"),
+            f"--background-filter learns from the server's answers to split frames: split or auto mode, not "
+            f"{args.mode}",
+        ),
+        (
+            args.background_filter == 0.0 or args.images is None,
+            "--background-filter is for a fixed camera's frames (--video, --camera, --synthetic), not --images",
+        ),
         (args.window >= 1, "--window must be >= 1"),
         (not args.live or args.video is not None, "--live needs --video (a camera is always live)"),
         (args.timeout_s > 0, "--timeout-s must be positive"),
@@ -209,6 +251,10 @@ def check_args(args: argparse.Namespace) -> None:
             (
                 args.mode in ("split", "offload"),
                 f"--mode {args.mode} runs the tail on the device, which needs torch: use --runtime torch",
+            ),
+            (
+                args.background_filter == 0.0,
+                "--background-filter reads the stem, which the ONNX head does not output: use --runtime torch",
             ),
             (
                 args.quantization is None or args.quantization in ONNX_QUANTIZATIONS,

@@ -99,8 +99,13 @@ class OnnxHead:
         except (KeyError, ValueError) as e:
             raise SetupError(f"{path} is not a usable splitdet ONNX head: {e}") from None
 
-    def run_head(self, rgb: np.ndarray, use_filter: bool, timing: dict[str, float] | None = None) -> HeadResult:
-        """RGB uint8 ``H x W x 3`` -> bottleneck (or None when the filter rejects the frame)."""
+    def run_head(
+        self, rgb: np.ndarray, use_filter: bool, timing: dict[str, float] | None = None, cells: bool = False
+    ) -> HeadResult:
+        """RGB uint8 ``H x W x 3`` -> bottleneck (or None when the filter rejects the frame). The graph does not
+        output the stem, so ``cells`` (the background filter's input) is refused."""
+        if cells:
+            raise SetupError("the ONNX head does not output the stem: the background filter needs --runtime torch")
         if use_filter and not self.has_filter:
             raise RuntimeError("this head has no neural filter")
         h, w = int(rgb.shape[0]), int(rgb.shape[1])

@@ -17,6 +17,11 @@ still be in flight when it is prepared. At most ``options.skip_static_max`` fram
 the filter skipped are never the reference; a frame in another mode (auto) or a sent frame that failed clears it, so
 the next split frame is sent.
 
+With ``options.background_filter`` > 0 (``--background-filter``), a split frame whose stem looks like the camera's
+empty background (:mod:`mobile_client.background`) is finished as skipped, after the neural filter and before the
+static check. :meth:`Pipeline.run` teaches the background with every answer of a sent split frame: empty when no
+detection at the score threshold is of interest (:func:`common.interest.box_of_interest`).
+
 The head is a :class:`DeviceModel`: the torch head of a checkpoint (:class:`mobile_client.torch_head.ClientModel`)
 or the ONNX head run by ONNX Runtime (:class:`mobile_client.onnx_head.OnnxHead`). Both hand back the bottleneck as
 a numpy array, which :func:`common.wire.encode_frame` quantizes and compresses; this module imports no torch.
@@ -45,8 +50,11 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from common.codec_settings import CodecSettings
+from common.interest import box_of_interest
 from common.shapes import BatchMeta
+from common.timing import timed
 from common.wire import decode_detections, encode_frame
+from mobile_client.background import BackgroundFilter
 from mobile_client.flow import Window
 from mobile_client.link import Link, LinkError, Reply, StreamLink
 from mobile_client.offload import encode_image, model_input_size, to_frame_coordinates
@@ -69,6 +77,7 @@ class HeadResult:
     bottleneck: np.ndarray | None
     meta: BatchMeta
     object_prob: float | None = None
+    stem_cells: np.ndarray | None = None  #: ``[C, h, w]`` stem cell means, when the background filter asks
 
 
 class DeviceModel(Protocol):
@@ -98,8 +107,11 @@ class DeviceModel(Protocol):
         """The entropy codec's tables (an entropic checkpoint on the torch head); None otherwise."""
         ...
 
-    def run_head(self, rgb: np.ndarray, use_filter: bool, timing: dict[str, float] | None = None) -> HeadResult:
-        """RGB uint8 ``H x W x 3`` -> :class:`HeadResult`; adds seconds to ``timing`` under "head" (and "filter")."""
+    def run_head(
+        self, rgb: np.ndarray, use_filter: bool, timing: dict[str, float] | None = None, cells: bool = False
+    ) -> HeadResult:
+        """RGB uint8 ``H x W x 3`` -> :class:`HeadResult` (with ``cells``, its stem cells for the background filter);
+        adds seconds to ``timing`` under "head" (and "filter")."""
         ...
 
     def run_tail(self, out: HeadResult) -> dict:
@@ -189,6 +201,11 @@ class Pipeline:
         self.choose_mode = choose_mode
         self.observe = observe
         self.static = StaticGate(options.skip_static, options.skip_static_max) if options.skip_static > 0 else None
+        self.background = (
+            BackgroundFilter(options.background_filter, options.background_rate, options.background_max_skipped)
+            if options.background_filter > 0
+            else None
+        )
 
     # ---- one frame, top to bottom ----
 
@@ -230,9 +247,13 @@ class Pipeline:
 
     def _run_head(self, work: _Work) -> None:
         seconds: dict[str, float] = {}
-        out = self.model.run_head(work.frame.image, use_filter=self.options.use_filter, timing=seconds)
+        cells = self.background is not None and work.mode == "split"
+        out = self.model.run_head(work.frame.image, use_filter=self.options.use_filter, timing=seconds, cells=cells)
+        if cells and out.bottleneck is not None:
+            with timed(seconds, "filter"):
+                background = self.background.check(work.frame.index, out.stem_cells)
         work.timing.update({stage: _ms(s) for stage, s in seconds.items()})
-        if out.bottleneck is None:
+        if out.bottleneck is None or (cells and background):
             work.result = self._result(work, skipped=True)
             return
         t0 = time.perf_counter()
@@ -321,13 +342,23 @@ class Pipeline:
         for result in path(frames):
             if result.reused:
                 _reuse(result, sent)
-            elif self.static is not None and result.mode == "split" and not (result.skipped or result.dropped):
+            elif result.mode == "split" and not (result.skipped or result.dropped):
                 sent = result
-                if result.error is not None:
+                if self.static is not None and result.error is not None:
                     self.static.forget(result.index)
+                if self.background is not None:
+                    self._teach_background(result)
             if self.observe is not None:
                 self.observe(result)
             yield result
+
+    def _teach_background(self, result: FrameResult) -> None:
+        """The server's answer to a sent frame, for the background filter: empty when no detection is of interest."""
+        if result.error is not None:
+            self.background.forget(result.index)
+            return
+        size = tuple(result.image.shape[:2])
+        self.background.answer(result.index, not any(box_of_interest(d["box"], size) for d in result.detections))
 
     def _unary(self, mode: str) -> Callable:
         return self.link.stub.Infer if mode == "split" else self.link.stub.InferImage

@@ -133,6 +133,9 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, list[str], Sourc
         offload_size=size_rule if args.offload_resize == "model" else None,
         skip_static=args.skip_static,
         skip_static_max=args.skip_static_max,
+        background_filter=args.background_filter,
+        background_rate=args.background_rate,
+        background_max_skipped=args.background_max_skipped,
     )
     policy = None
     if args.mode == "auto":

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from common.codec_settings import CodecSettings
+from mobile_client.background import DEFAULT_MAX_SKIPPED, DEFAULT_RATE
 
 OFFLOAD_FORMATS = ("jpeg", "webp")
 OFFLOAD_RESIZE = ("model", "source")
@@ -31,6 +32,9 @@ class Options:
     offload_size: tuple[int, int] | None = None  #: (min_size, max_size) of the model: resize to its input first
     skip_static: float = 0.0  #: split frames changed less than this from the last frame sent reuse its answer; 0 off
     skip_static_max: int = DEFAULT_MAX_REUSED  #: most frames in a row that reuse one answer
+    background_filter: float = 0.0  #: split frames scoring below this against the empty background are skipped; 0 off
+    background_rate: float = DEFAULT_RATE  #: how fast the background follows the frames it learns from
+    background_max_skipped: int = DEFAULT_MAX_SKIPPED  #: most frames in a row the background filter skips
 
 
 def add_offload_arguments(parser: argparse.ArgumentParser) -> None:

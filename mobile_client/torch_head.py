@@ -12,7 +12,9 @@ from common.checkpoint import Checkpoint, load_checkpoint
 from common.codec_settings import CodecSettings
 from common.entropy import EntropyTables
 from common.split import Head, Tail, image_tensor, split
+from common.timing import timed
 from common.wire import decode_detections, encode_detections
+from mobile_client.background import stem_cells
 from mobile_client.pipeline import HeadResult
 from mobile_client.settings import SetupError
 
@@ -60,12 +62,17 @@ class ClientModel:
     def keypoint_names(self) -> list[str]:
         return list(self.checkpoint.keypoint_names)
 
-    def run_head(self, rgb: np.ndarray, use_filter: bool, timing: dict[str, float] | None = None) -> HeadResult:
+    def run_head(
+        self, rgb: np.ndarray, use_filter: bool, timing: dict[str, float] | None = None, cells: bool = False
+    ) -> HeadResult:
         with torch.inference_mode():
             out = self.head([image_tensor(rgb)], use_filter=use_filter, timing=timing)
         prob = None if out.object_prob is None else float(out.object_prob[0])
-        bottleneck = None if out.bottleneck is None else out.bottleneck.numpy()
-        return HeadResult(bottleneck, out.meta, prob)
+        if out.bottleneck is None:
+            return HeadResult(None, out.meta, prob)
+        with timed(timing, "filter"):
+            summary = stem_cells(out.stem[0].numpy()) if cells else None
+        return HeadResult(out.bottleneck.numpy(), out.meta, prob, summary)
 
     def run_tail(self, out: HeadResult) -> dict:
         with torch.inference_mode():

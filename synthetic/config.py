@@ -16,9 +16,14 @@ class SceneConfig:
     min_objects: int = 1
     max_objects: int = 4
     empty_ratio: float = 0.2  #: share of images without any object of interest
-    min_size_frac: float = 0.15  #: smallest object extent (person: height is x1.25)
+    min_size_frac: float = 0.15  #: smallest object extent (a person's height is x person_scale)
     max_size_frac: float = 0.6
     person_ratio: float = 0.3  #: probability that an object is a person
+    person_scale: float = 1.25  #: a person's height over the object extent drawn for it
+    #: share of persons with their back to the camera. A stick figure has no face: facing away, it looks exactly like
+    #: a figure facing the camera with left and right swapped, so its keypoints' sides cannot be told from the image
+    #: (0 for keypoint scenes)
+    person_facing_away: float = 0.5
     min_distractors: int = 2  #: distractor shapes behind the objects (more on empty images)
     max_distractors: int = 5
     front_distractor_prob: float = 0.35  #: probability of one small distractor in front of objects
@@ -49,6 +54,7 @@ class SceneConfig:
         for name in (
             "empty_ratio",
             "person_ratio",
+            "person_facing_away",
             "front_distractor_prob",
             "low_contrast_prob",
             "shadow_prob",
@@ -59,6 +65,8 @@ class SceneConfig:
                 raise ValueError(f"SceneConfig: {name} must be in [0, 1], got {value}")
         if not 0.0 < self.min_visible_frac <= 1.0:
             raise ValueError(f"SceneConfig: min_visible_frac must be in (0, 1], got {self.min_visible_frac}")
+        if not 0.0 < self.person_scale <= 3.0:
+            raise ValueError(f"SceneConfig: person_scale must be in (0, 3], got {self.person_scale}")
         if self.min_visible_area < 1:
             raise ValueError(f"SceneConfig: min_visible_area must be >= 1, got {self.min_visible_area}")
         if self.max_noise_std < 0:

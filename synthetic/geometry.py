@@ -129,15 +129,16 @@ def shape_ops(kind: str, rng: np.random.Generator) -> list[Op]:
     raise ValueError(f"unknown shape kind {kind!r}")
 
 
-def sample_pose(rng: np.random.Generator) -> dict:
-    """Random plausible stick-figure pose (angles in degrees, 0 = limb pointing down)."""
+def sample_pose(rng: np.random.Generator, facing_away: float = 0.5) -> dict:
+    """Random plausible stick-figure pose (angles in degrees, 0 = limb pointing down); ``facing_away`` is the
+    probability of a figure with its back to the camera (its left and right swap sides in the image)."""
     return {
         "lean": rng.uniform(-15, 15),
         "arm_u": rng.uniform(-25, 165, size=2),  # upper arm, outward from "down"
         "arm_b": rng.uniform(-10, 140, size=2) * rng.choice([-1.0, 1.0], size=2),  # elbow bend
         "leg_u": rng.uniform(-20, 65, size=2),  # thigh, outward from "down"
         "leg_b": rng.uniform(0, 110, size=2) * rng.choice([-1.0, 1.0]),  # knee bend (same side)
-        "mirror": bool(rng.random() < 0.5),  # facing away: left/right swap in the image
+        "mirror": bool(rng.random() < facing_away),  # facing away: left/right swap in the image
         "thick": rng.uniform(0.04, 0.065),  # limb thickness / height
         "head_r": rng.uniform(0.065, 0.085),  # head radius / height
         "shoulder": rng.uniform(0.09, 0.13),

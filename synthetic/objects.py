@@ -97,7 +97,7 @@ def make_spec(
     pose = None
     kps = None
     if kind == "person":
-        pose = sample_pose(rng)
+        pose = sample_pose(rng, cfg.person_facing_away)
         ops, kps = person_geometry(pose)
         scale = size
         angle = rng.normal(0, 15) if rng.random() > 0.1 else rng.uniform(-180, 180)

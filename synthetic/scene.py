@@ -54,7 +54,7 @@ def sample_object(rng: np.random.Generator, img: np.ndarray, cfg: SceneConfig, t
     cat = PERSON_CATEGORY_ID if is_person else SHAPE_CATEGORY_ID[kind]
     size = s * math.exp(rng.uniform(math.log(cfg.min_size_frac), math.log(cfg.max_size_frac)))
     if is_person:
-        size *= 1.25
+        size *= cfg.person_scale
     lo, hi = (0.2, 0.8) if track_bounds else (0.08, 0.92)
     cx, cy = rng.uniform(lo, hi) * w, rng.uniform(lo, hi) * h
     bg = local_mean(img, cx, cy, size / 2)

@@ -122,6 +122,10 @@ def base_config(tmp_path, **changes):
         ({"init": {"ckpt": "t.pt"}}, "for method teacher only"),
         ({"method": "teacher", "model": {"arch": "mask_rcnn"}, "init": {"freeze": ["backbone"]}}, "missing key 'ckpt'"),
         ({"method": "teacher", "model": {"arch": "mask_rcnn"}, "init": {"ckpt": "t.pt", "freeze": "x"}}, "freeze"),
+        (
+            {"method": "teacher", "model": {"arch": "mask_rcnn"}, "init": {"ckpt": "t.pt", "layer1_steps": 0}},
+            "init.layer1_steps must be >= 1",
+        ),
     ],
 )
 def test_config_errors_are_one_clear_line(tmp_path, changes, message):
@@ -370,8 +374,8 @@ def test_warm_start_copies_matching_weights_and_freezes(tmp_path):
     faster = build_teacher("faster_rcnn", "resnet18", num_classes=3, norm_layer="bn", **SMALL)
     save_checkpoint(faster, tmp_path / "faster.pt", ["__background__", "a", "b"])
     mask = build_teacher("mask_rcnn", "resnet18", num_classes=3, mask_head_layers=(16,), **SMALL)
-    copied = warm_start(mask, tmp_path / "faster.pt", ["backbone"])
-    assert copied > 0
+    source = warm_start(mask, tmp_path / "faster.pt", ["backbone"])
+    assert not source.config.is_student
     for name in ("backbone.fpn.inner_blocks.0.0.weight", "roi_heads.box_head.fc6.weight", "backbone.body.bn1.weight"):
         assert torch.equal(mask.state_dict()[name], faster.state_dict()[name]), name
     assert not any(p.requires_grad for p in mask.backbone.parameters())
@@ -392,6 +396,34 @@ def test_warm_start_copies_matching_weights_and_freezes(tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in mask.backbone.state_dict().items())
     with pytest.raises(ConfigError, match="no module 'nope'"):
         warm_start(mask, tmp_path / "faster.pt", ["nope"])
+
+
+def test_a_teacher_layer1_is_rebuilt_from_a_student(tmp_path):
+    """init.layer1_steps: every weight but layer1 comes from the student, layer1 learns to reproduce the student's
+    decoder output, and the warm start's freezing holds afterwards."""
+    from common.checkpoint import save_checkpoint
+    from distill.datasets import SyntheticCoco
+    from distill.layer1_recovery import recover_layer1
+    from distill.train import warm_start
+    from synthetic import SceneConfig
+
+    student, _ = pair(seed=3)
+    save_checkpoint(student, tmp_path / "student.pt", ["__background__", "a", "b"])
+    torch.manual_seed(4)
+    fresh = build_teacher("faster_rcnn", "resnet18", num_classes=3, norm_layer="bn", **SMALL)
+    with pytest.raises(ConfigError, match="holds a student"):
+        warm_start(fresh, tmp_path / "student.pt", ["backbone"])
+    source = warm_start(fresh, tmp_path / "student.pt", ["backbone"], from_student=True)
+    assert torch.equal(fresh.backbone.body.layer2[0].conv1.weight, student.backbone.body.layer2[0].conv1.weight)
+    other = {k: v.clone() for k, v in fresh.state_dict().items() if not k.startswith("backbone.body.layer1.")}
+    dataset = SyntheticCoco(8, 0, SceneConfig(height=64, width=64))
+    first, last = recover_layer1(fresh, source.build_model(), dataset, steps=30, batch_size=2, lr=3e-3)
+    assert last < 0.5 * first
+    assert all(torch.equal(v, other[k]) for k, v in fresh.state_dict().items() if k in other)
+    assert not any(p.requires_grad for p in fresh.backbone.parameters())
+    save_checkpoint(fresh, tmp_path / "teacher.pt", ["__background__", "a", "b"])
+    with pytest.raises(ConfigError, match="rebuilds layer1 from a student"):
+        warm_start(fresh, tmp_path / "teacher.pt", [], from_student=True)
 
 
 def test_student_bottleneck_starts_from_another_student(tmp_path):

@@ -1,22 +1,164 @@
-"""The background-difference presence signal: a frame that differs from the empty background scores higher, and
-the running background learns only from empty frames."""
+"""--background-filter: a frame that looks like the empty background the server's answers taught is skipped and
+reports no detections; a frame with something new is sent; answers with objects teach nothing; a background that
+absorbed objects is dropped; at most --background-max-skipped frames in a row are skipped."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
+import pytest
 
-from benchmarks.filter_background import auc, running_scores, score
+from benchmarks.filter_background import choose, replay
+from edge_server.server import serve
+from mobile_client import cli, runner
+from mobile_client.background import BackgroundFilter, background_score, stem_cells
+from mobile_client.sources import Frame
+from mobile_client.torch_head import ClientModel
+
+_rng = np.random.default_rng(0)
+SCENE = _rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
 
 
-def test_an_object_on_the_background_scores_higher_and_objects_never_enter_the_background():
-    background = torch.zeros(4, 16, 16)
-    empty = background + 0.01 * torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(0))
-    with_object = empty.clone()
-    with_object[:, 4:8, 4:8] += 1.0
-    assert score(with_object, background) > 10 * score(empty, background)
-    clip = torch.stack([with_object] * 5 + [empty])
-    positive = np.array([True] * 5 + [False])
-    scores = running_scores(clip, positive, background)
-    assert np.allclose(scores[:5], scores[0])  # five frames with the object: the background did not absorb it
-    assert auc(scores, positive) == 1.0
+def noisy(image: np.ndarray, seed: int) -> np.ndarray:
+    noise = np.random.default_rng(seed).integers(-3, 4, image.shape)
+    return np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def with_object(image: np.ndarray) -> np.ndarray:
+    out = image.copy()
+    out[16:48, 24:56] = (250, 20, 20)
+    return out
+
+
+def test_stem_cells_average_every_cell_the_last_ones_partial():
+    stem = np.arange(2 * 6 * 5, dtype=np.float32).reshape(2, 6, 5)
+    cells = stem_cells(stem, cell=4)
+    assert cells.shape == (2, 2, 2)
+    assert cells[1, 0, 0] == pytest.approx(stem[1, :4, :4].mean())
+    assert cells[0, 1, 1] == pytest.approx(stem[0, 4:, 4:].mean())  # a 2 x 1 leftover cell
+    assert background_score(cells, cells) == 0.0
+    assert background_score(cells, cells[:, :1]) == float("inf")  # another frame size is never background
+
+
+def test_the_filter_learns_only_from_empty_answers_and_skipped_frames():
+    quiet, busy = np.zeros((4, 3, 3), np.float32), np.zeros((4, 3, 3), np.float32)
+    busy[:, 1, 1] = 1.0
+    gate = BackgroundFilter(threshold=0.1, rate=0.5, max_skipped=2)
+    assert not gate.check(0, quiet)  # no background yet: sent
+    gate.answer(0, empty=True)
+    assert gate.check(1, quiet + 0.01) and gate.check(2, quiet)  # looks like the background: skipped
+    assert not gate.check(3, quiet)  # the third in a row is sent anyway
+    assert not gate.check(4, busy)  # something new: sent
+    gate.answer(4, empty=False)  # objects: not learnt
+    assert gate.score(busy) == pytest.approx(1.0, rel=0.05)
+    gate.forget(3)  # failed: not learnt either
+    assert not gate.check(5, busy)
+    gate.answer(5, empty=True)  # the server says this is empty after all: it joins the background
+    assert gate.score(busy) == pytest.approx(0.25, rel=0.05)
+
+
+def test_a_background_that_absorbed_objects_is_dropped():
+    gate = BackgroundFilter(threshold=0.1, rate=1.0, max_skipped=1)
+    frame = np.zeros((4, 2, 2), np.float32)
+    assert not gate.check(0, frame)
+    gate.answer(0, empty=True)
+    assert gate.check(1, frame)
+    assert not gate.check(2, frame)  # sent only because of max_skipped, and it holds objects:
+    gate.answer(2, empty=False)
+    assert gate.background is None  # the background cannot be trusted: every frame is sent until an empty answer
+    assert not gate.check(3, frame)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(threshold=0.0), dict(threshold=0.1, rate=0.0), dict(threshold=0.1, max_skipped=0)]
+)
+def test_bad_settings_raise(kwargs):
+    with pytest.raises(ValueError, match="need threshold"):
+        BackgroundFilter(**kwargs)
+
+
+def test_replay_and_threshold_choice():
+    empty_cells = [np.full((2, 2, 2), 0.001 * i, np.float32) for i in range(10)]
+    cells = [*empty_cells[:5], np.ones((2, 2, 2), np.float32), *empty_cells[5:]]
+    positive = np.array([False] * 5 + [True] + [False] * 5)
+    answers = list(~positive)
+    skipped = replay(cells, answers, threshold=0.5, rate=0.5, max_skipped=30)
+    assert skipped.tolist() == [False, True, True, True, True, False, True, True, True, True, True]
+    points = [
+        {"threshold": 0.1, "empty_skipped": 0.5, "lost": 0.0, "found_lost": 0.0},
+        {"threshold": 2.0, "empty_skipped": 1.0, "lost": 0.5, "found_lost": 0.0},
+    ]
+    assert choose(points, "lost")["threshold"] == 0.1  # the most skipped at <= 1 % lost
+    assert choose(points, "found_lost")["threshold"] == 2.0
+
+
+@pytest.fixture(scope="module")
+def server(ckpt):
+    server = serve(ckpt, host="127.0.0.1", port=0, workers=2)
+    yield server
+    server.stop(0)
+
+
+def _threshold(ckpt) -> float:
+    """Between the tiny head's score for sensor noise and for an object on the scene."""
+    model = ClientModel.load(ckpt)
+    base = model.run_head(SCENE, False, cells=True).stem_cells
+    noise = background_score(model.run_head(noisy(SCENE, 9), False, cells=True).stem_cells, base)
+    obj = background_score(model.run_head(with_object(SCENE), False, cells=True).stem_cells, base)
+    assert obj > 10 * noise
+    return float(np.sqrt(noise * obj))
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_background_frames_are_skipped_end_to_end(server, ckpt, window):
+    """Every answer is empty at --score-threshold 1: the scene is learnt from frame 0 and its noisy copies are
+    skipped; the changed scene (an object in it) is sent, answered empty too, and becomes the background (rate 1)."""
+    argv = ["--server", f"127.0.0.1:{server.port}", "--ckpt", str(ckpt), "--synthetic", "1", "--no-filter"]
+    argv += ["--score-threshold", "1", "--window", str(window), "--background-filter", str(_threshold(ckpt))]
+    argv += ["--background-rate", "1"]
+    pipeline, _, _ = runner.build_pipeline(cli.build_parser().parse_args(argv))
+    changed = with_object(SCENE)
+    images = [SCENE, SCENE, noisy(SCENE, 1), noisy(SCENE, 2), changed, *(noisy(changed, i) for i in range(4))]
+    try:
+        results = list(pipeline.run(Frame(i, "cam", image) for i, image in enumerate(images)))
+    finally:
+        pipeline.close()
+    assert [r.error for r in results] == [None] * len(images)
+    sent = [r.sent_bytes > 0 for r in results]
+    if window == 1:
+        assert sent == [True, False, False, False, True, False, False, False, False]
+    else:  # pipelined: a frame may be prepared before the answers of the frames just before it arrive
+        assert sent[0] and sent[4] and not sent[-1]
+    assert all(r.skipped and r.detections == [] for r, s in zip(results, sent, strict=True) if not s)
+    assert "filter" in results[-1].timing_ms
+
+
+def test_answers_with_objects_teach_nothing(server, ckpt):
+    """The tiny model answers every frame with large boxes at --score-threshold 0: no frame is ever skipped."""
+    argv = ["--server", f"127.0.0.1:{server.port}", "--ckpt", str(ckpt), "--synthetic", "1", "--no-filter"]
+    argv += ["--score-threshold", "0", "--window", "1", "--background-filter", "1000"]
+    pipeline, _, _ = runner.build_pipeline(cli.build_parser().parse_args(argv))
+    try:
+        results = list(pipeline.run(Frame(i, "cam", SCENE) for i in range(4)))
+    finally:
+        pipeline.close()
+    assert all(r.detections for r in results)
+    assert [r.skipped for r in results] == [False] * 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--background-filter", "-1"], "--background-filter must be a number >= 0"),
+        (["--background-filter", "nan"], "--background-filter must be a number >= 0"),
+        (["--background-filter", "0.1", "--background-rate", "0"], "--background-rate must be in (0, 1]"),
+        (["--background-filter", "0.1", "--background-max-skipped", "0"], "--background-max-skipped must be >= 1"),
+        (["--background-filter", "0.1", "--mode", "offload"], "split or auto mode, not offload"),
+        (["--background-filter", "0.1", "--images", "x/*.jpg"], "not --images"),
+        (["--background-filter", "0.1", "--runtime", "onnx", "--head", "h.onnx"], "use --runtime torch"),
+    ],
+)
+def test_bad_background_options_exit_2(extra, message, capsys):
+    source = [] if "--images" in extra else ["--synthetic", "3"]
+    assert cli.main(["--server", "127.0.0.1:1", *source, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -99,8 +99,10 @@ class _Rejecting:
     def __getattr__(self, name: str):
         return getattr(self.model, name)
 
-    def run_head(self, rgb: np.ndarray, use_filter: bool, timing: dict | None = None) -> HeadResult:
-        out = self.model.run_head(rgb, use_filter, timing)
+    def run_head(
+        self, rgb: np.ndarray, use_filter: bool, timing: dict | None = None, cells: bool = False
+    ) -> HeadResult:
+        out = self.model.run_head(rgb, use_filter, timing, cells)
         return replace(out, bottleneck=None) if rgb is self.rejected else out
 
 

@@ -150,6 +150,7 @@ def test_object_classes_all_appear(scenes):
         {"empty_ratio": 1.5},
         {"empty_ratio": -0.1},
         {"person_ratio": 2.0},
+        {"person_scale": 0.0},
         {"min_size_frac": 0.0},
         {"min_size_frac": 0.7, "max_size_frac": 0.5},
         {"min_distractors": 5, "max_distractors": 1},
