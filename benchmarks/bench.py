@@ -337,17 +337,20 @@ def parse_links(args: argparse.Namespace) -> list[LinkSpec]:
 
 
 def parse_modes(text: str | None, has_filter: bool, ckpt: Path) -> list[str]:
-    """The ``--modes`` in canonical order; by default all, without split+filter when the checkpoint has no filter."""
+    """The ``--modes`` in canonical order; by default all, without split+filter when there is no filter to run (the
+    checkpoint has no neural filter and ``--background-filter`` is off)."""
     if text is None:
         if not has_filter:
-            _log(f"{ckpt} has no neural filter: split+filter left out")
+            _log(f"{ckpt} has no neural filter and --background-filter is off: split+filter left out")
         return [m for m in BENCH_MODES if has_filter or m != "split+filter"]
     modes = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in modes if m not in BENCH_MODES]
     if unknown or not modes or len(set(modes)) != len(modes):
         raise SetupError(f"--modes must list distinct modes out of {', '.join(BENCH_MODES)}")
     if "split+filter" in modes and not has_filter:
-        raise SetupError(f"split+filter needs a checkpoint with a neural filter; {ckpt} has none")
+        raise SetupError(
+            f"split+filter needs a checkpoint with a neural filter or --background-filter T; {ckpt} has no filter"
+        )
     return [m for m in BENCH_MODES if m in modes]
 
 
@@ -482,7 +485,7 @@ def bench(args: argparse.Namespace, command: str) -> dict:
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     checkpoint = load_checkpoint(ckpt)
-    has_filter = checkpoint.config.with_filter
+    has_filter = checkpoint.config.with_filter or args.background_filter > 0
     modes = parse_modes(args.modes, has_filter, ckpt)
     remote = [m for m in modes if m != "local"]
     if remote and not links:
@@ -503,6 +506,7 @@ def bench(args: argparse.Namespace, command: str) -> dict:
         offload_format=args.offload_format,
         offload_resize=args.offload_resize,
         timeout_s=args.timeout_s,
+        background_filter=args.background_filter,
     )
     frames = load_frames(spec)
     windows = (1, args.window) if args.stream else (1,)
@@ -574,6 +578,8 @@ def bench(args: argparse.Namespace, command: str) -> dict:
             "loss": args.loss,
             "frames": len(frames),
             "empty_frames": skipped_empty,
+            "background_filter": args.background_filter,
+            "neural_filter": checkpoint.config.with_filter,
             "warmup": args.warmup,
             "window": args.window,
             "stream": args.stream,

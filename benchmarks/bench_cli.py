@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 
@@ -86,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_offload_arguments(p)
     p.add_argument(
+        "--background-filter",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="split+filter also skips the frames that match the fixed camera's empty background (mobile-client "
+        "--background-filter T); with it, split+filter runs on checkpoints without a neural filter too; 0 = off "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--window", type=int, default=4, metavar="N", help="frames in flight when streaming (default: %(default)s)"
     )
     p.add_argument(
@@ -137,6 +147,10 @@ def check_args(args: argparse.Namespace) -> None:
         (args.timeout_s > 0, "--timeout-s must be positive"),
         (0.0 <= args.empty_ratio < 1.0, "--empty-ratio must be in [0, 1)"),
         (args.empty_runs >= 1, "--empty-runs must be >= 1"),
+        (
+            math.isfinite(args.background_filter) and args.background_filter >= 0.0,
+            "--background-filter must be a number >= 0",
+        ),
         (args.trace_window_s is None or args.trace_window_s > 0, "--trace-window-s must be positive"),
         (not (args.schedule and args.trace), "--schedule and --trace are separate runs"),
         (args.server_max_batch >= 1, "--server-max-batch must be >= 1"),

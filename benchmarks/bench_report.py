@@ -395,9 +395,19 @@ def targets(report: dict) -> list[str]:
     if filt and empty is not None:
         skipped = sum(s["skipped"] for s in filt)
         frames = sum(s["frames"] for s in filt)
+        settings = report["settings"]
+        filters = [
+            name
+            for name, on in (
+                ("the neural filter", settings.get("neural_filter", True)),
+                (f"the background filter (threshold {settings.get('background_filter', 0):g})",
+                 settings.get("background_filter", 0) > 0),
+            )
+            if on
+        ]  # fmt: skip
         lines.append(
-            f"- the neural filter skipped {skipped} of {frames} frames over the split+filter runs; the video has "
-            f"{len(empty)} empty frames out of {report['settings']['frames']} per run"
+            f"- {' and '.join(filters)} skipped {skipped} of {frames} frames over the split+filter runs; the video "
+            f"has {len(empty)} empty frames out of {settings['frames']} per run"
         )
     remote = [s for s in summaries if s["mode"] in REMOTE and s["overhead_p50_ms"] is not None]
     if remote:

@@ -46,6 +46,7 @@ class DeviceSpec:
     offload_format: str
     offload_resize: str
     timeout_s: float
+    background_filter: float = 0.0  #: split+filter: the background filter's threshold (0: off)
 
 
 # ---- the parent's side ----
@@ -174,12 +175,13 @@ def build_pipeline(mode: str, window: int, model, target: str | None, spec: Devi
     config = model.checkpoint.config
     options = Options(
         mode=mode.split("+")[0],
-        use_filter=mode == "split+filter" or (mode == "auto" and model.has_filter),
+        use_filter=mode in ("split+filter", "auto") and model.has_filter,
         codec=model.checkpoint.codec,
         jpeg_quality=spec.jpeg_quality,
         window=window,
         offload_format=spec.offload_format,
         offload_size=(config.min_size, config.max_size) if spec.offload_resize == "model" else None,
+        background_filter=spec.background_filter if mode == "split+filter" else 0.0,
     )
     link = None
     if target is not None:

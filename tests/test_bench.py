@@ -177,7 +177,21 @@ def test_split_filter_needs_a_filter(tmp_path, capsys):
     path = tmp_path / "nofilter.pt"
     save_checkpoint(tiny_student("faster_rcnn"), path, NAMES)
     code = bench_cli.main(["--ckpt", path, "--modes", "split+filter", "--frames", 1, "--out", tmp_path / "out"])
-    assert code == 2 and "has none" in capsys.readouterr().err
+    assert code == 2 and "has no filter" in capsys.readouterr().err
+    assert bench_cli.main(["--ckpt", path, "--background-filter", "-1", "--out", tmp_path / "out"]) == 2
+    assert "--background-filter must be a number >= 0" in capsys.readouterr().err
+
+
+def test_split_filter_runs_the_background_filter(tmp_path, capsys):
+    """Without a neural filter, --background-filter gives split+filter a filter to run: the mobile client's own."""
+    path = tmp_path / "nofilter.pt"
+    save_checkpoint(tiny_student("faster_rcnn"), path, NAMES)
+    argv = ["--ckpt", path, "--modes", "split+filter", "--rates", "10", "--synthetic", 4, "--frames", 4]
+    argv += ["--warmup", 0, "--no-stream", "--emulator", "userspace", "--background-filter", "1e9"]
+    assert bench_cli.main([*argv, "--out", tmp_path / "out"]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert report["settings"]["background_filter"] == 1e9 and not report["settings"]["neural_filter"]
+    assert "the background filter (threshold 1e+09) skipped" in (tmp_path / "out" / "bench.md").read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
