@@ -263,6 +263,8 @@ class Pipeline:
             work.result = self._result(work, detections=self._json(detections))
             return
         if self.static is not None and (reference := self.static.check(work.frame.index, out.bottleneck)) is not None:
+            if cells:
+                self.background.forget(work.frame.index)  # not sent: no answer will teach the background
             work.result = self._result(work, reused_from=reference)  # detections: filled in by run()
             return
         work.request = encode_frame(

@@ -70,8 +70,10 @@ class ClientModel:
         prob = None if out.object_prob is None else float(out.object_prob[0])
         if out.bottleneck is None:
             return HeadResult(None, out.meta, prob)
-        with timed(timing, "filter"):
-            summary = stem_cells(out.stem[0].numpy()) if cells else None
+        summary = None
+        if cells:
+            with timed(timing, "filter"):
+                summary = stem_cells(out.stem[0].numpy())
         return HeadResult(out.bottleneck.numpy(), out.meta, prob, summary)
 
     def run_tail(self, out: HeadResult) -> dict:

@@ -162,3 +162,23 @@ def test_bad_background_options_exit_2(extra, message, capsys):
     assert cli.main(["--server", "127.0.0.1:1", *source, *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_frames_the_static_gate_reuses_leave_nothing_pending(ckpt):
+    """With --skip-static too, a frame the background filter let through but the static gate reused is never sent:
+    no answer will come for it, so the filter does not keep it (a camera runs for days)."""
+    from mobile_client.pipeline import Pipeline
+    from mobile_client.settings import Options
+    from tests.conftest import TINY_NAMES
+
+    options = Options(mode="split", skip_static=0.05, background_filter=1e-9)
+    pipeline = Pipeline(options, TINY_NAMES, model=ClientModel.load(ckpt))
+    works = [pipeline.prepare(Frame(i, "cam", image)) for i, image in enumerate([SCENE, noisy(SCENE, 1), SCENE])]
+    assert works[0].request is not None and works[1].result.reused_from == 0 and works[2].result.reused_from == 0
+    assert list(pipeline.background._pending) == [0]
+
+
+def test_the_stem_cells_are_timed_only_when_asked_for(ckpt):
+    model, timing = ClientModel.load(ckpt), {}
+    assert model.run_head(SCENE, False, timing).stem_cells is None and "filter" not in timing
+    assert model.run_head(SCENE, False, timing, cells=True).stem_cells is not None and "filter" in timing
