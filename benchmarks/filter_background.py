@@ -272,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(report, indent=1) + "\n")
-    Path(f"{args.out}.md").write_text(markdown(report))
+    text = markdown(report)
+    Path(f"{args.out}.md").write_text(text)
     plot(report, Path(f"{args.out}.png"))
-    print(markdown(report))
+    print(text)
     return 0
 
 
