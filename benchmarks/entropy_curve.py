@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.paths import shown_args
+from benchmarks.paths import shown_args, write_report
 from common.checkpoint import load_checkpoint
 from common.codec_settings import CodecSettings
 from common.demo import DEMO_CHECKPOINT
@@ -347,11 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         "timings_ms": times,
         "fallback": fallback,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
-    Path(f"{args.out}.md").write_text(markdown(report))
+    write_report(args.out, report, markdown(report))
     plot(rows, Path(f"{args.out}.png"))
-    print(markdown(report))
     return 0
 
 

@@ -31,7 +31,6 @@ Writes ``OUT.md``, ``OUT.json`` and ``OUT.png`` (skipped against lost over the t
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.paths import shown_args, shown_path
+from benchmarks.paths import shown_args, shown_path, write_report
 
 RESULTS = Path("benchmarks/results")
 SCORE = 0.5  #: the client's default --score-threshold: what counts as a detection in an answer
@@ -270,12 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "curves": {s: {k: c[k] for k in ("server_answers", "ground_truth_answers")} for s, c in clips.items()},
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(json.dumps(report, indent=1) + "\n")
-    text = markdown(report)
-    Path(f"{args.out}.md").write_text(text)
+    write_report(args.out, report, markdown(report))
     plot(report, Path(f"{args.out}.png"))
-    print(text)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import platform
 import sys
@@ -27,7 +26,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torchvision.ops import box_iou
 
-from benchmarks.paths import shown_args, shown_path
+from benchmarks.paths import shown_args, shown_path, write_report
 from common.checkpoint import load_checkpoint
 from common.demo import DEMO_CHECKPOINT
 from common.split import Head
@@ -258,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "curves": curves,
         "seconds": round(time.time() - t0),
     }
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".md").write_text(report(result, out))
-    print(out.with_suffix(".md").read_text())
+    write_report(out, result, report(result, out))
     return 0
 
 

@@ -12,7 +12,6 @@ and how many persons have a median error above 10 px (placed wrong as a whole). 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from benchmarks.paths import shown_args, shown_path
+from benchmarks.paths import shown_args, shown_path, write_report
 from common.checkpoint import load_checkpoint
 from distill.config import load_config
 from distill.dataset_config import build_dataset
@@ -95,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['occluded']['p90_px']:.1f} |",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(json.dumps(report, indent=1) + "\n")
-    Path(f"{args.out}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, report, "\n".join(lines))
     return 0
 
 

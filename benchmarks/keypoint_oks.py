@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.paths import shown_args
+from benchmarks.paths import shown_args, write_report
 from distill.config import load_config
 from distill.dataset_config import scene_config
 from distill.datasets import coco_from_dict
@@ -85,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         "median_sqrt_mask_area_px": size,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         "# Keypoint AP of the ground truth moved by pixel noise",
         "",
@@ -100,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"| {r['jitter_px']:g} | {100 * r['ap_mask_area']:.1f} | {100 * r['ap_box_area']:.1f} |" for r in rows),
         "",
     ]
-    Path(f"{args.out}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, result, "\n".join(lines))
     return 0
 
 

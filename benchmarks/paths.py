@@ -1,7 +1,9 @@
-"""Paths as committed reports show them: relative to the repository, never one machine's absolute path."""
+"""Where benchmarks write their reports, and paths as committed reports show them: relative to the repository,
+never one machine's absolute path."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,3 +26,12 @@ def shown_path(path: str | Path) -> str:
 def shown_args(args: list[str]) -> list[str]:
     """Command-line arguments with every absolute path among them shown as :func:`shown_path` shows it."""
     return [shown_path(a) if a.startswith("/") else a for a in args]
+
+
+def write_report(out: str | Path, report: dict, text: str) -> None:
+    """Write ``OUT.json`` (the numbers) and ``OUT.md`` (``text``), creating OUT's folder, then print ``text``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(report, indent=1) + "\n")
+    Path(f"{out}.md").write_text(text)
+    print(text)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.paths import shown_args, shown_path
+from benchmarks.paths import shown_args, shown_path, write_report
 
 GT_SCORE = 0.5  #: the threshold-0 run's detections at or above this score are the ground truth
 REPORT_SCORE = 0.05  #: the client reports detections down to this score in every run
@@ -323,11 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows,
         "wall_s": round(time.monotonic() - started, 1),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(render(report))
-    print(render(report))
+    write_report(args.out, report, render(report))
     return 0
 
 

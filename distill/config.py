@@ -201,7 +201,10 @@ def parse_config(raw: Any, where: str = "config") -> TrainConfig:
         _require(init, "ckpt", f"{where}: init")
         freeze = init.get("freeze", []) or []
         if not isinstance(freeze, list) or not all(isinstance(f, str) and f for f in freeze):
-            raise ConfigError(f"{where}: init.freeze must be a list of module names, e.g. [backbone]")
+            raise ConfigError(
+                f"{where}: init.freeze must be a list of module names or patterns, e.g. [backbone] or "
+                "[backbone.body.layer*.*.bn*]"
+            )
         if "layer1_steps" in init:
             _number(init, "layer1_steps", int, None, "init.layer1_steps", where)
             if init["layer1_steps"] < 1:

@@ -9,6 +9,7 @@ format is written after every epoch (``last.pt``, with the optimizer state for `
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 from collections.abc import Callable
@@ -114,12 +115,23 @@ def warm_start(model: nn.Module, ckpt_path: str | Path, freeze: list[str], from_
         raise ConfigError(f"init.ckpt {ckpt_path}: no weight matches this model (different backbone?)")
     model.load_state_dict(taken, strict=False)
     modules = dict(model.named_modules())
-    for name in freeze:
-        if not name or name not in modules:
-            raise ConfigError(f"init.freeze: the model has no module {name!r}")
+    for name in frozen_modules(model, freeze):
         for p in modules[name].parameters():
             p.requires_grad_(False)
     return source
+
+
+def frozen_modules(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Names of the modules that ``init.freeze`` names: exact names or shell-style patterns, e.g.
+    ``backbone.body.layer[234].*.bn*`` (BatchNorm frozen, as torchvision's detection backbones keep it)."""
+    names = [n for n, _ in model.named_modules() if n]
+    found: list[str] = []
+    for pattern in patterns:
+        matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else []
+        if not matched:
+            raise ConfigError(f"init.freeze: the model has no module {pattern!r}")
+        found += [n for n in matched if n not in found]
+    return found
 
 
 def init_bottleneck(student: nn.Module, ckpt_path: str | Path) -> None:
@@ -152,7 +164,7 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
             }
         )
         model = build_model(model_cfg)
-        frozen = list(config.init.get("freeze") or [])
+        frozen = frozen_modules(model, list(config.init.get("freeze") or []))
         task = TrainingTask(DetectionTraining(model, frozen), model, info, names)
         if config.init:
             steps = config.init.get("layer1_steps")

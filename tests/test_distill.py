@@ -398,6 +398,22 @@ def test_warm_start_copies_matching_weights_and_freezes(tmp_path):
         warm_start(mask, tmp_path / "faster.pt", ["nope"])
 
 
+def test_freeze_patterns_freeze_batchnorm_but_train_convs(tmp_path):
+    """``init.freeze`` takes shell-style patterns: BatchNorms frozen (and in eval mode), their convs still train."""
+    from distill.train import DetectionTraining, frozen_modules
+
+    torch.manual_seed(0)
+    model = build_teacher("faster_rcnn", "resnet18", num_classes=3, norm_layer="bn", **SMALL)
+    names = frozen_modules(model, ["backbone.body.layer[34].*.bn*", "backbone.body.layer1"])
+    assert "backbone.body.layer3.0.bn1" in names and "backbone.body.layer4.1.bn2" in names
+    assert "backbone.body.layer3.0.conv1" not in names and "backbone.body.layer1" in names
+    module = DetectionTraining(model, names).train()
+    assert not model.backbone.body.layer3[0].bn1.training and model.backbone.body.layer3[0].conv1.training
+    with pytest.raises(ConfigError, match=r"no module 'backbone\.body\.layer9\.\*'"):
+        frozen_modules(model, ["backbone.body.layer9.*"])
+    assert module.frozen == tuple(names)
+
+
 def test_a_teacher_layer1_is_rebuilt_from_a_student(tmp_path):
     """init.layer1_steps: every weight but layer1 comes from the student, layer1 learns to reproduce the student's
     decoder output, and the warm start's freezing holds afterwards."""
