@@ -23,12 +23,6 @@ import torch
 
 from distill import eval_cli
 
-TEACHERS = {
-    "faster_rcnn": "teacher-synthetic-faster_rcnn-resnet18",
-    "mask_rcnn": "teacher-synthetic-mask_rcnn-resnet18",
-    "keypoint_rcnn": "teacher-synthetic-keypoint_rcnn-resnet18",
-}
-
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -42,29 +36,43 @@ class Evaluation:
     channels: int | None
     jpeg: bool = False
     note: str = ""  #: what sets this run apart from the others of its method, for the table
+    teacher: str | None = None  #: a student's teacher (its run directory), scored beside it
 
     def argv(self, runs: Path, out: Path) -> list[str]:
         args = ["--ckpt", str(runs / self.run / "final.pt"), "--config", self.config]
-        if self.method != "teacher":
-            args += ["--teacher", str(runs / TEACHERS[self.arch] / "final.pt")]
+        if self.teacher is not None:
+            args += ["--teacher", str(runs / self.teacher / "final.pt")]
             args += ["--quantization", "none,per_tensor", "--no-filter"]
         if self.jpeg:
             args += ["--jpeg", "95,75"]
         return [*args, "--json", str(out / f"eval-{self.name}.json"), "--md", str(out / f"eval-{self.name}.md")]
 
 
-def _student(method: str, arch: str, channels: int, config: str | None = None) -> Evaluation:
-    run = f"{method}-synthetic-{arch}-resnet18-b{channels}ch"
+def _teacher(arch: str, variant: str = "", note: str = "") -> Evaluation:
+    run = f"teacher-synthetic-{arch}-resnet18{variant}"
     return Evaluation(
-        run, run, config or f"configs/{method}/synthetic-{arch}-resnet18-b{channels}ch.yaml", arch, method, channels
+        run, run, f"configs/teacher/{run.removeprefix('teacher-')}.yaml", arch, "teacher", None, True, note
     )
 
 
+def _student(
+    method: str, arch: str, channels: int, config: str | None = None, variant: str = "", note: str = ""
+) -> Evaluation:
+    """A student run of ``configs/METHOD/synthetic-ARCH-resnet18-bCch[VARIANT].yaml``, scored beside the teacher
+    run of the same variant."""
+    run = f"{method}-synthetic-{arch}-resnet18-b{channels}ch{variant}"
+    config = config or f"configs/{method}/{run.removeprefix(method + '-')}.yaml"
+    teacher = f"teacher-synthetic-{arch}-resnet18{variant}"
+    return Evaluation(run, run, config, arch, method, channels, note=note, teacher=teacher)
+
+
+DEEP_KEYPOINT_HEAD = "8-layer keypoint head, layer2..4 trainable"
+
 EVALUATIONS: tuple[Evaluation, ...] = (
-    *(
-        Evaluation(run, run, f"configs/teacher/{run.removeprefix('teacher-')}.yaml", arch, "teacher", None, True)
-        for arch, run in TEACHERS.items()
-    ),
+    _teacher("faster_rcnn"),
+    _teacher("mask_rcnn"),
+    _teacher("keypoint_rcnn"),
+    _teacher("keypoint_rcnn", "-deep", DEEP_KEYPOINT_HEAD),
     _student("hnd", "faster_rcnn", 3),
     _student("ghnd", "faster_rcnn", 3, "configs/ghnd/synthetic-demo.yaml"),
     Evaluation(
@@ -75,6 +83,7 @@ EVALUATIONS: tuple[Evaluation, ...] = (
         "ghnd",
         3,
         note="4,000 images x 8 epochs",
+        teacher="teacher-synthetic-faster_rcnn-resnet18",
     ),
     _student("hnd", "faster_rcnn", 6),
     _student("ghnd", "faster_rcnn", 6),
@@ -82,6 +91,7 @@ EVALUATIONS: tuple[Evaluation, ...] = (
     _student("ghnd", "faster_rcnn", 12),
     _student("ghnd", "mask_rcnn", 3),
     _student("ghnd", "keypoint_rcnn", 3),
+    _student("ghnd", "keypoint_rcnn", 3, variant="-deep", note=f"teacher: {DEEP_KEYPOINT_HEAD}"),
 )
 
 
@@ -119,9 +129,9 @@ def summary_table(reports: dict[str, dict]) -> list[str]:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for ev in EVALUATIONS:
         report = reports.get(ev.name)
-        if report is None or ev.method == "teacher":
+        if report is None or ev.teacher is None:
             continue
-        teacher = reports.get(TEACHERS[ev.arch], {})
+        teacher = reports.get(ev.teacher, {})
         runs = {(r["mode"], r["quantization"]): r for r in report["runs"]}
         whole, none, q8 = runs.get(("whole", None)), runs.get(("split", "none")), runs.get(("split", "per_tensor"))
         jpeg95 = (teacher.get("jpeg") or {}).get("95")
@@ -159,15 +169,15 @@ def teacher_table(reports: dict[str, dict]) -> list[str]:
         "| teacher | metric | AP | AP (JPEG q95) | AP (JPEG q75) | JPEG q95 B | JPEG q75 B |",
         "|---|---|---|---|---|---|---|",
     ]
-    for arch, name in TEACHERS.items():
-        report = reports.get(name)
-        if report is None:
+    for ev in EVALUATIONS:
+        report = reports.get(ev.name)
+        if report is None or ev.method != "teacher":
             continue
         whole = report["runs"][0]
         jpeg, jpeg_ap = report.get("jpeg", {}), report.get("jpeg_ap", {})
         for iou in report["iou_types"]:
             lines.append(
-                f"| {arch} | {iou} | {_pts(whole['ap'][iou]['AP'])} | "
+                f"| {ev.arch}{f' ({ev.note})' if ev.note else ''} | {iou} | {_pts(whole['ap'][iou]['AP'])} | "
                 f"{_pts(jpeg_ap.get('95', {}).get(iou, {}).get('AP'))} | "
                 f"{_pts(jpeg_ap.get('75', {}).get(iou, {}).get('AP'))} | "
                 f"{_fmt(jpeg.get('95'), 0)} | {_fmt(jpeg.get('75'), 0)} |"

@@ -52,3 +52,12 @@ def test_summary_reports_the_demo_filter(tmp_path):
     (tmp_path / "demo_eval.json").write_text(json.dumps(demo))
     text = write_summary({}, tmp_path, "cmd").read_text()
     assert "| student, split (per_tensor) + filter | 36.0 | 74.0 | 4600 | 60.0% of 50 | 2.0% of 250 |" in text
+
+
+def test_every_student_is_scored_beside_its_own_listed_teacher():
+    teachers = {e.name: e for e in EVALUATIONS if e.method == "teacher"}
+    students = [e for e in EVALUATIONS if e.method != "teacher"]
+    assert all(e.teacher in teachers and teachers[e.teacher].arch == e.arch for e in students)
+    deep = next(e for e in students if e.name == "ghnd-synthetic-keypoint_rcnn-resnet18-b3ch-deep")
+    assert deep.teacher == "teacher-synthetic-keypoint_rcnn-resnet18-deep"
+    assert deep.config == "configs/ghnd/synthetic-keypoint_rcnn-resnet18-b3ch-deep.yaml"
