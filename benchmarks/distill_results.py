@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.paths import shown_args
 from distill import eval_cli
 
 
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             md.write_text(f"Command: `split-eval {shlex.join(argv_eval)}`\n\n" + md.read_text())
         if path.is_file():
             reports[ev.name] = json.loads(path.read_text())
-    command = "python -m benchmarks.distill_results" + (" " + " ".join(argv) if argv else "")
+    shown = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m benchmarks.distill_results", *shown_args(shown)])
     print(f"wrote {write_summary(reports, args.out, command)}")
     return 0
 
