@@ -114,11 +114,18 @@ def warm_start(model: nn.Module, ckpt_path: str | Path, freeze: list[str], from_
     if not taken:
         raise ConfigError(f"init.ckpt {ckpt_path}: no weight matches this model (different backbone?)")
     model.load_state_dict(taken, strict=False)
+    freeze_modules(model, freeze)
+    return source
+
+
+def freeze_modules(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Stop the gradients of the modules ``init.freeze`` names (see :func:`frozen_modules`); return their names."""
+    names = frozen_modules(model, patterns)
     modules = dict(model.named_modules())
-    for name in frozen_modules(model, freeze):
+    for name in names:
         for p in modules[name].parameters():
             p.requires_grad_(False)
-    return source
+    return names
 
 
 def frozen_modules(model: nn.Module, patterns: list[str]) -> list[str]:

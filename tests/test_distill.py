@@ -17,7 +17,7 @@ from distill.config import ConfigError, Term, load_config, parse_config
 from distill.datasets import SyntheticCoco
 from distill.filter_training import choose_threshold
 from distill.mimic import HeadMimic
-from distill.train import DetectionTraining, frozen_modules
+from distill.train import DetectionTraining, freeze_modules
 from synthetic import SceneConfig
 
 SMALL = dict(min_size=64, max_size=64, fpn_channels=32, box_representation_size=32, anchor_sizes=(8, 16, 32, 64, 128))
@@ -520,9 +520,7 @@ def test_a_keypoint_training_step_moves_the_keypoints_toward_the_targets():
     model = build_teacher("keypoint_rcnn", "resnet18", num_classes=len(dataset.class_names),
                           num_keypoints=dataset.num_keypoints, norm_layer="bn",
                           **{**SMALL, "min_size": 96, "max_size": 96})  # fmt: skip
-    training = DetectionTraining(model, frozen=frozen_modules(model, ["backbone.body"]))
-    for p in model.backbone.body.parameters():
-        p.requires_grad_(False)
+    training = DetectionTraining(model, frozen=freeze_modules(model, ["backbone.body"]))
     visible = target["keypoints"][..., 2] > 0
 
     def keypoint_error() -> float:
