@@ -16,6 +16,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, required=True, help="YAML file, e.g. configs/ghnd/...yaml")
     parser.add_argument("--output", type=Path, help="write checkpoints here (default: the config's output)")
     parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set train.epochs=8 --set dataset.train.num_images=500",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="continue from OUTPUT/last.pt when it exists (default: start afresh)"
     )
     return parser
@@ -24,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as e:
         print(f"split-distill: error: {e}", file=sys.stderr)
         return 2

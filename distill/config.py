@@ -4,31 +4,150 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 METHODS = ("teacher", "hnd", "ghnd", "entropic", "finetune", "filter")
 LAYER_PATH = re.compile(r"^backbone\.body\.layer([1-4])$")
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
+S = TypeVar("S")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key."""
 
 
-# The keys each section takes. MODEL_KEYS mirrors common.models.ModelConfig (tests check that they agree; not
-# imported here so that a bad config is reported before torch is loaded).
+# Each section's keys are the fields of a dataclass below: the field's default is the key's default, its type
+# (int / float) how a number is checked. MODEL_KEYS mirrors common.models.ModelConfig (tests check that they
+# agree; not imported here so that a bad config is reported before torch is loaded).
 MODEL_KEYS = (
     "arch", "backbone", "min_size", "max_size", "fpn_channels", "box_representation_size",
     "box_batch_size_per_image", "anchor_sizes", "mask_head_layers", "keypoint_head_layers", "norm_layer",
 )  # fmt: skip
-TOP_KEYS = ("method", "output", "dataset", "model", "teacher", "student", "init", "train")
-DATASET_KEYS = ("type", "coco_root", "task", "scene", "video", "train", "calibration", "val", "jpeg_quality")
-SPLIT_KEYS = ("num_images", "seed", "first_frame")  # first_frame: dataset type video
-TEACHER_KEYS = ("ckpt", "weights", "num_classes", "num_keypoints", *MODEL_KEYS)
+
+
+@dataclass(frozen=True)
+class TopSection:
+    """The top level of a config (``base`` is resolved by :func:`load_config` before this is checked)."""
+
+    method: str
+    output: str
+    dataset: dict | None = None
+    model: dict | None = None
+    teacher: dict | None = None
+    student: dict | None = None
+    init: dict | None = None
+    train: dict | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSection:
+    type: str = "synthetic"
+    coco_root: str | None = None
+    task: str = "bbox"
+    scene: dict | None = None  #: SceneConfig's keys, checked where the scene is built
+    video: dict | None = None
+    train: dict | None = None
+    calibration: dict | None = None
+    val: dict | None = None
+    jpeg_quality: int | None = None
+
+
+@dataclass(frozen=True)
+class SplitSection:
+    num_images: int | None = None
+    seed: int | None = None
+    first_frame: int | None = None  #: dataset type video
+
+
+@dataclass(frozen=True)
+class TeacherSection:
+    ckpt: str | None = None
+    weights: str | None = None
+    num_classes: int | None = None
+    num_keypoints: int | None = None
+
+
+@dataclass(frozen=True)
+class StudentSection:
+    bottleneck_channels: int | None = None
+    init: str | None = None
+    ckpt: str | None = None
+
+
+@dataclass(frozen=True)
+class InitSection:
+    ckpt: str | None = None
+    freeze: list | None = None
+    layer1_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    epochs: int = 1
+    batch_size: int = 4
+    workers: int = 0
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    criterion: dict | None = None
+    target_recall: float = 0.99
+    seed: int = 0
+    log_every: int = 20
+
+
+@dataclass(frozen=True)
+class SchedulerSection:
+    milestones: list | None = None
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class CriterionSection:
+    reduction: str = "sum"
+    terms: list | None = None
+    detection_loss: float = 0.0
+    beta: float | None = None
+
+
+@dataclass(frozen=True)
+class TermSection:
+    student: str
+    teacher: str | None = None
+    factor: float = 1.0
+
+
+@dataclass(frozen=True)
+class SGDSection:
+    type: str = "SGD"
+    lr: float | None = None
+    momentum: float | None = None
+    dampening: float | None = None
+    weight_decay: float | None = None
+    nesterov: bool | None = None
+
+
+@dataclass(frozen=True)
+class AdamSection:
+    type: str = "Adam"
+    lr: float | None = None
+    betas: list | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    amsgrad: bool | None = None
+
+
+def keys(section: type) -> tuple[str, ...]:
+    """The keys a section takes: its dataclass's field names."""
+    return tuple(f.name for f in fields(section))
+
+
+TOP_KEYS = keys(TopSection)
+DATASET_KEYS = keys(DatasetSection)
+SPLIT_KEYS = keys(SplitSection)
+TEACHER_KEYS = (*keys(TeacherSection), *MODEL_KEYS)
 STUDENT_KEYS = {
     "hnd": ("bottleneck_channels", "init"),
     "ghnd": ("bottleneck_channels", "init"),
@@ -36,18 +155,13 @@ STUDENT_KEYS = {
     "finetune": ("ckpt",),
     "filter": ("ckpt",),
 }
-ANY_STUDENT_KEYS = ("bottleneck_channels", "init", "ckpt")  # method teacher ignores the section
-INIT_KEYS = ("ckpt", "freeze", "layer1_steps")
-TRAIN_KEYS = ("epochs", "batch_size", "workers", "optimizer", "scheduler", "criterion", "target_recall", "seed",
-              "log_every")  # fmt: skip
-OPTIMIZER_KEYS = {
-    "SGD": ("type", "lr", "momentum", "dampening", "weight_decay", "nesterov"),
-    "Adam": ("type", "lr", "betas", "eps", "weight_decay", "amsgrad"),
-    "AdamW": ("type", "lr", "betas", "eps", "weight_decay", "amsgrad"),
-}
-SCHEDULER_KEYS = ("milestones", "gamma")
-CRITERION_KEYS = ("reduction", "terms", "detection_loss", "beta")
-TERM_KEYS = ("student", "teacher", "factor")
+ANY_STUDENT_KEYS = keys(StudentSection)  # method teacher ignores the section
+INIT_KEYS = keys(InitSection)
+TRAIN_KEYS = keys(TrainSection)
+OPTIMIZER_KEYS = {"SGD": keys(SGDSection), "Adam": keys(AdamSection), "AdamW": keys(AdamSection)}
+SCHEDULER_KEYS = keys(SchedulerSection)
+CRITERION_KEYS = keys(CriterionSection)
+TERM_KEYS = keys(TermSection)
 
 
 def check_keys(d: dict, allowed: tuple[str, ...] | list[str], section: str, where: str) -> None:
@@ -64,9 +178,8 @@ def check_keys(d: dict, allowed: tuple[str, ...] | list[str], section: str, wher
             raise ConfigError(f"{prefix}unknown key '{key}' in {section}{hint}")
 
 
-def _number(d: dict, key: str, kind: type, default: Any, name: str, where: str) -> Any:
-    """``d[key]`` as ``kind`` (int or float), or ``default``; a wrong type is a one-line ``ConfigError``."""
-    value = d.get(key, default)
+def _number(value: Any, kind: type, name: str, where: str) -> Any:
+    """``value`` as ``kind`` (int or float); a wrong type is a one-line ``ConfigError``."""
     if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
         raise ConfigError(f"{where}: {name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
     try:
@@ -75,6 +188,26 @@ def _number(d: dict, key: str, kind: type, default: Any, name: str, where: str) 
         raise ConfigError(
             f"{where}: {name} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
         ) from None
+
+
+def take(section: type[S], d: dict, name: str, where: str, allowed: tuple[str, ...] | None = None) -> S:
+    """``d`` as the dataclass ``section``: keys checked against its fields (or ``allowed``), required keys present,
+    int / float fields converted, defaults filled in."""
+    check_keys(d, allowed if allowed is not None else keys(section), name, where)
+    values = {}
+    for f in fields(section):
+        if f.name not in d or d[f.name] is None:
+            if f.default is MISSING:
+                raise ConfigError(f"{where}: {name + ': ' if name else ''}missing key '{f.name}'")
+            continue
+        value = d[f.name]
+        kind = str(f.type).split(" | ")[0]
+        if kind in ("int", "float"):
+            value = _number(value, int if kind == "int" else float, f"{name}.{f.name}" if name else f.name, where)
+        elif kind == "dict" and not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{f.name}' must be a mapping")
+        values[f.name] = value
+    return section(**values)
 
 
 @dataclass(frozen=True)
@@ -117,149 +250,175 @@ class TrainConfig:
     source: Path | None = None
 
 
-def _require(d: dict, key: str, where: str) -> Any:
-    if key not in d:
-        raise ConfigError(f"{where}: missing key '{key}'")
-    return d[key]
-
-
-def _section(d: dict, key: str, where: str) -> dict:
-    value = d.get(key, {}) or {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: '{key}' must be a mapping")
-    return value
-
-
 def parse_config(raw: Any, where: str = "config") -> TrainConfig:
     """Validate a parsed YAML document: every key known, required keys there, values of the right kind."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
+    if "method" not in raw:
+        raise ConfigError(f"{where}: missing key 'method'")
     check_keys(raw, TOP_KEYS, "the top level", where)
-    method = _require(raw, "method", where)
+    top = take(TopSection, raw, "", where)
+    method = top.method
     if method not in METHODS:
         raise ConfigError(f"{where}: method must be one of {', '.join(METHODS)}, got {method!r}")
-    dataset = _section(raw, "dataset", where)
-    check_keys(dataset, DATASET_KEYS, "dataset", where)
-    if dataset.get("type", "synthetic") not in ("synthetic", "coco", "video"):
-        raise ConfigError(f"{where}: dataset.type must be synthetic, coco or video, got {dataset.get('type')!r}")
-    if dataset.get("type") == "coco":
-        _require(dataset, "coco_root", f"{where}: dataset")
-    for split in ("train", "val"):
-        check_keys(_section(dataset, split, f"{where}: dataset"), SPLIT_KEYS, f"dataset.{split}", where)
-    _section(dataset, "scene", f"{where}: dataset")  # its keys are SceneConfig's: checked where it is built
-    train = _section(raw, "train", where)
-    check_keys(train, TRAIN_KEYS, "train", where)
-    criterion = _section(train, "criterion", f"{where}: train")
-    check_keys(criterion, CRITERION_KEYS, "train.criterion", where)
-    raw_terms = criterion.get("terms", []) or []
+    dataset_raw = top.dataset or {}
+    dataset = take(DatasetSection, dataset_raw, "dataset", where)
+    if dataset.type not in ("synthetic", "coco", "video"):
+        raise ConfigError(f"{where}: dataset.type must be synthetic, coco or video, got {dataset.type!r}")
+    if dataset.type == "coco" and dataset.coco_root is None:
+        raise ConfigError(f"{where}: dataset: missing key 'coco_root'")
+    for split in ("train", "calibration", "val"):
+        take(SplitSection, getattr(dataset, split) or {}, f"dataset.{split}", where)
+    train = take(TrainSection, top.train or {}, "train", where)
+    criterion = take(CriterionSection, train.criterion or {}, "train.criterion", where)
+    raw_terms = criterion.terms or []
     if not isinstance(raw_terms, list):
         raise ConfigError(f"{where}: train.criterion.terms must be a list")
     terms = []
-    for i, term in enumerate(raw_terms):
-        if not isinstance(term, dict):
+    for i, raw_term in enumerate(raw_terms):
+        if not isinstance(raw_term, dict):
             raise ConfigError(f"{where}: train.criterion.terms[{i}] must be a mapping")
-        check_keys(term, TERM_KEYS, f"train.criterion.terms[{i}]", where)
-        t = Term(
-            str(_require(term, "student", f"{where}: terms[{i}]")),
-            str(term.get("teacher", term["student"])),
-            _number(term, "factor", float, 1.0, f"train.criterion.terms[{i}].factor", where),
-        )
+        term = take(TermSection, raw_term, f"train.criterion.terms[{i}]", where)
+        t = Term(str(term.student), str(term.teacher or term.student), term.factor)
         for path in (t.student, t.teacher):
             if not LAYER_PATH.match(path):
                 raise ConfigError(f"{where}: terms[{i}]: module path {path!r} is not backbone.body.layer1..4")
         if t.student != t.teacher:
             raise ConfigError(f"{where}: terms[{i}]: student and teacher paths must name the same layer")
         terms.append(t)
-    teacher = _section(raw, "teacher", where)
-    check_keys(teacher, TEACHER_KEYS, "teacher", where)
-    student = _section(raw, "student", where)
-    check_keys(student, STUDENT_KEYS.get(method, ANY_STUDENT_KEYS), f"student (method {method})", where)
-    model = _section(raw, "model", where)
+    teacher = top.teacher or {}
+    take(TeacherSection, teacher, "teacher", where, allowed=TEACHER_KEYS)
+    student_raw = top.student or {}
+    student = take(
+        StudentSection, student_raw, f"student (method {method})", where, STUDENT_KEYS.get(method, ANY_STUDENT_KEYS)
+    )
+    model = top.model or {}
     check_keys(model, MODEL_KEYS, "model", where)
     if method in ("hnd", "ghnd", "entropic"):
         if not terms:
             raise ConfigError(f"{where}: {method} needs train.criterion.terms")
-        _require(raw, "teacher", where)
-        _require(student, "bottleneck_channels", f"{where}: student")
-        _number(student, "bottleneck_channels", int, None, "student.bottleneck_channels", where)
-    beta = _number(criterion, "beta", float, 0.0, "train.criterion.beta", where)
-    if beta < 0 or (method == "entropic" and "beta" not in criterion):
+        if top.teacher is None:
+            raise ConfigError(f"{where}: missing key 'teacher'")
+        if student.bottleneck_channels is None:
+            raise ConfigError(f"{where}: student: missing key 'bottleneck_channels'")
+    beta = 0.0 if criterion.beta is None else criterion.beta
+    if beta < 0 or (method == "entropic" and criterion.beta is None):
         raise ConfigError(f"{where}: entropic needs train.criterion.beta >= 0 (weight of bits per image)")
-    if "beta" in criterion and method != "entropic":
+    if criterion.beta is not None and method != "entropic":
         raise ConfigError(f"{where}: train.criterion.beta is for method entropic only")
     if method == "hnd" and any(t.layer != 1 for t in terms):
         raise ConfigError(f"{where}: hnd mimics layer1 only; use method: ghnd for deeper terms")
     if method == "teacher" and not model:
         raise ConfigError(f"{where}: method teacher needs a model section (arch, backbone, sizes)")
-    if method in ("finetune", "filter"):
-        _require(student, "ckpt", f"{where}: student")
-    init = _section(raw, "init", where)
-    if init:
-        check_keys(init, INIT_KEYS, "init", where)
+    if method in ("finetune", "filter") and student.ckpt is None:
+        raise ConfigError(f"{where}: student: missing key 'ckpt'")
+    init_raw = top.init or {}
+    if init_raw:
+        check_keys(init_raw, INIT_KEYS, "init", where)
         if method != "teacher":
             raise ConfigError(f"{where}: init (warm start from a teacher checkpoint) is for method teacher only")
-        _require(init, "ckpt", f"{where}: init")
-        freeze = init.get("freeze", []) or []
+        init = take(InitSection, init_raw, "init", where)
+        if init.ckpt is None:
+            raise ConfigError(f"{where}: init: missing key 'ckpt'")
+        freeze = init.freeze or []
         if not isinstance(freeze, list) or not all(isinstance(f, str) and f for f in freeze):
             raise ConfigError(
                 f"{where}: init.freeze must be a list of module names or patterns, e.g. [backbone] or "
                 "[backbone.body.layer*.*.bn*]"
             )
-        if "layer1_steps" in init:
-            _number(init, "layer1_steps", int, None, "init.layer1_steps", where)
-            if init["layer1_steps"] < 1:
-                raise ConfigError(f"{where}: init.layer1_steps must be >= 1, got {init['layer1_steps']}")
-    optimizer = dict(_section(train, "optimizer", f"{where}: train") or {"type": "Adam", "lr": 1e-3})
+        if init.layer1_steps is not None and init.layer1_steps < 1:
+            raise ConfigError(f"{where}: init.layer1_steps must be >= 1, got {init.layer1_steps}")
+    optimizer = dict(train.optimizer or {"type": "Adam", "lr": 1e-3})
     kind = optimizer.get("type", "Adam")
     if kind not in OPTIMIZERS:
         raise ConfigError(f"{where}: train.optimizer.type must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
     check_keys(optimizer, OPTIMIZER_KEYS[kind], f"train.optimizer ({kind})", where)
-    for key in ("lr", "weight_decay", "momentum", "dampening", "eps"):
-        if key in optimizer:
-            _number(optimizer, key, float, None, f"train.optimizer.{key}", where)
-    scheduler = _section(train, "scheduler", f"{where}: train")
-    check_keys(scheduler, SCHEDULER_KEYS, "train.scheduler", where)
-    milestones = scheduler.get("milestones", []) or []
+    take(SGDSection if kind == "SGD" else AdamSection, optimizer, "train.optimizer", where)
+    scheduler = take(SchedulerSection, train.scheduler or {}, "train.scheduler", where)
+    milestones = scheduler.milestones or []
     if not isinstance(milestones, list):
         raise ConfigError(f"{where}: train.scheduler.milestones must be a list of epochs, got {milestones!r}")
-    if criterion.get("reduction", "sum") not in ("sum", "mean"):
+    if criterion.reduction not in ("sum", "mean"):
         raise ConfigError(f"{where}: train.criterion.reduction must be sum or mean")
-    output = _require(raw, "output", where)
-    if not isinstance(output, str) or not output:
-        raise ConfigError(f"{where}: output must be a directory path, got {output!r}")
+    if not isinstance(top.output, str) or not top.output:
+        raise ConfigError(f"{where}: output must be a directory path, got {top.output!r}")
     return TrainConfig(
         method=method,
-        output=Path(output),
-        dataset=dataset,
+        output=Path(top.output),
+        dataset=dataset_raw,
         model=model,
         teacher=teacher,
-        student=student,
-        init=init,
-        epochs=_number(train, "epochs", int, 1, "train.epochs", where),
-        batch_size=_number(train, "batch_size", int, 4, "train.batch_size", where),
-        workers=_number(train, "workers", int, 0, "train.workers", where),
+        student=student_raw,
+        init=init_raw,
+        epochs=train.epochs,
+        batch_size=train.batch_size,
+        workers=train.workers,
         optimizer=optimizer,
-        milestones=tuple(_number({"m": m}, "m", int, None, "train.scheduler.milestones", where) for m in milestones),
-        gamma=_number(scheduler, "gamma", float, 0.1, "train.scheduler.gamma", where),
+        milestones=tuple(_number(m, int, "train.scheduler.milestones", where) for m in milestones),
+        gamma=scheduler.gamma,
         terms=tuple(terms),
-        reduction=str(criterion.get("reduction", "sum")),
-        detection_loss=_number(criterion, "detection_loss", float, 0.0, "train.criterion.detection_loss", where),
+        reduction=str(criterion.reduction),
+        detection_loss=criterion.detection_loss,
         beta=beta,
-        target_recall=_number(train, "target_recall", float, 0.99, "train.target_recall", where),
-        seed=_number(train, "seed", int, 0, "train.seed", where),
-        log_every=_number(train, "log_every", int, 20, "train.log_every", where),
+        target_recall=train.target_recall,
+        seed=train.seed,
+        log_every=train.log_every,
     )
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML config file."""
-    path = Path(path)
+def merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_override(raw: dict, assignment: str) -> dict:
+    """``raw`` with one ``dotted.key=value`` override (the value read as YAML: ``8``, ``0.5``, ``[4]``, ``x``)."""
+    key, sep, text = assignment.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ConfigError(f"override {assignment!r} is not KEY=VALUE with a dotted key, e.g. train.epochs=8")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {assignment!r}: the value is not valid YAML") from None
+    for part in reversed(path):
+        value = {part: value}
+    return merge(raw, value)
+
+
+def read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML config with its ``base:`` chain resolved (a base path is relative to the file naming it)."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        where = f" (base of {seen[-1]})" if seen else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: base configs form a cycle: {' -> '.join(str(p) for p in (*seen, path))}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{at}") from None
+    if not isinstance(raw, dict) or "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must be the path of another config, got {base!r}")
+    return merge(read_raw(path.parent / base, (*seen, path.resolve())), raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config (with its ``base:`` chain), apply ``KEY=VALUE`` overrides, validate."""
+    path = Path(path)
+    raw = read_raw(path)
+    for assignment in overrides:
+        if not isinstance(raw, dict):
+            break
+        raw = apply_override(raw, assignment)
     return replace(parse_config(raw, str(path)), source=path)

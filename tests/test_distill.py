@@ -210,6 +210,51 @@ def test_unknown_keys_and_wrong_types_name_key_and_section(tmp_path, section, ed
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_config_extends_its_base_and_overrides_win(tmp_path):
+    """``base:`` merges mappings key by key (lists are replaced); ``--set`` overrides come last."""
+    base = tmp_path / "base" / "ghnd.yaml"
+    base.parent.mkdir()
+    base.write_text(yaml.safe_dump(base_config(tmp_path)))
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base/ghnd.yaml\nstudent: {bottleneck_channels: 6}\ntrain: {epochs: 3}\n")
+    config = load_config(child)
+    assert (config.student, config.epochs, config.batch_size) == ({"bottleneck_channels": 6}, 3, 2)
+    assert config.dataset["scene"] == {"height": 64, "width": 64}
+    config = load_config(child, ["train.epochs=8", "dataset.train.num_images=2", "train.scheduler.milestones=[1]"])
+    assert (config.epochs, config.dataset["train"], config.milestones) == (8, {"num_images": 2, "seed": 1}, (1,))
+
+
+@pytest.mark.parametrize(
+    ("child", "overrides", "message"),
+    [
+        ("base: missing.yaml\n", [], "config file not found: .*missing.yaml \\(base of"),
+        ("base: child.yaml\n", [], "base configs form a cycle"),
+        ("base: [a]\n", [], "base must be the path of another config"),
+        ("base: base.yaml\n", ["train.epochs"], "is not KEY=VALUE"),
+        ("base: base.yaml\n", ["train.epoch=3"], "unknown key 'epoch' in train \\(did you mean 'epochs'\\?\\)"),
+        ("base: base.yaml\n", ["train.epochs=many"], "train.epochs must be an integer, got 'many'"),
+    ],
+)
+def test_base_and_override_errors_are_one_line(tmp_path, child, overrides, message):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base_config(tmp_path)))
+    (tmp_path / "child.yaml").write_text(child)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(tmp_path / "child.yaml", overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_set_overrides_reach_the_run(tmp_path, monkeypatch):
+    import distill.train
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base_config(tmp_path)))
+    seen = {}
+    monkeypatch.setattr(distill.train, "run", lambda config, resume: seen.setdefault("config", config) and "x.pt")
+    from distill.cli import main
+
+    assert main(["--config", str(tmp_path / "base.yaml"), "--set", "train.epochs=5", "--set", "train.seed=3"]) == 0
+    assert (seen["config"].epochs, seen["config"].seed) == (5, 3)
+
+
 def test_misspelled_scene_key_is_one_line(tmp_path):
     from distill.dataset_config import build_dataset
 
