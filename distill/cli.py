@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config value, e.g. --set train.epochs=8 --set dataset.train.num_images=500",
+        help="override one config value, e.g. --set train.epochs=8 --set dataset.train.num_images=500 (default: none)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUTPUT/last.pt when it exists (default: start afresh)"

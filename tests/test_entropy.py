@@ -284,11 +284,9 @@ def test_client_refuses_entropy_codec_without_tables(tmp_path, capsys):
 def test_entropic_config_needs_beta_and_beta_needs_entropic():
     from pathlib import Path
 
-    import yaml
+    from distill.config import ConfigError, parse_config, read_raw
 
-    from distill.config import ConfigError, parse_config
-
-    raw = yaml.safe_load(Path("configs/entropic/synthetic-faster_rcnn-resnet18-b3ch-beta8.yaml").read_text())
+    raw = read_raw(Path("configs/entropic/synthetic-faster_rcnn-resnet18-b3ch-beta8.yaml"))
     assert parse_config(raw).beta == 8.0
     del raw["train"]["criterion"]["beta"]
     with pytest.raises(ConfigError, match=r"needs train\.criterion\.beta"):
