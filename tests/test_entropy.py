@@ -367,6 +367,24 @@ def test_client_and_server_run_the_entropy_codec_and_refuse_other_tables(tmp_pat
     assert all(f["sent_bytes"] > 0 for f in lines)
 
 
+def test_client_refuses_a_server_that_decodes_only_compressai_rans(tmp_path, capsys, monkeypatch):
+    from edge_server import servicer
+    from edge_server.server import serve
+    from mobile_client import cli
+
+    entropic_checkpoint(tmp_path / "a.pt", tables()[0])
+    old = ([pb.NONE, pb.PER_TENSOR, pb.PER_CHANNEL, pb.HALF, pb.ENTROPY], [pb.RAW, pb.ZSTD, pb.RANS])
+    monkeypatch.setattr(servicer, "accepted_codecs", lambda tables: old)  # what an older server advertises
+    server = serve(tmp_path / "a.pt", host="127.0.0.1", port=0, workers=1)
+    try:
+        argv = ["--server", f"127.0.0.1:{server.port}", "--synthetic", "1", "--ckpt", str(tmp_path / "a.pt")]
+        code = cli.main(argv)
+    finally:
+        server.stop(0)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "does not decode constriction rANS" in err, err
+
+
 def test_a_tiny_entropic_step_lowers_its_loss():
     from distill.config import Term
     from distill.entropic import EntropicMimic
