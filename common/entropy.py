@@ -12,16 +12,17 @@ fixed-point model closest to them, which for these dyadic probabilities is the t
 bitstream is a function of the tables, the symbols and the constriction version (pinned; the golden test in
 ``tests/test_entropy.py`` fails when a change alters it).
 
-Stream layout (one ``AnsCoder`` stack, decoded in this order): the symbols channel by channel (the ``[N, C, H, W]``
-latent transposed to ``[C, N, H, W]``), then for every escape in that order its chunk count - 1 (uniform over 3),
-then the escapes' 16-bit chunks, low chunk first (uniform over 2^16). A string is the coder's 32-bit words, little
-endian.
-
 Out-of-range symbols are escape-coded, as CompressAI's tables intend: the last bin of each table (its tail mass)
-is the escape; a value ``v`` below the table's range is then sent as ``raw = 2 (lo - v) - 1``, above it as
-``raw = 2 (v - hi - 1)``, in 1 to 3 chunks of 16 bits. So every int32 symbol round-trips exactly; a latent whose
-symbols would leave int32 raises :class:`EntropyError` and the sender falls back to 8-bit + zstd
-(:func:`common.wire.encode_frame`), as it does whenever the coded string is the larger.
+is the escape; a value ``v`` below the table's range ``lo..hi`` is then sent as ``raw = 2 (lo - v) - 1``, above it
+as ``raw = 2 (v - hi - 1)``, Elias-gamma-like: the bit length ``n`` of ``raw + 1`` beyond its leading 1
+(P(n) ~ 2^-(n+1)), then those ``n`` bits, uniform, in chunks of at most 16 bits. So every int32 symbol round-trips
+exactly (a value just past the tables costs 1-3 bits more than its escape bin); a latent whose symbols would leave
+int32 raises :class:`EntropyError` and the sender falls back to 8-bit + zstd (:func:`common.wire.encode_frame`), as
+it does whenever the coded string is the larger.
+
+Stream layout (one ``AnsCoder`` stack, decoded in this order): the symbols channel by channel (the ``[N, C, H, W]``
+latent transposed to ``[C, N, H, W]``), then the escapes' lengths ``n`` in that order, then their chunks, escape
+by escape, low chunk first. A string is the coder's 32-bit words, little endian.
 
 Decoding trusts nothing: the symbol count and the string length are bounded before decoding (a sender falls back
 before its string would exceed the bound), constriction checks its own bounds, a decoded escape must be an int32,
@@ -52,7 +53,9 @@ MAX_BYTES_PER_SYMBOL = 1
 STRING_SLACK = 1024
 #: symbols a receiver decodes per frame at most (a 3-channel bottleneck of a 1344 x 1344 batch is 0.35 M)
 MAX_SYMBOLS = 1 << 21
-#: an escaped value is sent in 1 to MAX_CHUNKS chunks of CHUNK_BITS bits
+#: an escape's ``raw + 1`` is sent as its bit length beyond the leading 1 (at most MAX_LENGTH: raw + 1 < 2^34 for
+#: any int32 symbol and offset) and those bits in chunks of at most CHUNK_BITS, low chunk first
+MAX_LENGTH = 33
 CHUNK_BITS = 16
 MAX_CHUNKS = 3
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
@@ -175,11 +178,30 @@ class EntropyTables:
         ]
 
 
+#: the uniform model family: each escape chunk's alphabet size is its own parameter
+UNIFORM = constriction.stream.model.Uniform()
+
+
 @functools.lru_cache(maxsize=1)
-def _uniform_models() -> tuple[Any, Any]:
-    """(chunk count - 1 over 0..MAX_CHUNKS-1, one chunk over 0..2^CHUNK_BITS-1)."""
-    model = constriction.stream.model
-    return model.Uniform(MAX_CHUNKS), model.Uniform(1 << CHUNK_BITS)
+def _length_model() -> Any:
+    """The bit length beyond the leading 1 of ``raw + 1`` (0..MAX_LENGTH): Elias-gamma-like, P(n) ~ 2^-(n+1)."""
+    return constriction.stream.model.Categorical(0.5 ** np.arange(1, MAX_LENGTH + 2), perfect=True)
+
+
+def _chunk_widths(lengths: np.ndarray) -> np.ndarray:
+    """``[E, MAX_CHUNKS]`` bits of each escape's chunks, low chunk first (0: no chunk)."""
+    return np.clip(lengths[:, None] - CHUNK_BITS * np.arange(MAX_CHUNKS), 0, CHUNK_BITS)
+
+
+def _escape_chunks(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For values ``m >= 1``: the bit lengths ``n`` beyond the leading 1, and the chunks of ``m - 2^n`` with their
+    alphabet sizes (int32, escape by escape, low chunk first)."""
+    lengths = np.frexp(m.astype(np.float64))[1].astype(np.int64) - 1  # exact: m < 2^53
+    width = _chunk_widths(lengths)
+    rest = m - (1 << lengths)
+    chunks = (rest[:, None] >> (CHUNK_BITS * np.arange(MAX_CHUNKS))) & ((1 << width) - 1)
+    present = width > 0
+    return lengths, chunks[present].astype(np.int32), (1 << width[present]).astype(np.int32)
 
 
 def max_string_bytes(num_symbols: int) -> int:
@@ -218,14 +240,11 @@ def encode_symbols(sym: np.ndarray, tables: EntropyTables) -> bytes:
     below, above = index < 0, index >= escape
     escaped = below | above
     raw = np.where(below, -2 * index - 1, 2 * (index - escape))[escaped]  # channel by channel, as decoded
-    count_model, chunk_model = _uniform_models()
     coder = constriction.stream.stack.AnsCoder()
     if raw.size:
-        n_chunks = 1 + sum((raw >> (CHUNK_BITS * k) > 0).astype(np.int64) for k in range(1, MAX_CHUNKS))
-        chunks = (raw[:, None] >> (CHUNK_BITS * np.arange(MAX_CHUNKS))) & ((1 << CHUNK_BITS) - 1)
-        present = np.arange(MAX_CHUNKS)[None, :] < n_chunks[:, None]
-        coder.encode_reverse(chunks[present].astype(np.int32), chunk_model)
-        coder.encode_reverse((n_chunks - 1).astype(np.int32), count_model)
+        lengths, chunks, sizes = _escape_chunks(raw + 1)
+        coder.encode_reverse(chunks, UNIFORM, sizes)
+        coder.encode_reverse(lengths.astype(np.int32), _length_model())
     coded = np.where(escaped, escape, index).astype(np.int32)
     for c in reversed(range(tables.channels)):
         coder.encode_reverse(coded[c], tables.models[c])
@@ -261,14 +280,13 @@ def decode_symbols(data: bytes, shape: tuple[int, int, int, int], tables: Entrop
     escaped = coded == escape
     values = coded + offset
     if escaped.any():
-        count_model, chunk_model = _uniform_models()
-        n_chunks = coder.decode(count_model, int(escaped.sum())).astype(np.int64) + 1
-        flat = coder.decode(chunk_model, int(n_chunks.sum())).astype(np.int64)
-        starts = np.cumsum(n_chunks) - n_chunks
-        raw = np.zeros(len(n_chunks), dtype=np.int64)
-        for k in range(MAX_CHUNKS):
-            has = n_chunks > k
-            raw[has] |= flat[starts[has] + k] << (CHUNK_BITS * k)
+        lengths = coder.decode(_length_model(), int(escaped.sum())).astype(np.int64)
+        width = _chunk_widths(lengths)
+        present = width > 0
+        chunks = np.zeros(width.shape, dtype=np.int64)
+        if present.any():
+            chunks[present] = coder.decode(UNIFORM, (1 << width[present]).astype(np.int32))
+        raw = (1 << lengths) + (chunks << (CHUNK_BITS * np.arange(MAX_CHUNKS))).sum(axis=1) - 1
         channel = escaped.nonzero()[0]
         lo, past_hi = offset[channel, 0], (offset + escape)[channel, 0]
         values[escaped] = np.where(raw % 2 == 1, lo - (raw + 1) // 2, past_hi + raw // 2)
