@@ -38,6 +38,17 @@ from synthetic.config import image_seed
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs after one warm-up run, in milliseconds."""
     fn()
@@ -130,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "encode_ms": {"new": statistics.median(rows["new_enc"]), "old": statistics.median(rows["old_enc"])},
         "decode_ms": {"new": statistics.median(rows["new_dec"]), "old": statistics.median(rows["old_dec"])},
         "versions": {k: metadata.version(k) for k in ("constriction", "compressai", "numpy")},
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores ({platform.processor() or '?'})",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores ({cpu_name()})",
         "command": " ".join(["python -m benchmarks.entropy_coder", *shown_args(list(argv or sys.argv[1:]))]),
     }
     b, e, d = summary["bytes_per_frame"], summary["encode_ms"], summary["decode_ms"]

@@ -8,9 +8,10 @@ the checkpoint fingerprint, so both sides provably hold the same ones.
 The coder is constriction's ``AnsCoder`` (Rust, numpy in and out; no torch, no CompressAI), compression
 ``RANS_CONSTRICTION`` on the wire. Each channel's model is a ``Categorical`` over its table's bins with the
 probabilities ``diff(quantized_cdf) / 2^16`` and ``perfect=True``: constriction's exactly invertible 24-bit
-fixed-point model closest to them, which for these dyadic probabilities is the table itself scaled by 2^8. The
-bitstream is a function of the tables, the symbols and the constriction version (pinned; the golden test in
-``tests/test_entropy.py`` fails when a change alters it).
+fixed-point model closest to them (16-bit probabilities are representable at 24 bits, so this is the trained table
+up to constriction's rounding; ``perfect=False`` measurably bumps the rarest bins). The bitstream is a function of
+the tables, the symbols and the constriction version (pinned; the golden test in ``tests/test_entropy.py`` fails
+when a change alters it).
 
 Out-of-range symbols are escape-coded, as CompressAI's tables intend: the last bin of each table (its tail mass)
 is the escape; a value ``v`` below the table's range ``lo..hi`` is then sent as ``raw = 2 (lo - v) - 1``, above it
@@ -26,7 +27,8 @@ by escape, low chunk first. A string is the coder's 32-bit words, little endian.
 
 Decoding trusts nothing: the symbol count and the string length are bounded before decoding (a sender falls back
 before its string would exceed the bound), constriction checks its own bounds, a decoded escape must be an int32,
-and the string must end exactly where its symbols do; decoding time is linear in the symbol count.
+and a string with data left over after its symbols is refused; decoding time is linear in the symbol count. Other
+garbled strings decode to some symbols (as an ANS decoder past its data yields the lowest bins).
 """
 
 from __future__ import annotations
