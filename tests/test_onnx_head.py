@@ -231,6 +231,18 @@ def test_entropic_head_codes_frames_that_decode_like_the_torch_head_s(tmp_path):
     ckpt, onnx_head, torch_head = load_checkpoint(path), OnnxHead.load(out), ClientModel.load(path)
     assert onnx_head.codec.quantization == "entropy" and onnx_head.fingerprint == ckpt.fingerprint
     assert onnx_head.entropy_tables.fingerprint == ckpt.entropy.fingerprint
+    for key, value, message in [
+        ("entropy_fingerprint", "0" * 64, "not the ones its metadata names"),
+        ("entropy_tables", "{}", "entropy tables lack|not readable"),
+    ]:
+        model = onnx.load(out)
+        for prop in model.metadata_props:
+            if prop.key == f"splitdet.{key}":
+                prop.value = value
+        onnx.save(model, tmp_path / "bad.onnx")
+        with pytest.raises(SetupError, match=message) as e:
+            OnnxHead.load(tmp_path / "bad.onnx")
+        assert len(str(e.value).splitlines()) == 1
     limits = FrameLimits(channels=3, entropy=ckpt.entropy)
     differ, elements = 0, 0
     for rgb in frames():
