@@ -6,7 +6,8 @@ The server runs as a child process (``edge-server --workers 2 --torch-threads 1`
 unless ``--ckpt``). Cases come from hypothesis and go to the server as raw bytes: bottleneck frames made by the
 real client codec (``common.wire.encode_frame``) and then mutated field by field (versions, fingerprints, shapes,
 dtypes, NaN/inf/zero scales, payload sizes, zstd bombs, sizes), frames of consistent but unusual geometry,
-rANS-coded frames (entropy checkpoints) with random, truncated or extended strings and huge declared shapes,
+rANS-coded frames (entropy checkpoints: constriction's 32-bit words) with random, truncated or extended strings,
+strings cut mid-word or ending in a zero word, huge declared shapes and the retired CompressAI compression flag,
 byte-level mutations of serialized frames, random bytes to every method, corrupt images, images declaring huge
 sizes and unusual modes, and streams that end normally, are aborted by the client or stall past their deadline.
 
@@ -329,8 +330,9 @@ def odd_geometry(draw: st.DrawFn, seeds: Seeds) -> bytes:
 
 @st.composite
 def entropy_frame(draw: st.DrawFn, seeds: Seeds) -> bytes:
-    """A rANS frame of a real or random geometry (up to a huge one) whose string is real, cut, extended, garbled
-    or random: the server must decode it or refuse it, in bounded time and memory."""
+    """A rANS frame of a real or random geometry (up to a huge one) whose string is real, cut, extended, garbled,
+    random, cut or padded by whole 32-bit words, ended by a zero word or cut mid-word, sometimes flagged with the
+    retired CompressAI compression (RANS): the server must decode it or refuse it, in bounded time and memory."""
     base = pb.BottleneckFrame()
     base.CopyFrom(draw(one_of_values(seeds.entropy)))
     if draw(st.booleans()):
@@ -350,8 +352,12 @@ def entropy_frame(draw: st.DrawFn, seeds: Seeds) -> bytes:
             _byte_edit().map(lambda edit: edit(base.payload)),
             st.integers(0, 2**32 - 1).map(lambda seed: np.random.default_rng(seed).bytes(len(base.payload))),
             st.just(b"\xff" * 65536),
+            st.integers(-64, 64).map(lambda k: base.payload[: 4 * k] if k < 0 else base.payload + bytes(4 * k)),
+            st.integers(0, 3).map(lambda k: base.payload + bytes(4) + b"\x01" * k),
         )
     )
+    if draw(st.integers(0, 9)) == 0:
+        base.compression = pb.RANS
     return base.SerializeToString()
 
 

@@ -151,7 +151,7 @@ def save_checkpoint(
         "metrics": metrics or {},
     }
     if entropy is not None:
-        blob["entropy"] = entropy.state()
+        blob["entropy"] = {k: torch.from_numpy(v) for k, v in entropy.state().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -47,7 +47,7 @@ def codec_description(ckpt) -> str:
     if codec.quantization == "entropy":
         tables = ckpt.entropy
         return (
-            f"entropy: rANS with learned factorized-prior tables ({tables.channels} channels, "
+            f"entropy: rANS (constriction) with learned factorized-prior tables ({tables.channels} channels, "
             f"{int(tables.cdf_length.max())} symbols max, tables {tables.fingerprint[:16]}); "
             f"8-bit + zstd level {codec.level} when smaller"
         )

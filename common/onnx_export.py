@@ -95,9 +95,13 @@ class ExportedHead(nn.Module):
 
 
 def metadata(checkpoint: Checkpoint, head: Head, source: Path) -> dict[str, str]:
-    """What the device needs besides the graph; the fingerprint is the torch head's (live weights + tail digest)."""
+    """What the device needs besides the graph; the fingerprint is the torch head's (live weights + tail digest,
+    and the entropy tables, which an entropic checkpoint's metadata also carries)."""
     transform = head.transform
     cfg = checkpoint.config
+    tables = {}
+    if (entropy := checkpoint.entropy) is not None:
+        tables = {fmt.META_ENTROPY_TABLES: entropy.to_json(), fmt.META_ENTROPY_FINGERPRINT: entropy.fingerprint}
     return {
         "format": fmt.FORMAT,
         "version": str(fmt.VERSION),
@@ -120,6 +124,7 @@ def metadata(checkpoint: Checkpoint, head: Head, source: Path) -> dict[str, str]
         "filter": "yes" if head.neural_filter is not None else "no",
         "filter_threshold": repr(float(checkpoint.filter_threshold)),
         "source_checkpoint": source.name,
+        **tables,
     }
 
 
@@ -132,6 +137,8 @@ def export_onnx_head(path: str | Path, out: str | Path) -> dict[str, str]:
     if not checkpoint.config.is_student:
         raise CheckpointError(f"{path} holds a teacher; only a bottleneck-injected student has a head to export")
     fmt.check_quantization(checkpoint.codec.quantization)
+    if checkpoint.codec.quantization == "entropy" and checkpoint.entropy is None:
+        raise CheckpointError(f"{path} asks for the entropy codec but has no entropy tables")
     head, _ = split(checkpoint.build_model(), checkpoint.filter_threshold)
     graph = ExportedHead(head).eval()
     image = torch.randint(0, 256, (*_EXAMPLE_IMAGE, 3), dtype=torch.uint8)

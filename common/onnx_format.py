@@ -17,15 +17,19 @@ INPUT_RESIZED = "resized"  #: empty float32 ``[0, h, w]``: its shape carries the
 OUTPUT_BOTTLENECK = "bottleneck"  #: float32 ``[1, C, h'/4+4, w'/4+4]`` of the padded h' x w' batch
 OUTPUT_OBJECT_PROB = "object_prob"  #: float32 ``[1]``; only when the checkpoint has a neural filter
 
-#: Quantizations the ONNX client encodes with ``common.codec`` (8-bit, float16, none). A checkpoint whose codec is
-#: anything else (an entropy-coded bottleneck, say) is refused at export and at load.
-ONNX_QUANTIZATIONS: tuple[str, ...] = ("per_tensor", "per_channel", "float16", "none")
+#: Quantizations the ONNX client encodes with ``common.codec`` (8-bit, float16, none) or ``common.entropy``
+#: (entropy, with the tables from the file's metadata). A checkpoint whose codec is anything else is refused at
+#: export and at load.
+ONNX_QUANTIZATIONS: tuple[str, ...] = ("per_tensor", "per_channel", "float16", "none", "entropy")
+#: metadata keys of the entropy codec: the tables (``EntropyTables.to_json``) and their fingerprint
+META_ENTROPY_TABLES = "entropy_tables"
+META_ENTROPY_FINGERPRINT = "entropy_fingerprint"
 
 
 def check_quantization(quantization: str, what: str = "the checkpoint's codec") -> None:
     """Refuse, in one line, a quantization the ONNX head's runtime does not implement."""
     if quantization not in ONNX_QUANTIZATIONS:
         raise ValueError(
-            f"the ONNX head supports the 8-bit (per_tensor, per_channel), float16 and none codecs; {what} is "
-            f"{quantization!r}: use the torch client (--runtime torch) for it"
+            f"the ONNX head supports the 8-bit (per_tensor, per_channel), float16, none and entropy codecs; {what} "
+            f"is {quantization!r}: use the torch client (--runtime torch) for it"
         )

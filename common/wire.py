@@ -5,11 +5,11 @@ receiver's limits before any allocation, and a bad frame raises :class:`FrameErr
 
 This module never imports torch at import time: the torch-free device client (``--runtime onnx``) uses it to
 encode frames (:func:`encode_frame` takes a numpy array) and to decode the server's detections. The frame is
-checked and dequantized in numpy (:func:`decode_bottleneck`); only :func:`decode_frame`, the server's and
-``split-eval``'s entry point, turns the result into a torch tensor and imports torch when it is called (the
-callers that reach it have torch loaded already), and so does the entropy codec (:mod:`common.entropy`, torch and
-CompressAI's rANS extension), imported only for entropy frames. :func:`encode_detections` takes torch detections but
-needs no torch import: it only calls tensor methods.
+checked and dequantized in numpy (:func:`decode_bottleneck`), entropy frames included (:mod:`common.entropy`,
+numpy and constriction, imported only for them); only :func:`decode_frame`, the server's and ``split-eval``'s
+entry point, turns the result into a torch tensor and imports torch when it is called (the callers that reach it
+have torch loaded already). :func:`encode_detections` takes torch detections but needs no torch import: it only
+calls tensor methods.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ QUANTIZATION_DTYPE = {
 }
 DTYPE_TO_PB = {"uint8": pb.UINT8, "float16": pb.FLOAT16, "float32": pb.FLOAT32, "int32": pb.INT32}
 PB_TO_DTYPE = {v: k for k, v in DTYPE_TO_PB.items()}
-COMPRESSION_TO_PB = {"raw": pb.RAW, "zstd": pb.ZSTD, "rans": pb.RANS}
+#: "rans": constriction's rANS (RANS_CONSTRICTION); the retired CompressAI rANS (RANS) is refused, see
+#: :class:`RetiredCodecError`
+COMPRESSION_TO_PB = {"raw": pb.RAW, "zstd": pb.ZSTD, "rans": pb.RANS_CONSTRICTION}
 PB_TO_COMPRESSION = {v: k for k, v in COMPRESSION_TO_PB.items()}
 
 
@@ -63,6 +65,10 @@ def accepted_codecs(tables: EntropyTables | None) -> tuple[list[int], list[int]]
 
 class FrameError(ValueError):
     """A received frame is malformed; the message says which field and why."""
+
+
+class RetiredCodecError(FrameError):
+    """A frame in a codec this receiver no longer decodes (the sender must be upgraded): FAILED_PRECONDITION."""
 
 
 @dataclass(frozen=True)
@@ -91,9 +97,9 @@ def encode_frame(
     """Quantize and compress a head's bottleneck (a float numpy array; torch callers pass ``tensor.numpy()``).
 
     The entropy codec (``settings.quantization == "entropy"``, with the checkpoint's ``entropy_tables``) sends the
-    rANS string, or the 8-bit per-tensor + zstd frame when that is smaller (noise, out-of-distribution images),
-    so a frame never costs more than the 8-bit codec's; the frame's quantization field says which it is. It runs
-    on the torch client only (CompressAI's tables are torch tensors).
+    rANS string, or the 8-bit per-tensor + zstd frame when that is smaller (noise, out-of-distribution images)
+    or when the latent does not fit the int32 symbols, so a frame never costs more than the 8-bit codec's; the
+    frame's quantization field says which it is. Numpy only: both the torch and the ONNX client run it.
     """
     bottleneck = np.asarray(bottleneck)
     if bottleneck.ndim != 4 or bottleneck.shape[0] != len(meta.image_sizes):
@@ -101,14 +107,15 @@ def encode_frame(
     if settings.quantization == "entropy":
         if entropy_tables is None:
             raise ValueError("the entropy codec needs the checkpoint's entropy tables (an entropic student)")
-        import torch  # the entropy codec exists on the torch side only
-
         from common import entropy
 
-        coded = entropy.encode(torch.from_numpy(bottleneck), entropy_tables)
         fallback = encode_frame(
             bottleneck, meta, CodecSettings("per_tensor", "zstd", settings.level), fingerprint, frame_id
         )
+        try:
+            coded = entropy.encode(bottleneck, entropy_tables)
+        except entropy.EntropyError:
+            return fallback  # symbols beyond int32: far outside anything the tables model
         if len(coded) >= len(fallback.payload):
             return fallback
         return _frame(bottleneck, meta, "entropy", "rans", coded, fingerprint, frame_id)
@@ -119,7 +126,7 @@ def encode_frame(
 
 
 def _frame(
-    bottleneck: Tensor,
+    bottleneck: np.ndarray,
     meta: BatchMeta,
     quantization: str,
     compression: str,
@@ -166,6 +173,11 @@ def decode_bottleneck(frame: pb.BottleneckFrame, limits: FrameLimits = FrameLimi
     """Validate a wire frame and return the dequantized float32 bottleneck (numpy) and its :class:`BatchMeta`."""
     if frame.format_version != FORMAT_VERSION:
         raise FrameError(f"unsupported format_version {frame.format_version} (this side speaks {FORMAT_VERSION})")
+    if frame.compression == pb.RANS:
+        raise RetiredCodecError(
+            "frame is coded with CompressAI's rANS (compression RANS), which this server no longer decodes; "
+            "upgrade the client (its entropy frames are now RANS_CONSTRICTION)"
+        )
     shape = tuple(int(d) for d in frame.shape)
     if len(shape) != 4 or min(shape) <= 0:
         raise FrameError(f"shape must be 4 positive dimensions [N, C, H, W], got {list(shape)}")
@@ -236,14 +248,14 @@ def _decode_entropy(frame: pb.BottleneckFrame, shape: tuple[int, ...], limits: F
     """rANS string -> symbols -> float32 latent, with the receiver's own tables."""
     if limits.entropy is None:
         raise FrameError("entropy-coded frame, but this model has no entropy tables (use an 8-bit or float16 codec)")
-    if frame.compression != pb.RANS:
-        raise FrameError(f"entropy frames are rANS-coded (compression RANS), got {frame.compression}")
+    if frame.compression != pb.RANS_CONSTRICTION:
+        raise FrameError(f"entropy frames are rANS-coded (compression RANS_CONSTRICTION), got {frame.compression}")
     if frame.scale or frame.zero_point:
         raise FrameError("entropy frames carry no scale or zero_point")
-    from common import entropy  # torch and CompressAI's rANS: only for entropy frames
+    from common import entropy  # numpy and constriction: only for entropy frames
 
     try:
-        return entropy.decode(frame.payload, shape, limits.entropy).numpy()
+        return entropy.decode(frame.payload, shape, limits.entropy)
     except entropy.EntropyError as e:
         raise FrameError(str(e)) from None
 

@@ -4,7 +4,7 @@ As in Entropic Student (Matsubara et al., WACV 2022): encoder -> latent ``y`` ->
 (likelihoods of ``y`` + uniform noise give the rate in bits) -> decoder on ``round(y - median) + median`` (the
 straight-through estimator, so the decoder trains on exactly what the server will decode) -> ``layer2..4``,
 matched to the teacher's outputs. Only the bottleneck and the entropy model train. CompressAI is imported here,
-for training only; the runtime codec (``common/entropy.py``) needs only its rANS extension.
+for training only; the runtime codec (``common/entropy.py``) codes with the exported tables and constriction.
 """
 
 from __future__ import annotations
@@ -25,6 +25,16 @@ def entropy_bottleneck(channels: int) -> nn.Module:
     from compressai.entropy_models import EntropyBottleneck  # heavy (pandas, scipy): only when training
 
     return EntropyBottleneck(channels)
+
+
+def tables_of(eb: nn.Module) -> EntropyTables:
+    """The integer tables of a CompressAI ``EntropyBottleneck`` (its ``update()`` must have run)."""
+    return EntropyTables(
+        eb._quantized_cdf.detach().cpu().to(torch.int32).numpy(),
+        eb._cdf_length.detach().cpu().reshape(-1).to(torch.int32).numpy(),
+        eb._offset.detach().cpu().reshape(-1).to(torch.int32).numpy(),
+        eb._get_medians().detach().cpu().reshape(-1).float().numpy(),
+    )
 
 
 class EntropicMimic(HeadMimic):
@@ -98,7 +108,7 @@ class EntropicMimic(HeadMimic):
     def tables(self) -> EntropyTables:
         """Integer CDF tables of the current entropy model (what the checkpoint ships)."""
         self.entropy_bottleneck.update(force=True)
-        return EntropyTables.from_entropy_bottleneck(self.entropy_bottleneck)
+        return tables_of(self.entropy_bottleneck)
 
 
 def widen_bottleneck(student: GeneralizedRCNN, source: dict[str, Tensor]) -> None:

@@ -27,6 +27,7 @@ from common.wire import (
     FORMAT_VERSION,
     QUANTIZATION_TO_PB,
     FrameError,
+    RetiredCodecError,
     accepted_codecs,
     decode_frame,
     encode_detections,
@@ -46,6 +47,7 @@ BOTTLENECK_SHAPE_RULE = "C x (H/4+4) x (W/4+4) of the padded batch"
 MAX_DETAILS = 1000  # characters of a status message; gRPC clients refuse trailers over 16 KiB
 
 ERROR_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (RetiredCodecError, grpc.StatusCode.FAILED_PRECONDITION),  # before FrameError, its base
     (FrameError, grpc.StatusCode.INVALID_ARGUMENT),
     (ImageError, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),

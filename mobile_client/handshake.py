@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.wire import QUANTIZATION_TO_PB
+from common.wire import COMPRESSION_TO_PB, QUANTIZATION_TO_PB
 from mobile_client.link import Link, LinkConfig, LinkError
 from mobile_client.settings import SetupError
 from proto import splitdet_pb2 as pb
@@ -28,6 +28,11 @@ def connect(
         accepted = info.quantizations
         if quantization is not None and accepted and QUANTIZATION_TO_PB[quantization] not in accepted:
             raise SetupError(f"the edge server at {config.target} does not accept {quantization} bottlenecks")
+        if quantization == "entropy" and info.compressions and COMPRESSION_TO_PB["rans"] not in info.compressions:
+            raise SetupError(
+                f"the edge server at {config.target} does not decode constriction rANS frames (an older server, "
+                "which decodes CompressAI's only); upgrade the server or use --quantization per_tensor"
+            )
     except LinkError as e:
         link.close()
         raise SetupError(f"handshake with the edge server at {config.target} failed: {e}") from None

@@ -17,6 +17,7 @@ import numpy as np
 
 from common import onnx_format as fmt
 from common.codec_settings import CodecSettings
+from common.entropy import EntropyTables
 from common.shapes import BatchMeta, bottleneck_shape, padded_size, resized_size
 from common.timing import timed
 from mobile_client.pipeline import HeadResult
@@ -40,7 +41,7 @@ class OnnxHead:
     has_filter: bool
     filter_threshold: float
     metadata: dict[str, str] = field(default_factory=dict)
-    entropy_tables: None = None  #: the entropy codec is refused on this head (see :meth:`load`)
+    entropy_tables: EntropyTables | None = None  #: the entropy codec's tables, from the file's metadata
 
     @property
     def size_rule(self) -> tuple[int, int]:
@@ -51,7 +52,8 @@ class OnnxHead:
         """Open ``path``; ``threads`` sets ONNX Runtime's intra-op threads (default: its own choice).
 
         Raises :class:`SetupError` (one line) for a missing or unreadable file, a file that is not a splitdet
-        head, or a codec this runtime does not implement.
+        head, a codec this runtime does not implement, or entropy tables that are unreadable or not the ones the
+        file's metadata names.
         """
         import onnxruntime as ort
 
@@ -81,6 +83,13 @@ class OnnxHead:
             if outputs != [fmt.OUTPUT_BOTTLENECK] + ([fmt.OUTPUT_OBJECT_PROB] if has_filter else []):
                 raise ValueError(f"unexpected outputs {outputs}")
             threshold = float(meta["filter_threshold"]) if filter_threshold is None else filter_threshold
+            tables = None
+            if fmt.META_ENTROPY_TABLES in meta:
+                tables = EntropyTables.from_json(meta[fmt.META_ENTROPY_TABLES])
+                if tables.fingerprint != meta[fmt.META_ENTROPY_FINGERPRINT]:
+                    raise ValueError("its entropy tables are not the ones its metadata names")
+            if codec.quantization == "entropy" and tables is None:
+                raise ValueError("the entropy codec needs entropy tables, the file has none")
             return cls(
                 path=path,
                 session=session,
@@ -95,8 +104,9 @@ class OnnxHead:
                 has_filter=has_filter,
                 filter_threshold=threshold,
                 metadata=meta,
+                entropy_tables=tables,
             )
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError) as e:  # EntropyError is a ValueError
             raise SetupError(f"{path} is not a usable splitdet ONNX head: {e}") from None
 
     def run_head(

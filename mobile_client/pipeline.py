@@ -104,7 +104,7 @@ class DeviceModel(Protocol):
 
     @property
     def entropy_tables(self) -> EntropyTables | None:
-        """The entropy codec's tables (an entropic checkpoint on the torch head); None otherwise."""
+        """The entropy codec's tables (an entropic checkpoint, or its ONNX head's metadata); None otherwise."""
         ...
 
     def run_head(

@@ -30,6 +30,7 @@ class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RAW: _ClassVar[Compression]
     ZSTD: _ClassVar[Compression]
     RANS: _ClassVar[Compression]
+    RANS_CONSTRICTION: _ClassVar[Compression]
 DTYPE_UNSPECIFIED: DType
 UINT8: DType
 FLOAT16: DType
@@ -45,6 +46,7 @@ COMPRESSION_UNSPECIFIED: Compression
 RAW: Compression
 ZSTD: Compression
 RANS: Compression
+RANS_CONSTRICTION: Compression
 
 class ImageSize(_message.Message):
     __slots__ = ("height", "width")

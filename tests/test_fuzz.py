@@ -128,7 +128,8 @@ def test_image_declaring_huge_size_is_refused(channel, seeds):
 
 
 def test_fuzz_entropy_frames_are_decoded_or_refused(tmp_path):
-    """rANS frames with random, cut or extended strings and huge shapes, against an entropic checkpoint."""
+    """rANS frames with random, cut or extended strings (by bytes and by 32-bit words, ending in a zero word) and
+    huge shapes, against an entropic checkpoint; an old client's CompressAI-coded frame is FAILED_PRECONDITION."""
     from tests.test_entropy import entropic_checkpoint, tables
 
     path = tmp_path / "entropic.pt"
@@ -139,6 +140,11 @@ def test_fuzz_entropy_frames_are_decoded_or_refused(tmp_path):
     with ServerProcess([*args, "--log-level", "WARNING"]) as server, grpc.insecure_channel(server.target) as channel:
         for frame in seeds.entropy:
             assert call(channel, "Infer", frame.SerializeToString()).code == "OK"
+            old = pb.BottleneckFrame()
+            old.CopyFrom(frame)
+            old.compression = pb.RANS
+            outcome = call(channel, "Infer", old.SerializeToString())
+            assert outcome.code == "FAILED_PRECONDITION" and "upgrade the client" in outcome.details, outcome
         tally = fuzz(channel, seeds, examples=80, seed=7)
         assert tally.problems == []
         assert sum(n for (category, _), n in tally.codes.items() if category == "bottleneck/entropy") > 5

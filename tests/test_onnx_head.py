@@ -215,3 +215,56 @@ def test_onnx_client_against_the_server_never_imports_torch(tmp_path, filter_ckp
     )
     same = sum(a["detections"] == b["detections"] for a, b in zip(ours, theirs, strict=True))
     assert same >= len(FRAME_SIZES) - 1, f"detections identical on {same} of {len(FRAME_SIZES)} frames"
+
+
+def test_entropic_head_codes_frames_that_decode_like_the_torch_head_s(tmp_path):
+    """An entropic checkpoint exports with its tables in the metadata; the ONNX head's entropy frames decode on the
+    server to the torch head's latent (a value next to a rounding boundary may land on the neighbouring symbol),
+    and the ONNX client sends them to a server without importing torch."""
+    from common.wire import FrameLimits, decode_frame
+    from proto import splitdet_pb2 as pb
+    from tests.test_entropy import entropic_checkpoint, tables
+
+    path, out = tmp_path / "entropic.pt", tmp_path / "entropic.onnx"
+    entropic_checkpoint(path, tables()[0])
+    assert model_cli.main(["export", str(path), "--out", str(out), "--format", "onnx"]) == 0
+    ckpt, onnx_head, torch_head = load_checkpoint(path), OnnxHead.load(out), ClientModel.load(path)
+    assert onnx_head.codec.quantization == "entropy" and onnx_head.fingerprint == ckpt.fingerprint
+    assert onnx_head.entropy_tables.fingerprint == ckpt.entropy.fingerprint
+    for key, value, message in [
+        ("entropy_fingerprint", "0" * 64, "not the ones its metadata names"),
+        ("entropy_tables", "{}", "entropy tables lack|not readable"),
+    ]:
+        model = onnx.load(out)
+        for prop in model.metadata_props:
+            if prop.key == f"splitdet.{key}":
+                prop.value = value
+        onnx.save(model, tmp_path / "bad.onnx")
+        with pytest.raises(SetupError, match=message) as e:
+            OnnxHead.load(tmp_path / "bad.onnx")
+        assert len(str(e.value).splitlines()) == 1
+    limits = FrameLimits(channels=3, entropy=ckpt.entropy)
+    differ, elements = 0, 0
+    for rgb in frames():
+        latents = []
+        for model in (onnx_head, torch_head):
+            result = model.run_head(rgb, use_filter=False)
+            tables = model.entropy_tables
+            frame = encode_frame(result.bottleneck, result.meta, model.codec, model.fingerprint, 0, tables)
+            assert frame.quantization == pb.ENTROPY and frame.compression == pb.RANS_CONSTRICTION
+            latents.append(decode_frame(frame, limits)[0].numpy())
+        steps = np.abs(latents[0] - latents[1])
+        assert steps.max() <= 1
+        differ, elements = differ + int((steps > 0).sum()), elements + steps.size
+    assert differ / elements < 1e-3, f"{differ} of {elements} symbols differ"
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, rgb in enumerate(frames()[:3]):
+        Image.fromarray(rgb).save(images / f"{i}.png")
+    with ServerProcess(["--ckpt", str(path), "--workers", "1", "--torch-threads", "1"]) as server:
+        argv = ["--runtime", "onnx", "--head", str(out), "--server", server.target, "--images", str(images)]
+        run = _client([*argv, "--no-filter"], tmp_path)
+    assert run.returncode == 0 and run.stderr.strip().splitlines()[-1] == "NO_TORCH", run.stderr
+    results = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(results) == 3 and all(r.get("error") is None and r["sent_bytes"] > 0 for r in results), results
