@@ -2,9 +2,10 @@
 (no thread per stream), idle (open and waiting, like cameras between frames) or paced, and a health-check probe.
 
 A paced device sends one frame every ``period_s`` on its stream and waits for its answer; a frame refused with
-RESOURCE_EXHAUSTED is sent again after the server's retry hint (``grpc-retry-pushback-ms``) on a new stream, one
-that meets UNAVAILABLE (a replica died or drains) after a short backoff; each frame ends answered or failed (its
-deadline, another status), exactly once.
+RESOURCE_EXHAUSTED is sent again after the server's retry hint (``grpc-retry-pushback-ms``, as
+:mod:`mobile_client.link` does) on a new stream, or fails at once when the hint lies past its deadline; one that
+meets UNAVAILABLE (a replica died or drains) is sent again after a short backoff; each frame ends answered or failed
+(its deadline, another status), exactly once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mobile_client.link import ROUND_ROBIN, retry_hint_s
+from mobile_client.link import RETRYABLE, ROUND_ROBIN, jittered, retry_hint_s
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
 
@@ -124,17 +125,18 @@ def health_latencies_ms(target: str, checks: int, interval_s: float = 0.02, time
 
 @dataclass
 class Devices:
-    """What paced devices saw: latency of each answered frame (ms), failed frames by code, and the frame ids
+    """What paced devices saw: latency and time of each answered frame, failed frames by code, and the frame ids
     answered (to check that no frame was answered twice)."""
 
     latencies_ms: list[float] = field(default_factory=list)
+    answered_at: list[float] = field(default_factory=list)  # time.monotonic() of each answer
     errors: Counter = field(default_factory=Counter)
     answered_ids: list[int] = field(default_factory=list)
     refusals: Counter = field(default_factory=Counter)  # retried refusals by code, not failures
 
-    @property
-    def sent(self) -> int:
-        return len(self.latencies_ms) + sum(self.errors.values())
+    def rate(self, start: float, seconds: float) -> float:
+        """Frames answered per second between ``start`` and ``seconds`` later."""
+        return sum(start <= t <= start + seconds for t in self.answered_at) / seconds
 
     def percentiles(self) -> tuple[float, float]:
         if not self.latencies_ms:
@@ -191,7 +193,8 @@ async def _one_frame(
             response = await asyncio.wait_for(call.read(), remaining)
             if response is grpc.aio.EOF:
                 raise asyncio.InvalidStateError
-            record.latencies_ms.append((time.monotonic() - sent_at) * 1000)
+            record.answered_at.append(time.monotonic())
+            record.latencies_ms.append((record.answered_at[-1] - sent_at) * 1000)
             record.answered_ids.append(response.frame_id)
             return call
         except TimeoutError:
@@ -202,19 +205,20 @@ async def _one_frame(
             code = await call.code()
             wait = UNAVAILABLE_BACKOFF_S
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                wait = retry_hint_s(await call.trailing_metadata()) or wait
-            elif code != grpc.StatusCode.UNAVAILABLE:
+                wait = jittered(retry_hint_s(await call.trailing_metadata()) or wait)
+            if code not in RETRYABLE or time.monotonic() + wait > deadline:
                 record.errors[code.name] += 1
                 return None
             call = None
             record.refusals[code.name] += 1
-            await asyncio.sleep(min(wait * random.uniform(1.0, 1.5), max(0.0, deadline - time.monotonic())))
+            await asyncio.sleep(wait)
 
 
 def merge(records: list[Devices]) -> Devices:
     out = Devices()
     for r in records:
         out.latencies_ms += r.latencies_ms
+        out.answered_at += r.answered_at
         out.errors += r.errors
         out.answered_ids += r.answered_ids
         out.refusals += r.refusals

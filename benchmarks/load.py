@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import platform
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -50,8 +51,9 @@ from matplotlib.figure import Figure
 from benchmarks.fleet import DeviceFleet, Devices, IdleStreams, health_latencies_ms
 from benchmarks.paths import shown_args
 from benchmarks.server_process import ServerProcess
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, save_checkpoint
 from common.demo import demo_checkpoint
+from common.models import build_student
 from common.split import image_tensor, split
 from common.wire import encode_frame
 from mobile_client.link import Link, LinkConfig, LinkError
@@ -72,6 +74,21 @@ class Client:
     @property
     def failed(self) -> int:
         return sum(self.errors.values())
+
+
+SMALL_MODEL = "Faster R-CNN, ResNet-18, 3-channel bottleneck, images resized to 160-224 px, 32 FPN channels"
+
+
+def small_model(path: Path) -> Path:
+    """A small untrained student checkpoint at ``path`` (:data:`SMALL_MODEL`): a fast tail, for fleet runs whose
+    subject is the server, not the model."""
+    torch.manual_seed(0)
+    model = build_student(
+        "faster_rcnn", "resnet18", 3, num_classes=4, min_size=160, max_size=224, fpn_channels=32,
+        box_representation_size=64,
+    )  # fmt: skip
+    save_checkpoint(model.eval(), path, ["__background__", "disc", "ring", "star"])
+    return path
 
 
 def make_frames(ckpt: Path, size: tuple[int, int]) -> list[pb.BottleneckFrame]:
@@ -460,6 +477,7 @@ class FleetPhase:
     name: str
     offered_fps: float
     seconds: float
+    answered_fps: float
     devices: Devices
     health_ms: list[float]
     rss_mb: float
@@ -492,7 +510,9 @@ def fleet_phase(
         halfway()
     sampler.join()
     rss = memory()
-    return FleetPhase(name, count / period_s if period_s else float("nan"), seconds, fleet.results(), health, rss)
+    devices = fleet.results()
+    offered = count / period_s if period_s else float("nan")
+    return FleetPhase(name, offered, seconds, devices.rate(start_at, seconds), devices, health, rss)
 
 
 def fleet_scenario(frame: pb.BottleneckFrame, server_args: list[str], args: argparse.Namespace) -> tuple[float, list]:
@@ -505,7 +525,7 @@ def fleet_scenario(frame: pb.BottleneckFrame, server_args: list[str], args: argp
         capacity_run = fleet_phase(
             "capacity", server.target, server.target, frame, args.capacity_devices, 0.0, args, lambda: 0.0
         )
-        capacity = len(capacity_run.devices.latencies_ms) / capacity_run.seconds
+        capacity = capacity_run.answered_fps
         for factor in (1, 2):
             period = args.streams / (factor * capacity)
             name = f"{args.streams} streams, {factor}x capacity, one server"
@@ -543,7 +563,7 @@ def fleet_markdown(capacity: float, phases: list[FleetPhase], command: str, head
     for phase in phases:
         d = phase.devices
         p50, p99 = d.percentiles()
-        fps = len(d.latencies_ms) / phase.seconds
+        fps = phase.answered_fps
         failed = ", ".join(f"{k} {v}" for k, v in sorted(d.errors.items())) or "none"
         retried = ", ".join(f"{k} {v}" for k, v in sorted(d.refusals.items())) or "none"
         duplicates = len(d.answered_ids) - len(set(d.answered_ids))
@@ -560,6 +580,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=8, help="concurrent streaming clients (default 8)")
     p.add_argument("--minutes", type=float, default=5.0, help="length of the run (default 5)")
     p.add_argument("--ckpt", type=Path, help="student checkpoint (default: the bundled demo checkpoint)")
+    p.add_argument(
+        "--small-model",
+        action="store_true",
+        help=f"serve a small untrained student instead ({SMALL_MODEL}; written to the temporary directory)",
+    )
     p.add_argument("--window", type=int, default=2, help="frames in flight per client (default 2)")
     p.add_argument("--timeout-s", type=float, default=10.0, help="per-frame deadline (default 10)")
     p.add_argument("--size", default="480x640", help="camera frame size HxW before the head resizes it")
@@ -574,14 +599,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--health-checks", type=int, default=200, help="idle: health checks per count (default 200)")
     p.add_argument("--streams", type=int, default=256, help="fleet: paced devices, a stream each (default 256)")
     p.add_argument("--processes", type=int, default=4, help="fleet: client processes (default 4)")
-    p.add_argument("--capacity-devices", type=int, default=16, help="fleet: devices measuring capacity (default 16)")
+    p.add_argument(
+        "--max-queued-frames", type=int, help="idle, fleet: the server's --max-queued-frames (default: its own)"
+    )
+    p.add_argument("--capacity-devices", type=int, default=8, help="fleet: devices measuring capacity (default 8)")
     p.add_argument("--paced-fps", type=float, default=0.7, help="fairness: frames/s of each paced client (default 0.7)")
     p.add_argument("--greedy-streams", type=int, default=8, help="fairness: the greedy client's streams (default 8)")
     args = p.parse_args(argv)
     if args.clients < 1 or args.minutes <= 0 or args.window < 1 or args.sample_s <= 0:
         p.error("need --clients >= 1, --minutes > 0, --window >= 1 and --sample-s > 0")
     torch.set_num_threads(1)
-    ckpt = args.ckpt or demo_checkpoint()
+    ckpt = small_model(Path(tempfile.gettempdir()) / "splitdet-small-model.pt") if args.small_model else args.ckpt
+    ckpt = ckpt or demo_checkpoint()
     height, width = (int(v) for v in args.size.split("x"))
     frames = make_frames(ckpt, (height, width))
     server_args = ["--ckpt", str(ckpt), "--workers", str(args.clients + 2), "--max-batch", str(args.max_batch)]
@@ -589,19 +618,22 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.load " + " ".join(shown_args(argv if argv is not None else sys.argv[1:]))
     if args.scenario in ("idle", "fleet"):
         plain = ["--ckpt", str(ckpt), "--torch-threads", str(args.server_threads), "--log-level", "WARNING"]
+        if args.max_queued_frames is not None:
+            plain += ["--max-queued-frames", str(args.max_queued_frames)]
         if args.scenario == "idle":
             text = idle_scenario(plain, args, command)
         else:
             capacity, phases = fleet_scenario(frames[0], plain, args)
             header = [
-                f"Server: `edge-server {' '.join(shown_args(plain))}` (child processes, every limit at its default) "
-                f"serving `{ckpt.name}` on loopback.",
+                f"Server: `edge-server {' '.join(shown_args(plain))}` (child processes, other limits at their "
+                f"defaults) serving `{ckpt.name}` on loopback.",
                 machine_line(),
                 "",
                 f"Devices: {args.streams} emulated cameras (grpc.aio, `benchmarks.fleet`) in {args.processes} client "
                 f"processes, one stream each, one {height}x{width} frame ({frames[0].ByteSize()} B) at a time at a "
                 f"fixed rate, deadline {args.timeout_s:g} s; a refused frame (RESOURCE_EXHAUSTED) is sent again after "
-                "the server's retry hint, one that meets UNAVAILABLE after 0.2 s, on a new stream. Latency: from "
+                "the server's retry hint (at once failed when the hint is past its deadline), one that meets "
+                "UNAVAILABLE after 0.2 s, on a new stream. Latency: from "
                 f"the first send to the answer, retries included. {args.minutes * 60:g} s per phase; health checks "
                 "every 0.1 s on a connection of their own (the surviving replica's in the last phase).",
             ]

@@ -4,14 +4,17 @@ a refusal, and the drain that precedes a shutdown.
 A stream costs memory only (no thread), so the limits count what costs: open streams (``max_streams``) and frames
 accepted but not yet answered (``max_frames``: being decoded, queued for the model, in a batch or being encoded).
 Beyond either limit a request is refused at once with RESOURCE_EXHAUSTED and a retry hint
-(:data:`RETRY_PUSHBACK_KEY` trailing metadata, in milliseconds): the time the model needs to work off half the
-frames in progress, from the measured time per frame. While draining, new streams and frames are refused with
+(:data:`RETRY_PUSHBACK_KEY` trailing metadata, in milliseconds). Refused frames get return slots one measured time
+per frame apart, the first once the frames in progress are done: like tickets of a virtual queue, so that retries
+come back at the rate the model frees room instead of all at once (which would cost the CPU that the model needs).
+While draining, new streams and frames are refused with
 UNAVAILABLE, so clients go to another replica. Used from the server's event loop only: no locks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 
@@ -43,6 +46,7 @@ class Admission:
         self.streams = 0
         self.frames = 0
         self.frame_ms = 0.0  # smoothed model time per frame (a batch's time over its size)
+        self._last_slot = 0.0  # time.monotonic() of the latest return slot handed out
         self.draining = False
         self._drained: asyncio.Future | None = None
         self._idle = asyncio.Event()
@@ -92,8 +96,14 @@ class Admission:
         self.frame_ms = sample if not self.frame_ms else SMOOTHING * sample + (1 - SMOOTHING) * self.frame_ms
 
     def retry_ms(self) -> int:
-        """When a refused frame should come back: the model's time for half the frames in progress, clipped."""
-        return int(min(MAX_RETRY_MS, max(MIN_RETRY_MS, self.frames / 2 * self.frame_ms)))
+        """When a refused frame should come back: its return slot, one time per frame after the latest slot handed
+        out and no sooner than the frames in progress are done; in milliseconds from now, clipped."""
+        now = time.monotonic()
+        per_frame = self.frame_ms / 1000
+        slot = max(now + self.frames * per_frame, self._last_slot + per_frame)
+        slot = min(slot, now + MAX_RETRY_MS / 1000)
+        self._last_slot = slot
+        return int(max(MIN_RETRY_MS, (slot - now) * 1000))
 
     def drain(self) -> None:
         """From now on refuse new streams and frames (UNAVAILABLE); streams waiting for a frame end."""

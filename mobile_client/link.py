@@ -13,8 +13,9 @@ A frame waits for the server to be reachable (``wait_for_ready``; the channel re
 backoff, 0.1 s growing to 1 s) until its deadline. A call or stream that ends with ``UNAVAILABLE`` (the server
 stopped, restarted or drains; the next try goes to another replica) is retried with exponential backoff, at most
 ``attempts`` times per frame. ``RESOURCE_EXHAUSTED`` (the server is at capacity) is retried after the server's hint
-(``grpc-retry-pushback-ms``, plus up to half again at random, so refused clients do not come back together) until
-the frame's deadline; without a hint it counts as an attempt with exponential backoff. A frame that is not answered
+(``grpc-retry-pushback-ms``, plus up to a fifth at random, so refused clients do not come back together) until
+the frame's deadline (a unary frame whose hint lies past its deadline fails at once, RESOURCE_EXHAUSTED); without a
+hint it counts as an attempt with exponential backoff. A frame that is not answered
 by then is failed, never dropped.
 
 :class:`StreamLink` keeps one bidirectional stream open, matches responses to frames by ``frame_id``, and
@@ -99,8 +100,8 @@ def retry_hint_s(metadata) -> float | None:
 
 
 def jittered(seconds: float) -> float:
-    """``seconds`` plus up to half again at random."""
-    return seconds * random.uniform(1.0, 1.5)
+    """``seconds`` plus up to a fifth at random."""
+    return seconds * random.uniform(1.0, 1.2)
 
 
 def replica_mismatch(metadata, fingerprint: str | None) -> LinkError | None:
@@ -209,9 +210,12 @@ class Link:
                     if e.code() not in RETRYABLE:
                         raise LinkError.from_rpc(e, attempt + 1) from None
                     error = LinkError.from_rpc(e)
-                    hint = (
-                        retry_hint_s(e.trailing_metadata()) if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else None
-                    )
+                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        hint = retry_hint_s(e.trailing_metadata())
+                    if hint is not None and time.monotonic() + hint > deadline:
+                        raise LinkError(
+                            error.code, f"{error.message} (its retry hint is past the frame's deadline)"
+                        ) from None
             if hint is None:
                 attempt += 1
                 if attempt >= self.config.attempts:
