@@ -13,11 +13,22 @@ import pytest
 
 from benchmarks.server_process import ServerProcess
 from common.checkpoint import save_checkpoint
+from common.endpoint import with_default_port
 from edge_server import healthcheck
+from mobile_client.link import ROUND_ROBIN, channel_options
 from proto import splitdet_pb2 as pb
 from proto import splitdet_pb2_grpc
 from tests.conftest import TINY_NAMES, tiny_student, wait_until
 from tests.test_faults import TINY_SERVER, WAIT, client_pipeline, error_code, run_steps
+
+
+@pytest.mark.parametrize(
+    ("target", "balanced"),
+    [("dns:///edge.splitdet:50051", True), ("ipv4:127.0.0.1:1,127.0.0.1:2", True), ("127.0.0.1:50051", False)],
+)
+def test_group_targets_are_balanced_round_robin(target, balanced):
+    assert with_default_port(target) == target
+    assert (dict(channel_options(target, 16)).get("grpc.service_config") == ROUND_ROBIN) == balanced
 
 
 def stats(server: ServerProcess) -> pb.Stats:
