@@ -284,12 +284,12 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
         if self.admission.draining:
             return None
         read = asyncio.ensure_future(anext(incoming, None))
-        drained = self.admission.drained()
-        await asyncio.wait((read, drained), return_when=asyncio.FIRST_COMPLETED)
-        if read.done():
-            return read.result()
-        read.cancel()
-        return None
+        try:
+            await asyncio.wait((read, self.admission.drained()), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not read.done():  # the drain began, or the call ended while it waited
+                read.cancel()
+        return read.result() if read.done() and not read.cancelled() else None
 
     async def _answer(
         self,
