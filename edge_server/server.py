@@ -221,7 +221,7 @@ def serve(
     interceptors = [TokenInterceptor(token, stats)] if token else None
     address = _address(host, port)
 
-    async def start() -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    async def start() -> tuple[grpc.aio.Server, int, health.aio.HealthServicer | None]:
         server = grpc.aio.server(interceptors=interceptors, options=options)
         try:
             bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
