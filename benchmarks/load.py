@@ -9,6 +9,17 @@ flight over one connection), against the default (fair: round-robin over connect
 ``--scheduling fifo``; ``--minutes`` per phase. It reports the paced clients' p50/p95 per phase and what the greedy
 one got (``OUT.md``).
 
+The idle scenario holds 0, 64, 256, 1024 (``--idle-streams``) open idle streams (``benchmarks.fleet``, grpc.aio)
+against a server with the default limits and reports its RSS and health-check latency at each. The fleet scenario
+measures the server's capacity (``--capacity-devices`` devices sending back to back), then runs ``--streams``
+paced devices (a stream each, from ``--processes`` client processes, honouring the server's retry hint) offering 1x
+and 2x that capacity, then 1x against two replicas (``ipv4:A,B``, round robin) of which one is killed halfway; each
+phase ``--minutes`` long. It reports answered frames/s, goodput, p50/p99 latency, errors by code, retried
+refusals, duplicates and health-check latency (``OUT.md``).
+
+    python -m benchmarks.load --scenario idle --out benchmarks/results/idle_streams
+    python -m benchmarks.load --scenario fleet --streams 256 --minutes 0.5 --out benchmarks/results/fleet
+
 The server is an ``edge-server`` child process (the bundled demo checkpoint unless ``--ckpt``), so its RSS can be
 sampled from ``/proc``. Each client is a thread running the mobile client's own link (one
 :class:`mobile_client.link.StreamLink` bidirectional stream, ``--window`` frames in flight, its retries and
@@ -24,9 +35,11 @@ import multiprocessing
 import os
 import platform
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,14 +48,17 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from benchmarks.fleet import DeviceFleet, Devices, IdleStreams, health_latencies_ms
 from benchmarks.paths import shown_args
 from benchmarks.server_process import ServerProcess
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, save_checkpoint
 from common.demo import demo_checkpoint
+from common.models import build_student
 from common.split import image_tensor, split
 from common.wire import encode_frame
 from mobile_client.link import Link, LinkConfig, LinkError
 from proto import splitdet_pb2 as pb
+from proto import splitdet_pb2_grpc
 from synthetic import SceneConfig, render_scene
 
 FRAMES = 8  # distinct precomputed frames each client cycles through
@@ -58,6 +74,21 @@ class Client:
     @property
     def failed(self) -> int:
         return sum(self.errors.values())
+
+
+SMALL_MODEL = "Faster R-CNN, ResNet-18, 3-channel bottleneck, images resized to 160-224 px, 32 FPN channels"
+
+
+def small_model(path: Path) -> Path:
+    """A small untrained student checkpoint at ``path`` (:data:`SMALL_MODEL`): a fast tail, for fleet runs whose
+    subject is the server, not the model."""
+    torch.manual_seed(0)
+    model = build_student(
+        "faster_rcnn", "resnet18", 3, num_classes=4, min_size=160, max_size=224, fpn_channels=32,
+        box_representation_size=64,
+    )  # fmt: skip
+    save_checkpoint(model.eval(), path, ["__background__", "disc", "ring", "star"])
+    return path
 
 
 def make_frames(ckpt: Path, size: tuple[int, int]) -> list[pb.BottleneckFrame]:
@@ -382,11 +413,178 @@ def fairness_markdown(phases: list[Phase], command: str, header: list[str], args
     return "\n".join(lines) + "\n"
 
 
+def machine_line() -> str:
+    return (
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other work), no GPU, torch "
+        f"{torch.__version__}, grpcio {grpc.__version__}; load average at the end {os.getloadavg()[0]:.2f}."
+    )
+
+
+def stream_count(target: str) -> int:
+    """Streams the server at ``target`` holds open now (GetStats)."""
+    with grpc.insecure_channel(target) as channel:
+        return splitdet_pb2_grpc.SplitDetectionStub(channel).GetStats(pb.StatsRequest(), timeout=10).streams
+
+
+def idle_scenario(server_args: list[str], args: argparse.Namespace, command: str) -> str:
+    """RSS and health-check latency with 0, 64, 256, 1024 idle streams open; the markdown report."""
+    counts = [int(c) for c in args.idle_streams.split(",")]
+    rows = []
+    with ServerProcess(server_args, threads=args.server_threads) as server:
+        for count in counts:
+            with IdleStreams(server.target, count, channels=max(1, count // 64)) as idle:
+                deadline = time.monotonic() + 120
+                while stream_count(server.target) < count and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                held = stream_count(server.target)
+                time.sleep(2)
+                rss = server.memory_mb()[0]
+                health = health_latencies_ms(server.target, args.health_checks)
+                refused = sum(idle.ended().values())
+            p50, p99 = np.percentile(health, [50, 99])
+            rows.append((count, held, refused, rss, p50, p99, max(health)))
+    base = rows[0][3]
+    per_stream = [(rss - base) * 1024 / count for count, _, _, rss, *_ in rows if count]
+    lines = [
+        "# Idle streams: memory and health-check latency",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Server: `edge-server {' '.join(shown_args(server_args))}` (child process, every limit at its default) on "
+        "loopback.",
+        machine_line(),
+        "",
+        f"Idle streams: `InferStream` calls that send nothing, opened by one grpc.aio client process over one "
+        f'connection per 64 streams. At each count, {args.health_checks} health checks (service ""), one every '
+        "20 ms on a connection of their own.",
+        "",
+        "| idle streams | held by the server | refused | server RSS (MiB) | RSS per stream (KiB) | health p50 ms "
+        "| health p99 ms | health max ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for count, held, refused, rss, p50, p99, worst in rows:
+        each = f"{(rss - base) * 1024 / count:.0f}" if count else "-"
+        lines.append(f"| {count} | {held} | {refused} | {rss:.0f} | {each} | {p50:.1f} | {p99:.1f} | {worst:.1f} |")
+    if per_stream:
+        lines += ["", f"Memory per idle stream: about {per_stream[-1]:.0f} KiB (RSS growth over {counts[-1]} streams)."]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class FleetPhase:
+    """One phase of the fleet scenario."""
+
+    name: str
+    offered_fps: float
+    seconds: float
+    answered_fps: float
+    devices: Devices
+    health_ms: list[float]
+    rss_mb: float
+
+
+def fleet_phase(
+    name: str,
+    target: str,
+    health_target: str,
+    frame: pb.BottleneckFrame,
+    count: int,
+    period_s: float,
+    args: argparse.Namespace,
+    memory: Callable[[], float],
+    halfway: Callable[[], None] | None = None,
+) -> FleetPhase:
+    """``count`` devices at one frame per ``period_s`` each for ``args.minutes``, health sampled throughout;
+    ``halfway`` runs in the middle of the run."""
+    seconds = args.minutes * 60
+    fleet = DeviceFleet(target, frame, count, args.processes, period_s, seconds, args.timeout_s)
+    start_at = fleet.start()
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    health: list[float] = []
+    sampler = threading.Thread(
+        target=lambda: health.extend(health_latencies_ms(health_target, int(seconds / 0.1), interval_s=0.08))
+    )
+    sampler.start()
+    if halfway is not None:
+        time.sleep(seconds / 2)
+        halfway()
+    sampler.join()
+    rss = memory()
+    devices = fleet.results()
+    offered = count / period_s if period_s else float("nan")
+    return FleetPhase(name, offered, seconds, devices.rate(start_at, seconds), devices, health, rss)
+
+
+def fleet_scenario(frame: pb.BottleneckFrame, server_args: list[str], args: argparse.Namespace) -> tuple[float, list]:
+    """Capacity, then 1x and 2x of it against one server, then 1x against two replicas, one killed halfway."""
+    phases = []
+    with ServerProcess(server_args, threads=args.server_threads) as server:
+        control = Link(LinkConfig(server.target, timeout_s=60))
+        control.call(control.stub.Infer, frame, control.deadline())  # warm-up
+        control.close()
+        capacity_run = fleet_phase(
+            "capacity", server.target, server.target, frame, args.capacity_devices, 0.0, args, lambda: 0.0
+        )
+        capacity = capacity_run.answered_fps
+        for factor in (1, 2):
+            period = args.streams / (factor * capacity)
+            name = f"{args.streams} streams, {factor}x capacity, one server"
+            phases.append(
+                fleet_phase(name, server.target, server.target, frame, args.streams, period, args,
+                            lambda: server.memory_mb()[0])
+            )  # fmt: skip
+    with (
+        ServerProcess(server_args, threads=args.server_threads) as first,
+        ServerProcess(server_args, threads=args.server_threads) as second,
+    ):
+        target = f"ipv4:{first.target},{second.target}"
+        name = f"{args.streams} streams, 1x capacity, 2 replicas, one killed halfway"
+        phases.append(
+            fleet_phase(name, target, second.target, frame, args.streams, args.streams / capacity, args,
+                        lambda: second.memory_mb()[0], halfway=first.kill)
+        )  # fmt: skip
+    return capacity, phases
+
+
+def fleet_markdown(capacity: float, phases: list[FleetPhase], command: str, header: list[str]) -> str:
+    lines = [
+        "# Fleet: many devices against one server, and against two replicas",
+        "",
+        f"Command: `{command}`",
+        "",
+        *header,
+        "",
+        f"Capacity: **{capacity:.1f} frames/s** (devices sending back to back, one frame in flight each).",
+        "",
+        "| phase | offered frames/s | answered frames/s | goodput vs capacity | p50 ms | p99 ms | failed (by code) "
+        "| refusals retried | duplicates | health p50 ms | health p99 ms | server RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for phase in phases:
+        d = phase.devices
+        p50, p99 = d.percentiles()
+        fps = phase.answered_fps
+        failed = ", ".join(f"{k} {v}" for k, v in sorted(d.errors.items())) or "none"
+        retried = ", ".join(f"{k} {v}" for k, v in sorted(d.refusals.items())) or "none"
+        duplicates = len(d.answered_ids) - len(set(d.answered_ids))
+        h50, h99 = np.percentile(phase.health_ms, [50, 99]) if phase.health_ms else (float("nan"),) * 2
+        lines.append(
+            f"| {phase.name} | {phase.offered_fps:.1f} | {fps:.1f} | {fps / capacity:.0%} | {p50:.0f} | {p99:.0f} "
+            f"| {failed} | {retried} | {duplicates} | {h50:.1f} | {h99:.1f} | {phase.rss_mb:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=8, help="concurrent streaming clients (default 8)")
     p.add_argument("--minutes", type=float, default=5.0, help="length of the run (default 5)")
     p.add_argument("--ckpt", type=Path, help="student checkpoint (default: the bundled demo checkpoint)")
+    p.add_argument(
+        "--small-model",
+        action="store_true",
+        help=f"serve a small untrained student instead ({SMALL_MODEL}; written to the temporary directory)",
+    )
     p.add_argument("--window", type=int, default=2, help="frames in flight per client (default 2)")
     p.add_argument("--timeout-s", type=float, default=10.0, help="per-frame deadline (default 10)")
     p.add_argument("--size", default="480x640", help="camera frame size HxW before the head resizes it")
@@ -394,19 +592,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-threads", type=int, default=1, help="the server's --torch-threads (default 1)")
     p.add_argument("--sample-s", type=float, default=5.0, help="seconds between RSS samples (default 5)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/load"), help="OUT.md, OUT.csv, OUT.png")
-    p.add_argument("--scenario", choices=["steady", "fairness"], default="steady", help="(default steady)")
+    p.add_argument(
+        "--scenario", choices=["steady", "fairness", "idle", "fleet"], default="steady", help="(default steady)"
+    )
+    p.add_argument("--idle-streams", default="0,64,256,1024", help="idle: stream counts (default 0,64,256,1024)")
+    p.add_argument("--health-checks", type=int, default=200, help="idle: health checks per count (default 200)")
+    p.add_argument("--streams", type=int, default=256, help="fleet: paced devices, a stream each (default 256)")
+    p.add_argument("--processes", type=int, default=4, help="fleet: client processes (default 4)")
+    p.add_argument(
+        "--max-queued-frames", type=int, help="idle, fleet: the server's --max-queued-frames (default: its own)"
+    )
+    p.add_argument("--capacity-devices", type=int, default=8, help="fleet: devices measuring capacity (default 8)")
     p.add_argument("--paced-fps", type=float, default=0.7, help="fairness: frames/s of each paced client (default 0.7)")
     p.add_argument("--greedy-streams", type=int, default=8, help="fairness: the greedy client's streams (default 8)")
     args = p.parse_args(argv)
     if args.clients < 1 or args.minutes <= 0 or args.window < 1 or args.sample_s <= 0:
         p.error("need --clients >= 1, --minutes > 0, --window >= 1 and --sample-s > 0")
     torch.set_num_threads(1)
-    ckpt = args.ckpt or demo_checkpoint()
+    ckpt = small_model(Path(tempfile.gettempdir()) / "splitdet-small-model.pt") if args.small_model else args.ckpt
+    ckpt = ckpt or demo_checkpoint()
     height, width = (int(v) for v in args.size.split("x"))
     frames = make_frames(ckpt, (height, width))
     server_args = ["--ckpt", str(ckpt), "--workers", str(args.clients + 2), "--max-batch", str(args.max_batch)]
     server_args += ["--torch-threads", str(args.server_threads), "--log-level", "WARNING"]
     command = "python -m benchmarks.load " + " ".join(shown_args(argv if argv is not None else sys.argv[1:]))
+    if args.scenario in ("idle", "fleet"):
+        plain = ["--ckpt", str(ckpt), "--torch-threads", str(args.server_threads), "--log-level", "WARNING"]
+        if args.max_queued_frames is not None:
+            plain += ["--max-queued-frames", str(args.max_queued_frames)]
+        if args.scenario == "idle":
+            text = idle_scenario(plain, args, command)
+        else:
+            capacity, phases = fleet_scenario(frames[0], plain, args)
+            header = [
+                f"Server: `edge-server {' '.join(shown_args(plain))}` (child processes, other limits at their "
+                f"defaults) serving `{ckpt.name}` on loopback.",
+                machine_line(),
+                "",
+                f"Devices: {args.streams} emulated cameras (grpc.aio, `benchmarks.fleet`) in {args.processes} client "
+                f"processes, one stream each, one {height}x{width} frame ({frames[0].ByteSize()} B) at a time at a "
+                f"fixed rate, deadline {args.timeout_s:g} s; a refused frame (RESOURCE_EXHAUSTED) is sent again after "
+                "the server's retry hint (at once failed when the hint is past its deadline), one that meets "
+                "UNAVAILABLE after 0.2 s, on a new stream. Latency: from "
+                f"the first send to the answer, retries included. {args.minutes * 60:g} s per phase; health checks "
+                "every 0.1 s on a connection of their own (the surviving replica's in the last phase).",
+            ]
+            text = fleet_markdown(capacity, phases, command, header)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(text)
+        print(text)
+        return 0
     if args.scenario == "fairness":
         server_args[server_args.index("--workers") + 1] = str(args.clients + args.greedy_streams + 2)
         phases = fairness(frames, server_args, args)

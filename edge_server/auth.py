@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -19,7 +19,7 @@ HANDLER_FACTORIES = {
 }
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
+class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without metadata ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
 
     def __init__(self, token: str, stats: Stats | None = None) -> None:
@@ -28,10 +28,10 @@ class TokenInterceptor(grpc.ServerInterceptor):
         self._expected = f"Bearer {token}".encode()
         self._stats = stats
 
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None], details
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]], details
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(details)
+        handler = await continuation(details)
         if handler is None or details.method.startswith(EXEMPT_PREFIX):
             return handler
         sent = dict(details.invocation_metadata or ()).get("authorization")
@@ -41,8 +41,8 @@ class TokenInterceptor(grpc.ServerInterceptor):
         if self._stats is not None:
             self._stats.error(details.method.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED.name)
 
-        def deny(request, context: grpc.ServicerContext):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        async def deny(request, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
         factory = HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
         return factory(

@@ -10,6 +10,8 @@ import sys
 
 from common.endpoint import DEFAULT_PORT
 
+MAX_STREAMS = 1024  # default limit of open streams (InferStream, InferImageStream)
+MAX_QUEUED_FRAMES = 32  # default limit of frames in progress (decoding, queued, running, encoding)
 INSECURE_TOKEN = (
     "--token-file needs TLS (--tls-cert and --tls-key): the token would travel in plaintext; "
     "--allow-insecure-token allows it (loopback tests)"
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=4,
         metavar="N",
-        help="gRPC worker threads; each open stream holds one (default: %(default)s)",
+        help="threads that decode frames and encode answers; streams hold none (default: %(default)s)",
     )
     p.add_argument("--max-batch", type=int, default=1, metavar="N", help="frames per model call (default: %(default)s)")
     p.add_argument(
@@ -70,11 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-message-mb", type=float, default=16, metavar="M", help="largest message in MB (default: %(default)s)"
     )
     p.add_argument(
-        "--max-calls",
+        "--max-streams",
         type=int,
+        default=MAX_STREAMS,
         metavar="N",
-        help="open calls at most, running or waiting for a worker; more are refused with RESOURCE_EXHAUSTED "
-        "(default 2 x --workers)",
+        help="open streams at most (an idle one costs memory only, see the README); more are refused at once with "
+        "RESOURCE_EXHAUSTED and a retry hint (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-queued-frames",
+        type=int,
+        default=MAX_QUEUED_FRAMES,
+        metavar="N",
+        help="frames in progress at most (decoding, queued for the model, running, encoding); more are refused at "
+        "once with RESOURCE_EXHAUSTED and a retry hint, grpc-retry-pushback-ms (default: %(default)s)",
     )
     p.add_argument(
         "--keepalive-s",
@@ -115,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default, 8 per core (default: %(default)s)",
     )
     p.add_argument(
-        "--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT, seconds to finish frames (default: %(default)s)"
+        "--grace-s",
+        type=float,
+        default=5.0,
+        help="on SIGTERM/SIGINT: NOT_SERVING and new streams refused at once, then up to this many seconds to "
+        "finish the frames in progress (default: %(default)s)",
     )
     p.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)"
@@ -132,7 +147,8 @@ def check_args(args: argparse.Namespace) -> str | None:
         (args.max_batch >= 1, "--max-batch must be >= 1"),
         (args.max_batch_delay_ms >= 0, "--max-batch-delay-ms must be >= 0"),
         (args.max_message_mb > 0, "--max-message-mb must be positive"),
-        (args.max_calls is None or args.max_calls >= 1, "--max-calls must be >= 1"),
+        (args.max_streams >= 1, "--max-streams must be >= 1"),
+        (args.max_queued_frames >= 1, "--max-queued-frames must be >= 1"),
         (args.keepalive_s > 0, "--keepalive-s must be positive"),
         (args.torch_threads is None or args.torch_threads >= 1, "--torch-threads must be >= 1"),
         (args.grace_s >= 0, "--grace-s must be >= 0"),

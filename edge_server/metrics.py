@@ -25,6 +25,12 @@ class Metrics:
         self.errors = Counter("splitdet_errors", "Frames and calls refused, by code", ["method", "code"], registry=r)
         self.in_flight = Gauge("splitdet_in_flight_frames", "Frames being worked on now", ["method"], registry=r)
         self.streams = Gauge("splitdet_open_streams", "Streaming calls open now", ["method"], registry=r)
+        self.refused = Counter(
+            "splitdet_refused",
+            "Streams and frames refused for capacity (limit: streams, frames) or while draining",
+            ["method", "limit"],
+            registry=r,
+        )
         self.batch_size = Histogram("splitdet_batch_size", "Frames per model call", buckets=BATCH_BUCKETS, registry=r)
         self.stage_seconds = Histogram(
             "splitdet_stage_seconds",

@@ -1,33 +1,62 @@
 """Build and start the gRPC server: engine, batcher, servicer, health and reflection services, optional TLS, token
-and Prometheus ``/metrics`` endpoint."""
+and Prometheus ``/metrics`` endpoint.
+
+The server is a ``grpc.aio`` server on an event loop thread of its own (one per process, shared by the servers of
+a process): an open stream is a coroutine, not a thread, so thousands of idle streams cost only memory, and health
+checks, reflection and GetModelInfo are answered by the loop whatever the frames are doing. The model runs on the
+batcher's thread, frames are decoded and answers encoded on a small thread pool (``workers``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import ssl
 import threading
-from concurrent import futures
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from edge_server.admission import Admission
 from edge_server.auth import TokenInterceptor
 from edge_server.batching import Batcher
-from edge_server.cli import INSECURE_TOKEN
+from edge_server.cli import INSECURE_TOKEN, MAX_QUEUED_FRAMES, MAX_STREAMS
 from edge_server.engine import DeviceError, Engine
 from edge_server.memory import Trimmer
 from edge_server.metrics import MetricsServer
 from edge_server.servicer import SERVICE_NAME, Servicer, method_handlers
 from edge_server.stats import Stats
 
-QUEUE_PER_SLOT = 4  # queued frames allowed per (batch slot x worker) before RESOURCE_EXHAUSTED
-CALLS_PER_WORKER = 2  # default limit of open calls (running or waiting for a worker) per worker thread
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
 
 
 class ServerError(RuntimeError):
     """The server cannot start (bad option, TLS files, device, address); the message is one line."""
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """The process's server event loop, running on its own daemon thread (started on first use)."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="edge-loop", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
+def _on_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coroutine`` on the server event loop and wait for its result."""
+    return asyncio.run_coroutine_threadsafe(coroutine, event_loop()).result()
 
 
 class RunningServer:
@@ -36,12 +65,14 @@ class RunningServer:
 
     def __init__(
         self,
-        server: grpc.Server,
+        server: grpc.aio.Server,
         port: int,
         engine: Engine,
         batcher: Batcher,
         stats: Stats,
-        health_servicer: health.HealthServicer,
+        admission: Admission,
+        health_servicer: health.aio.HealthServicer,
+        executor: ThreadPoolExecutor,
         metrics_server: MetricsServer | None,
         trimmer: Trimmer | None = None,
     ) -> None:
@@ -50,31 +81,44 @@ class RunningServer:
         self.engine = engine
         self.batcher = batcher
         self.stats = stats
+        self.admission = admission
+        self.trimmer = trimmer
         self._server = server
         self._health = health_servicer
+        self._executor = executor
         self._metrics_server = metrics_server
-        self.trimmer = trimmer
         self._lock = threading.Lock()
         self._stopped = False
+        self._terminated = threading.Event()
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Report NOT_SERVING, refuse new calls, let in-flight ones finish for up to ``grace`` seconds, then stop
-        serving ``/metrics``."""
+        """Drain, then stop: report NOT_SERVING, refuse new streams and frames with UNAVAILABLE, end the streams
+        that wait for a frame, let frames in progress finish for up to ``grace`` seconds, cancel what is left, then
+        stop serving ``/metrics``."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
-        self._health.enter_graceful_shutdown()
-        self._server.stop(grace).wait()
+        _on_loop(self._drain(grace or 0.0))
         self.batcher.close()
+        self._executor.shutdown()
         if self.trimmer is not None:
             self.trimmer.close()
         if self._metrics_server is not None:
             self._metrics_server.stop()
+        self._terminated.set()
+
+    async def _drain(self, grace: float) -> None:
+        await self._health.enter_graceful_shutdown()
+        self.admission.drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.admission.idle(), grace)
+        await self._server.stop(0)
 
     def wait(self) -> None:
-        """Block until the server has stopped."""
-        self._server.wait_for_termination()
+        """Block until the server has stopped (Ctrl-C interrupts the wait)."""
+        while not self._terminated.wait(0.5):
+            pass
 
 
 def _tls_credentials(
@@ -119,7 +163,8 @@ def serve(
     tls_key: str | Path | None = None,
     token: str | None = None,
     max_message_mb: float = 16,
-    max_calls: int | None = None,
+    max_streams: int = MAX_STREAMS,
+    max_queued_frames: int = MAX_QUEUED_FRAMES,
     keepalive_s: float = 30.0,
     metrics_port: int | None = None,
     tls_client_ca: str | Path | None = None,
@@ -129,10 +174,11 @@ def serve(
 ) -> RunningServer:
     """Load the checkpoint and start serving; raises CheckpointError or :class:`ServerError`.
 
-    At most ``max_calls`` calls (default ``2 x workers``) are open at once: ``workers`` run, the rest wait for a
-    worker, and calls beyond are refused with RESOURCE_EXHAUSTED, so memory stays bounded under any load. Every
-    connection is pinged each ``keepalive_s`` seconds and dropped when a ping goes unanswered for as long, which
-    ends the streams of clients that vanished without closing them and frees their workers.
+    At most ``max_streams`` streams are open and ``max_queued_frames`` frames in progress at once; beyond, a stream
+    or frame is refused at once with RESOURCE_EXHAUSTED and a retry hint (:mod:`edge_server.admission`), so memory
+    stays bounded under any load. Health, reflection and GetModelInfo are never limited. ``workers`` threads decode
+    frames and encode answers. Every connection is pinged each ``keepalive_s`` seconds and dropped when a ping goes
+    unanswered for as long, which ends the streams of clients that vanished without closing them.
 
     With ``metrics_port`` (0 picks a free one) Prometheus metrics are served over HTTP at ``host:metrics_port``
     ``/metrics``; reflection lists the SplitDetection and health services.
@@ -142,11 +188,10 @@ def serve(
     the server has been idle for ``trim_idle_s`` seconds (0: never), freed heap memory goes back to the OS. With
     ``fair`` the batcher serves client connections round-robin (else first come, first served).
     """
-    max_calls = CALLS_PER_WORKER * workers if max_calls is None else max_calls
     if workers < 1 or max_batch < 1 or max_batch_delay_ms < 0 or max_message_mb <= 0:
         raise ServerError("need workers >= 1, max_batch >= 1, max_batch_delay_ms >= 0 and max_message_mb > 0")
-    if max_calls < 1 or keepalive_s <= 0:
-        raise ServerError("need max_calls >= 1 and keepalive_s > 0")
+    if max_streams < 1 or max_queued_frames < 1 or keepalive_s <= 0:
+        raise ServerError("need max_streams >= 1, max_queued_frames >= 1 and keepalive_s > 0")
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise ServerError(f"the metrics port must be in 0..65535, not {metrics_port}")
     if token is not None and not token:
@@ -165,52 +210,68 @@ def serve(
         engine.run_batch,
         max_batch,
         max_batch_delay_ms / 1000,
-        max_queue=QUEUE_PER_SLOT * max_batch * workers,
+        max_queue=max_queued_frames,
         on_batch=stats.batch,
         fair=fair,
     )
+    admission = Admission(max_streams, max_queued_frames)
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-codec")
     max_bytes = int(max_message_mb * 1024 * 1024)
-    keepalive_ms = int(keepalive_s * 1000)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-rpc"),
-        interceptors=[TokenInterceptor(token, stats)] if token else None,
-        options=[
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.max_send_message_length", max_bytes),
-            ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
-            ("grpc.keepalive_time_ms", keepalive_ms),
-            ("grpc.keepalive_timeout_ms", keepalive_ms),
-            ("grpc.http2.ping_timeout_ms", keepalive_ms),  # without it this grpc waits 60 s for the ack
-            ("grpc.http2.max_pings_without_data", 0),  # keep pinging a stream that waits for its next frame
-            ("grpc.keepalive_permit_without_calls", 1),  # dead idle connections are dropped too
-        ],
-        maximum_concurrent_rpcs=max_calls,
-    )
-    handlers = method_handlers(Servicer(engine, batcher, stats, max_bytes))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+    options = _options(max_bytes, int(keepalive_s * 1000))
+    interceptors = [TokenInterceptor(token, stats)] if token else None
     address = _address(host, port)
-    try:
-        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    except RuntimeError:
-        bound = 0
-    if not bound:
+
+    async def start() -> tuple[grpc.aio.Server, int, health.aio.HealthServicer | None]:
+        server = grpc.aio.server(interceptors=interceptors, options=options)
+        try:
+            bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            return server, 0, None
+        servicer = Servicer(engine, batcher, stats, admission, executor, max_bytes, f"{socket.gethostname()}:{bound}")
+        handlers = method_handlers(servicer)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return server, bound, health_servicer
+
+    def discard() -> None:
         batcher.close()
+        executor.shutdown()
+
+    server, bound, health_servicer = _on_loop(start())
+    if not bound:
+        discard()
         raise ServerError(f"cannot listen on {address}: the port is in use or the address is not available")
     metrics_server = None
     if metrics_port is not None:
         try:
             metrics_server = MetricsServer(stats.metrics, host, metrics_port)
         except OSError as e:
-            server.stop(None)
-            batcher.close()
+            _on_loop(server.stop(None))
+            discard()
             metrics_address = _address(host, metrics_port)
             raise ServerError(f"cannot serve metrics on {metrics_address}: {e.strerror or e}") from None
-    server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     trimmer = Trimmer(lambda: stats.activity, trim_idle_s) if trim_idle_s > 0 else None
-    return RunningServer(server, bound, engine, batcher, stats, health_servicer, metrics_server, trimmer)
+    return RunningServer(
+        server, bound, engine, batcher, stats, admission, health_servicer, executor, metrics_server, trimmer
+    )
+
+
+def _options(max_bytes: int, keepalive_ms: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_ms),
+        ("grpc.http2.ping_timeout_ms", keepalive_ms),  # without it this grpc waits 60 s for the ack
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging a stream that waits for its next frame
+        ("grpc.keepalive_permit_without_calls", 1),  # dead idle connections are dropped too
+    ]

@@ -1,9 +1,17 @@
-"""The gRPC servicer: a thin layer from requests to the engine and back.
+"""The gRPC servicer (``grpc.aio``): a thin layer from requests to the engine and back.
 
 Split path, top to bottom in :meth:`Servicer.split_frame`: check the fingerprint -> ``common.wire.decode_frame``
--> tail (through the batcher, queued per client connection, :attr:`grpc.ServicerContext.peer`, so that the
-batcher can serve connections round-robin) -> ``common.wire.encode_detections``. The offload path in
-:meth:`Servicer.image_frame` is the same with the image decoder and the whole model.
+(on the decode/encode thread pool) -> tail (through the batcher, queued per client connection,
+:meth:`grpc.aio.ServicerContext.peer`, so that the batcher can serve connections round-robin) ->
+``common.wire.encode_detections`` (on the pool). The offload path in :meth:`Servicer.image_frame` is the same with
+the image decoder and the whole model. The event loop itself only parses, admits and awaits, so an open stream costs
+no thread and health checks never wait behind frames.
+
+Every call first sends initial metadata naming this server (:data:`SERVER_KEY`) and its model
+(:data:`FINGERPRINT_KEY`), so a client balancing over replicas can refuse one that runs another model. Streams and
+frames pass :class:`edge_server.admission.Admission`: beyond its limits they are refused at once with
+RESOURCE_EXHAUSTED and a retry hint; while the server drains, with UNAVAILABLE, and a stream waiting for its next
+frame ends at once.
 
 Every failure becomes a gRPC status with a message and the server keeps serving. In a stream, a bad frame ends
 the stream with that frame's status (frames before it were already answered); the client opens a new stream.
@@ -14,11 +22,15 @@ quoting a hostile frame never outgrows the client's metadata limit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -32,6 +44,7 @@ from common.wire import (
     decode_frame,
     encode_detections,
 )
+from edge_server.admission import DRAINING, RETRY_PUSHBACK_KEY, Admission, Refused
 from edge_server.auth import HANDLER_FACTORIES
 from edge_server.batching import Batcher, Closed, Done, Expired, QueueFull
 from edge_server.engine import BatchKey, Engine, ImageError
@@ -45,6 +58,8 @@ SERVICE = pb.DESCRIPTOR.services_by_name["SplitDetection"]
 SERVICE_NAME = SERVICE.full_name
 BOTTLENECK_SHAPE_RULE = "C x (H/4+4) x (W/4+4) of the padded batch"
 MAX_DETAILS = 1000  # characters of a status message; gRPC clients refuse trailers over 16 KiB
+FINGERPRINT_KEY = "splitdet-fingerprint"  # initial metadata of every call: the model this server runs
+SERVER_KEY = "splitdet-server"  # initial metadata of every call: which server answers (host:port)
 
 ERROR_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (RetiredCodecError, grpc.StatusCode.FAILED_PRECONDITION),  # before FrameError, its base
@@ -54,6 +69,8 @@ ERROR_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Expired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Closed, grpc.StatusCode.UNAVAILABLE),
 )
+
+Handle = Callable[[Any, grpc.aio.ServicerContext], Awaitable[pb.InferResponse]]
 
 
 @dataclass(frozen=True)
@@ -78,14 +95,6 @@ def _parser(message_type: type[Message]) -> Callable[[bytes], Message | Unparsab
     return parse
 
 
-class Refused(Exception):
-    """A request refused with a chosen status code."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def server_version() -> str:
     try:
         return metadata.version("splitdet")
@@ -97,27 +106,53 @@ def _clip(message: str) -> str:
     return message if len(message) <= MAX_DETAILS else message[: MAX_DETAILS - 1] + "…"
 
 
-def _alive(context: grpc.ServicerContext) -> Callable[[], bool]:
-    return lambda: context.is_active() and context.time_remaining() > 0
+def _alive(context: grpc.aio.ServicerContext) -> Callable[[], bool]:
+    """Whether the call's deadline is still ahead (asked from the batcher's thread; a cancelled call cancels its
+    batcher future instead)."""
+    remaining = context.time_remaining()
+    deadline = math.inf if remaining is None else time.monotonic() + remaining
+    return lambda: time.monotonic() < deadline
 
 
 def _elapsed_ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
 
 
-class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
-    """``SplitDetection`` over one :class:`Engine`, its :class:`Batcher` and :class:`Stats`."""
+def _timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    return function(*args), _elapsed_ms(start)
 
-    def __init__(self, engine: Engine, batcher: Batcher, stats: Stats, max_message_bytes: int) -> None:
+
+class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
+    """``SplitDetection`` over one :class:`Engine`, its :class:`Batcher`, :class:`Stats` and :class:`Admission`;
+    CPU work of each frame (decoding, encoding) runs on ``executor``. ``identity`` is the initial metadata every
+    call sends."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        batcher: Batcher,
+        stats: Stats,
+        admission: Admission,
+        executor: Executor,
+        max_message_bytes: int,
+        server_id: str,
+    ) -> None:
         self.engine = engine
         self.batcher = batcher
         self.stats = stats
+        self.admission = admission
+        self.executor = executor
         self.max_message_bytes = max_message_bytes
+        self.identity = ((FINGERPRINT_KEY, engine.fingerprint), (SERVER_KEY, server_id))
 
     # ---- RPCs ----
 
-    def GetModelInfo(self, request: pb.ModelInfoRequest | Unparsable, context: grpc.ServicerContext) -> pb.ModelInfo:
-        self._refuse_unparsable("GetModelInfo", request, context)
+    async def GetModelInfo(
+        self, request: pb.ModelInfoRequest | Unparsable, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        await self._refuse_unparsable("GetModelInfo", request, context)
+        await context.send_initial_metadata(self.identity)
         ckpt, config = self.engine.checkpoint, self.engine.checkpoint.config
         quantizations, compressions = accepted_codecs(ckpt.entropy)
         return pb.ModelInfo(
@@ -140,29 +175,37 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
             max_batch=self.batcher.max_batch,
         )
 
-    def GetStats(self, request: pb.StatsRequest | Unparsable, context: grpc.ServicerContext) -> pb.Stats:
-        self._refuse_unparsable("GetStats", request, context)
+    async def GetStats(self, request: pb.StatsRequest | Unparsable, context: grpc.aio.ServicerContext) -> pb.Stats:
+        await self._refuse_unparsable("GetStats", request, context)
         return self.stats.snapshot()
 
-    def Infer(self, request: pb.BottleneckFrame | Unparsable, context: grpc.ServicerContext) -> pb.InferResponse:
-        return self._answer("Infer", request, context, self.split_frame)
+    async def Infer(
+        self, request: pb.BottleneckFrame | Unparsable, context: grpc.aio.ServicerContext
+    ) -> pb.InferResponse:
+        await context.send_initial_metadata(self.identity)
+        return await self._answer("Infer", request, context, self.split_frame)
 
-    def InferStream(
-        self, requests: Iterator[pb.BottleneckFrame | Unparsable], context: grpc.ServicerContext
-    ) -> Iterator[pb.InferResponse]:
-        return self._stream("InferStream", requests, context, self.split_frame)
+    async def InferStream(
+        self, requests: AsyncIterator[pb.BottleneckFrame | Unparsable], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.InferResponse]:
+        async for response in self._stream("InferStream", requests, context, self.split_frame):
+            yield response
 
-    def InferImage(self, request: pb.ImageFrame | Unparsable, context: grpc.ServicerContext) -> pb.InferResponse:
-        return self._answer("InferImage", request, context, self.image_frame)
+    async def InferImage(
+        self, request: pb.ImageFrame | Unparsable, context: grpc.aio.ServicerContext
+    ) -> pb.InferResponse:
+        await context.send_initial_metadata(self.identity)
+        return await self._answer("InferImage", request, context, self.image_frame)
 
-    def InferImageStream(
-        self, requests: Iterator[pb.ImageFrame | Unparsable], context: grpc.ServicerContext
-    ) -> Iterator[pb.InferResponse]:
-        return self._stream("InferImageStream", requests, context, self.image_frame)
+    async def InferImageStream(
+        self, requests: AsyncIterator[pb.ImageFrame | Unparsable], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.InferResponse]:
+        async for response in self._stream("InferImageStream", requests, context, self.image_frame):
+            yield response
 
     # ---- data path ----
 
-    def split_frame(self, frame: pb.BottleneckFrame, context: grpc.ServicerContext) -> pb.InferResponse:
+    async def split_frame(self, frame: pb.BottleneckFrame, context: grpc.aio.ServicerContext) -> pb.InferResponse:
         """Bottleneck frame -> detections with the tail."""
         if not frame.fingerprint:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "frame carries no fingerprint")
@@ -172,20 +215,25 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
                 f"frame fingerprint {frame.fingerprint} does not match this server's checkpoint "
                 f"{self.engine.fingerprint}",
             )
-        start = time.perf_counter()
-        bottleneck, meta = decode_frame(frame, self.engine.limits)
-        decode_ms = _elapsed_ms(start)
-        key = BatchKey.for_bottleneck(bottleneck, meta)
-        done = self.batcher.submit(key, (bottleneck, meta), _alive(context), context.peer()).result()
-        return self._respond(frame.frame_id, done, decode_ms)
+        (bottleneck, meta), decode_ms = await self._off_loop(_timed, decode_frame, frame, self.engine.limits)
+        done = await self._batch(BatchKey.for_bottleneck(bottleneck, meta), (bottleneck, meta), context)
+        return await self._off_loop(self._respond, frame.frame_id, done, decode_ms)
 
-    def image_frame(self, frame: pb.ImageFrame, context: grpc.ServicerContext) -> pb.InferResponse:
+    async def image_frame(self, frame: pb.ImageFrame, context: grpc.aio.ServicerContext) -> pb.InferResponse:
         """Encoded image -> detections with the whole model (the pure offloading baseline)."""
-        start = time.perf_counter()
-        image = self.engine.decode_image(frame.jpeg)
-        decode_ms = _elapsed_ms(start)
-        done = self.batcher.submit(BatchKey.for_image(image), image, _alive(context), context.peer()).result()
-        return self._respond(frame.frame_id, done, decode_ms)
+        image, decode_ms = await self._off_loop(_timed, self.engine.decode_image, frame.jpeg)
+        done = await self._batch(BatchKey.for_image(image), image, context)
+        return await self._off_loop(self._respond, frame.frame_id, done, decode_ms)
+
+    async def _off_loop(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run CPU work on the executor, leaving the event loop free for other calls."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    async def _batch(self, key: BatchKey, item: Any, context: grpc.aio.ServicerContext) -> Done:
+        """Queue ``item`` on the batcher under the client's connection; cancelling the call cancels the item."""
+        done = await asyncio.wrap_future(self.batcher.submit(key, item, _alive(context), context.peer()))
+        self.admission.observe(done.run_ms, done.batch_size)
+        return done
 
     def _respond(self, frame_id: int, done: Done, decode_ms: float) -> pb.InferResponse:
         start = time.perf_counter()
@@ -195,46 +243,85 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
         )
         return pb.InferResponse(frame_id=frame_id, images=images, timings=timings)
 
-    # ---- errors, counters, logging ----
+    # ---- streams, admission, errors, counters, logging ----
 
-    def _refuse_unparsable(self, method: str, request: Message | Unparsable, context: grpc.ServicerContext) -> None:
+    async def _refuse_unparsable(
+        self, method: str, request: Message | Unparsable, context: grpc.aio.ServicerContext
+    ) -> None:
         if isinstance(request, Unparsable):
             self.stats.error(method, grpc.StatusCode.INVALID_ARGUMENT.name)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _clip(request.error))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _clip(request.error))
 
-    def _stream(
+    async def _stream(
         self,
         method: str,
-        requests: Iterator[Message | Unparsable],
-        context: grpc.ServicerContext,
-        handle: Callable[[Message, grpc.ServicerContext], pb.InferResponse],
-    ) -> Iterator[pb.InferResponse]:
-        """Answer a stream's frames in order; counted in ``streams`` until the call ends, however it ends."""
+        requests: AsyncIterator[Message | Unparsable],
+        context: grpc.aio.ServicerContext,
+        handle: Handle,
+    ) -> AsyncIterator[pb.InferResponse]:
+        """Answer a stream's frames in order; counted in ``streams`` until the call ends, however it ends. A drain
+        ends the stream with UNAVAILABLE at its next frame boundary (the frame being answered is finished)."""
+        try:
+            self.admission.open_stream()
+        except Refused as e:
+            self.stats.error(method, e.code.name)
+            self.stats.refused(method, "streams" if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "draining")
+            await self._abort(context, e.code, str(e), e.retry_ms)
         self.stats.stream_opened(method)
         try:
-            for request in requests:
-                yield self._answer(method, request, context, handle)
+            await context.send_initial_metadata(self.identity)
+            incoming = aiter(requests)
+            while (request := await self._next(incoming)) is not None:
+                yield await self._answer(method, request, context, handle)
+            if self.admission.draining:
+                self.stats.error(method, grpc.StatusCode.UNAVAILABLE.name)
+                self.stats.refused(method, "draining")
+                await self._abort(context, grpc.StatusCode.UNAVAILABLE, DRAINING)
         finally:
+            self.admission.close_stream()
             self.stats.stream_closed(method)
 
-    def _answer(
+    async def _next(self, incoming: AsyncIterator[Message | Unparsable]) -> Message | Unparsable | None:
+        """The stream's next request; None when the client closed its side or the server drains."""
+        if self.admission.draining:
+            return None
+        read = asyncio.ensure_future(anext(incoming, None))
+        try:
+            await asyncio.wait((read, self.admission.drained()), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not read.done():  # the drain began, or the call ended while it waited
+                read.cancel()
+        return read.result() if read.done() and not read.cancelled() else None
+
+    async def _answer(
         self,
         method: str,
         request: Message | Unparsable,
-        context: grpc.ServicerContext,
-        handle: Callable[[Message, grpc.ServicerContext], pb.InferResponse],
+        context: grpc.aio.ServicerContext,
+        handle: Handle,
     ) -> pb.InferResponse:
-        """Run ``handle``; count and log the frame; turn any exception into a status (``context.abort``)."""
+        """Admit and run ``handle``; count and log the frame; turn any exception into a status (``context.abort``,
+        with a retry hint when there is one)."""
         self.stats.begin(method)
         start = time.perf_counter()
         bytes_in = request.ByteSize()
-        response, code, message = None, grpc.StatusCode.OK, ""
+        response, code, message, retry_ms = None, grpc.StatusCode.OK, "", None
         try:
             if isinstance(request, Unparsable):
                 raise Refused(grpc.StatusCode.INVALID_ARGUMENT, request.error)
-            response = handle(request, context)
+            self._admit(method)
+            try:
+                response = await handle(request, context)
+            finally:
+                self.admission.end_frame()
+        except asyncio.CancelledError:  # the call's deadline passed or the client went away: nobody to answer
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            self.stats.end(method, bytes_in, None, _elapsed_ms(start), code.name)
+            raise
         except Exception as e:
-            code, message = _status(method, e)
+            code, message, retry_ms = _status(method, e)
         total_ms = _elapsed_ms(start)
         self.stats.end(method, bytes_in, response, total_ms, None if response is not None else code.name)
         log.debug(
@@ -247,8 +334,22 @@ class Servicer(splitdet_pb2_grpc.SplitDetectionServicer):
             total_ms,
         )
         if response is None:
-            context.abort(code, _clip(message))
+            await self._abort(context, code, message, retry_ms)
         return response
+
+    def _admit(self, method: str) -> None:
+        try:
+            self.admission.begin_frame()
+        except Refused as e:
+            self.stats.refused(method, "frames" if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "draining")
+            raise
+
+    @staticmethod
+    async def _abort(
+        context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, retry_ms: int | None = None
+    ) -> None:
+        trailers = ((RETRY_PUSHBACK_KEY, str(retry_ms)),) if retry_ms is not None else ()
+        await context.abort(code, _clip(message), trailing_metadata=trailers)
 
 
 def method_handlers(servicer: Servicer) -> dict[str, grpc.RpcMethodHandler]:
@@ -264,11 +365,11 @@ def method_handlers(servicer: Servicer) -> dict[str, grpc.RpcMethodHandler]:
     return handlers
 
 
-def _status(method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
+def _status(method: str, error: Exception) -> tuple[grpc.StatusCode, str, int | None]:
     if isinstance(error, Refused):
-        return error.code, str(error)
+        return error.code, str(error), error.retry_ms
     for kind, code in ERROR_CODES:
         if isinstance(error, kind):
-            return code, str(error)
+            return code, str(error), None
     log.exception("%s failed", method)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}", None

@@ -93,6 +93,11 @@ class Stats:
             self._errors[code] += 1
             self.metrics.errors.labels(method, code).inc()
 
+    def refused(self, method: str, limit: str) -> None:
+        """A stream or frame refused for capacity (``limit``: ``streams`` or ``frames``) or because the server
+        drains (``draining``); its status is counted by :meth:`end` or :meth:`error`."""
+        self.metrics.refused.labels(method, limit).inc()
+
     def batch(self, size: int) -> None:
         """The model ran one batch of ``size`` frames."""
         self.metrics.batch_size.observe(size)

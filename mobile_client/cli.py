@@ -28,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mobile-client", description="Stream frames to a splitdet edge server.")
     p.add_argument(
         "--server",
-        metavar="HOST[:PORT]",
-        help=f"edge server; port {DEFAULT_PORT} when none is given; dns:///HOST:PORT balances over replicas "
-        "(default: none; required except in local mode)",
+        metavar="TARGET",
+        help=f"edge server, HOST[:PORT] (port {DEFAULT_PORT} when none is given), or replicas balanced round-robin: "
+        "dns:///NAME:PORT (every address of NAME) or ipv4:HOST:P1,HOST:P2,... ; a frame on a replica that dies is "
+        "sent again to another, a replica running another model is refused (default: none; required except in "
+        "local mode)",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--camera", type=int, metavar="N", help="OpenCV camera index")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.wire import COMPRESSION_TO_PB, QUANTIZATION_TO_PB
-from mobile_client.link import Link, LinkConfig, LinkError
+from mobile_client.link import MISMATCH, Link, LinkConfig, LinkError
 from mobile_client.settings import SetupError
 from proto import splitdet_pb2 as pb
 
@@ -15,9 +15,12 @@ def connect(
 
     ``fingerprint`` (the client head's, for modes that send bottlenecks) must equal the server's and
     ``quantization`` must be one the server accepts; otherwise, or when the server cannot be reached, the link is
-    closed and :class:`SetupError` says why in one line.
+    closed and :class:`SetupError` says why in one line. Behind a group target the handshake skips replicas that run
+    another model than ``fingerprint``; from then on the link refuses any replica whose model differs from the one
+    the handshake reached (:attr:`Link.fingerprint`).
     """
     link = Link(config)
+    link.fingerprint = fingerprint  # behind a group target, replicas with another model are skipped
     try:
         info = link.model_info()
         if fingerprint is not None and info.fingerprint != fingerprint:
@@ -35,8 +38,11 @@ def connect(
             )
     except LinkError as e:
         link.close()
+        if e.code == MISMATCH:
+            raise SetupError(f"model mismatch: {e.message}; use the same checkpoint on both sides") from None
         raise SetupError(f"handshake with the edge server at {config.target} failed: {e}") from None
     except SetupError:
         link.close()
         raise
+    link.fingerprint = info.fingerprint
     return link, info

@@ -3,10 +3,20 @@
 The bearer token travels as gRPC call credentials composed with the TLS channel credentials, which gRPC never
 sends over a plaintext channel; only ``allow_insecure_token`` (loopback tests) sends it as plain metadata.
 
+``target`` is any gRPC target: ``HOST:PORT``, or a group of replicas, ``dns:///NAME:PORT`` (every address the name
+resolves to) or ``ipv4:HOST:P1,HOST:P2,...``; a group is balanced round-robin, call by call (a stream stays on one
+replica until it breaks). Every server names itself and its model in each call's initial metadata: once
+:attr:`Link.fingerprint` is set (by the handshake), a call or stream answered by a replica that runs another model
+is refused (FAILED_PRECONDITION) and its frames are tried again, on the next replica.
+
 A frame waits for the server to be reachable (``wait_for_ready``; the channel reconnects with exponential
 backoff, 0.1 s growing to 1 s) until its deadline. A call or stream that ends with ``UNAVAILABLE`` (the server
-stopped or restarted under it) or ``RESOURCE_EXHAUSTED`` (its queue is full) is retried with exponential backoff,
-at most ``attempts`` times per frame. A frame that is not answered by then is failed, never dropped.
+stopped, restarted or drains; the next try goes to another replica) is retried with exponential backoff, at most
+``attempts`` times per frame. ``RESOURCE_EXHAUSTED`` (the server is at capacity) is retried after the server's hint
+(``grpc-retry-pushback-ms``, plus up to a fifth at random, so refused clients do not come back together) until
+the frame's deadline (a unary frame whose hint lies past its deadline fails at once, RESOURCE_EXHAUSTED); without a
+hint it counts as an attempt with exponential backoff. A frame that is not answered
+by then is failed, never dropped.
 
 :class:`StreamLink` keeps one bidirectional stream open, matches responses to frames by ``frame_id``, and
 re-opens the stream when it breaks, re-sending the frames that were on the wire.
@@ -15,6 +25,7 @@ re-opens the stream when it breaks, re-sending the frames that were on the wire.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import deque
@@ -30,6 +41,11 @@ from proto import splitdet_pb2_grpc
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+GROUP_SCHEMES = ("dns:", "ipv4:", "ipv6:")  # targets that name several replicas
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+FINGERPRINT_KEY = "splitdet-fingerprint"  # the server's model, in each call's initial metadata
+SERVER_KEY = "splitdet-server"  # which server answered
+MISMATCH = "FAILED_PRECONDITION"
 
 
 class LinkError(RuntimeError):
@@ -74,6 +90,31 @@ class LinkConfig:
         return ()
 
 
+def retry_hint_s(metadata) -> float | None:
+    """The server's retry hint (``grpc-retry-pushback-ms``) in seconds, None when there is none."""
+    value = dict(metadata or ()).get(RETRY_PUSHBACK_KEY)
+    try:
+        return int(value) / 1000 if value is not None else None
+    except ValueError:
+        return None
+
+
+def jittered(seconds: float) -> float:
+    """``seconds`` plus up to a fifth at random."""
+    return seconds * random.uniform(1.0, 1.2)
+
+
+def replica_mismatch(metadata, fingerprint: str | None) -> LinkError | None:
+    """The error for a replica whose initial ``metadata`` names a model other than ``fingerprint``; None when it
+    matches, when nothing is expected yet, or when the call ended before the server said anything."""
+    sent = dict(metadata or ())
+    found = sent.get(FINGERPRINT_KEY)
+    if fingerprint is None or found is None or found == fingerprint:
+        return None
+    server = sent.get(SERVER_KEY, "a replica")
+    return LinkError(MISMATCH, f"replica {server} runs fingerprint {found}, this client expects {fingerprint}; refused")
+
+
 @dataclass
 class Reply:
     """A server response with the client-side send and receive times (``time.monotonic`` seconds).
@@ -87,8 +128,9 @@ class Reply:
 
 
 def channel_options(target: str, max_message_mb: int) -> list[tuple[str, int | str]]:
-    """Message limits, fast reconnects, round-robin over every address of a ``dns:///`` target, and a connection of
-    its own (gRPC would share one between the channels of a process; the server queues frames per connection)."""
+    """Message limits, fast reconnects, round-robin over every address of a group target (``dns:``, ``ipv4:``,
+    ``ipv6:``), and a connection of its own (gRPC would share one between the channels of a process; the server
+    queues frames per connection)."""
     limit = max_message_mb * 1024 * 1024
     options: list[tuple[str, int | str]] = [
         ("grpc.use_local_subchannel_pool", 1),
@@ -98,7 +140,7 @@ def channel_options(target: str, max_message_mb: int) -> list[tuple[str, int | s
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
-    if target.startswith("dns:"):
+    if target.startswith(GROUP_SCHEMES):
         options.append(("grpc.service_config", ROUND_ROBIN))
     return options
 
@@ -123,12 +165,14 @@ def open_channel(config: LinkConfig) -> grpc.Channel:
 
 
 class Link:
-    """Channel and stub to one edge server (or a load-balanced group of replicas)."""
+    """Channel and stub to one edge server (or a load-balanced group of replicas). ``fingerprint``, once set, is
+    the model every replica must run."""
 
     def __init__(self, config: LinkConfig) -> None:
         self.config = config
         self.channel = open_channel(config)
         self.stub = splitdet_pb2_grpc.SplitDetectionStub(self.channel)
+        self.fingerprint: str | None = None
 
     def deadline(self) -> float:
         """The monotonic time by which a frame started now must have its answer."""
@@ -142,31 +186,49 @@ class Link:
         return self.call(self.stub.GetModelInfo, pb.ModelInfoRequest(), self.deadline(), wait_for_ready=False).response
 
     def call(self, method: Callable, request, deadline: float, wait_for_ready: bool = True) -> Reply:
-        """A unary call, retried with exponential backoff on a :data:`RETRYABLE` status until ``deadline``."""
+        """A unary call, retried until ``deadline``: after the server's hint on RESOURCE_EXHAUSTED, with
+        exponential backoff on another :data:`RETRYABLE` status or a replica that runs another model."""
         backoff = self.config.backoff_s
         attempt = 0
         while True:
-            attempt += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self.deadline_error()
             sent_at = time.monotonic()
             try:
-                response = method(
+                response, call = method.with_call(
                     request, timeout=remaining, metadata=self.config.metadata, wait_for_ready=wait_for_ready
                 )
-                return Reply(response, sent_at, time.monotonic())
+                error, hint = replica_mismatch(call.initial_metadata(), self.fingerprint), None
+                if error is None:
+                    return Reply(response, sent_at, time.monotonic())
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise self.deadline_error() from None
-                if e.code() not in RETRYABLE or attempt >= self.config.attempts:
-                    raise LinkError.from_rpc(e, attempt) from None
-            time.sleep(max(0.0, min(backoff, deadline - time.monotonic())))
-            backoff = min(backoff * 2, self.config.max_backoff_s)
+                error, hint = replica_mismatch(e.initial_metadata(), self.fingerprint), None
+                if error is None:
+                    if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise self.deadline_error() from None
+                    if e.code() not in RETRYABLE:
+                        raise LinkError.from_rpc(e, attempt + 1) from None
+                    error = LinkError.from_rpc(e)
+                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        hint = retry_hint_s(e.trailing_metadata())
+                    if hint is not None and time.monotonic() + hint > deadline:
+                        raise LinkError(
+                            error.code, f"{error.message} (its retry hint is past the frame's deadline)"
+                        ) from None
+            if hint is None:
+                attempt += 1
+                if attempt >= self.config.attempts:
+                    suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+                    raise LinkError(error.code, error.message + suffix)
+            wait = jittered(hint) if hint is not None else backoff
+            time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+            if hint is None:
+                backoff = min(backoff * 2, self.config.max_backoff_s)
 
     def stream(self, method: Callable) -> StreamLink:
         """A :class:`StreamLink` over a bidirectional streaming method of the stub."""
-        return StreamLink(method, self.config)
+        return StreamLink(method, self.config, self.fingerprint)
 
     def close(self) -> None:
         self.channel.close()
@@ -182,16 +244,20 @@ class _Item:
 
 
 class StreamLink:
-    """One bidirectional stream shared by many frames, re-opened with backoff whenever it breaks.
+    """One bidirectional stream shared by many frames, re-opened whenever it breaks: after the server's retry hint
+    when it refused for capacity, else with exponential backoff.
 
     :meth:`submit` queues a request and returns a future of its :class:`Reply`; the future fails with
-    :class:`LinkError` once the frame was on the wire of ``attempts`` broken streams, or on a non-retryable error.
-    The caller enforces each frame's deadline and calls :meth:`cancel` when it gives up on a frame.
+    :class:`LinkError` once the frame was on the wire of ``attempts`` broken streams (refusals with a retry hint do
+    not count), or on a non-retryable error. A stream whose server runs another model than ``fingerprint`` is
+    cancelled before any answer is read and counts as a broken one. The caller enforces each frame's deadline and
+    calls :meth:`cancel` when it gives up on a frame.
     """
 
-    def __init__(self, method: Callable, config: LinkConfig) -> None:
+    def __init__(self, method: Callable, config: LinkConfig, fingerprint: str | None = None) -> None:
         self._method = method
         self._config = config
+        self._fingerprint = fingerprint
         self._cond = threading.Condition()
         self._pending: deque[_Item] = deque()
         self._inflight: dict[int, _Item] = {}
@@ -247,17 +313,22 @@ class StreamLink:
     def _run(self) -> None:
         backoff = self._config.backoff_s
         while (call := self._open()) is not None:
-            error: grpc.RpcError | None = None
-            try:
-                for response in call:
-                    self._resolve(response, time.monotonic())
-                    backoff = self._config.backoff_s
-            except grpc.RpcError as e:
-                error = e
-            if self._recover(error):
+            error: grpc.RpcError | LinkError | None = replica_mismatch(call.initial_metadata(), self._fingerprint)
+            if error is not None:
+                call.cancel()
+            else:
+                try:
+                    for response in call:
+                        self._resolve(response, time.monotonic())
+                        backoff = self._config.backoff_s
+                except grpc.RpcError as e:
+                    error = e
+            wait = self._recover(error)
+            if wait is not None:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._closing, timeout=backoff)
-                backoff = min(backoff * 2, self._config.max_backoff_s)
+                    self._cond.wait_for(lambda: self._closing, timeout=wait if wait > 0 else backoff)
+                if wait == 0:
+                    backoff = min(backoff * 2, self._config.max_backoff_s)
 
     def _open(self) -> Iterator[pb.InferResponse] | None:
         """A new stream once there is something to send; None when the link closes."""
@@ -280,33 +351,42 @@ class StreamLink:
             item.future.set_result(Reply(response, max(item.sent_at, self._last_received), received_at))
         self._last_received = received_at
 
-    def _recover(self, rpc_error: grpc.RpcError | None) -> bool:
-        """After a stream ended: fail or re-queue its unanswered frames; True when the next stream should wait."""
+    def _recover(self, failure: grpc.RpcError | LinkError | None) -> float | None:
+        """After a stream ended: fail or re-queue its unanswered frames. How long the next stream should wait:
+        the server's jittered retry hint, 0 for the exponential backoff, None for not at all."""
         with self._cond:
             self._generation += 1
             self._call = None
             self._cond.notify_all()
             stranded = sorted(self._inflight.values(), key=lambda i: i.frame_id)
             self._inflight.clear()
-            if rpc_error is not None:
-                error, retryable = LinkError.from_rpc(rpc_error), rpc_error.code() in RETRYABLE
+            hint = None
+            if isinstance(failure, LinkError):  # a replica with another model: try the next one
+                error, retryable = failure, True
+            elif failure is not None:
+                error, retryable = LinkError.from_rpc(failure), failure.code() in RETRYABLE
+                if failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    hint = retry_hint_s(failure.trailing_metadata())
             elif stranded:
                 error, retryable = LinkError("UNAVAILABLE", "the server ended the stream before answering"), True
             else:
-                return False
+                return None
             if stranded and not retryable:
                 # The server answers a stream in order and ends it at the first frame it refuses.
                 refused = stranded.pop(0)
                 if not refused.future.done():
                     refused.future.set_exception(error)
             for item in reversed(stranded):
-                item.attempts += 1
+                if hint is None:
+                    item.attempts += 1
                 if item.attempts < self._config.attempts and not self._closing:
                     self._pending.appendleft(item)
                 elif not item.future.done():
                     suffix = f" (after {item.attempts} attempts)" if item.attempts > 1 else ""
                     item.future.set_exception(LinkError(error.code, error.message + suffix))
-            return retryable
+            if not retryable:
+                return None
+            return jittered(hint) if hint is not None else 0.0
 
     def _fail_all(self, error: LinkError) -> None:
         for item in [*self._pending, *self._inflight.values()]:

@@ -101,3 +101,12 @@ def test_headless_service_and_autoscaler_select_the_deployment():
     target = RESOURCES["HorizontalPodAutoscaler", "edge"]["spec"]["scaleTargetRef"]
     assert target == {"apiVersion": "apps/v1", "kind": "Deployment", "name": DEPLOYMENT["metadata"]["name"]}
     assert "replicas" not in DEPLOYMENT["spec"]  # the autoscaler owns it
+
+
+def test_termination_leaves_time_to_drain():
+    """preStop (the endpoint leaves DNS) plus --grace-s (frames in progress finish) fit in the grace period."""
+    args = server_args()
+    command = CONTAINER["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop_s = float(command[1])
+    assert pre_stop_s + args.grace_s < POD["spec"]["terminationGracePeriodSeconds"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import load
 from benchmarks.server_process import ServerProcess
@@ -197,7 +198,7 @@ def test_killed_client_frees_its_stream_and_frame(ckpt, frame, tmp_path):
         assert wait_until(lambda: server.stats.snapshot().streams == 0, timeout_s=10)
         assert wait_until(lambda: server.stats.snapshot().in_flight == 0, timeout_s=10)
         assert server.batcher.items == 0  # the dead client's frame expired in the queue
-        assert server.stats.snapshot().errors_by_code["DEADLINE_EXCEEDED"] == 1
+        assert server.stats.snapshot().errors_by_code["CANCELLED"] == 1
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = splitdet_pb2_grpc.SplitDetectionStub(channel)
             with ThreadPoolExecutor(2) as pool:  # both workers are free again
@@ -256,29 +257,31 @@ def test_link_stall_fails_frames_by_deadline_then_moves_on(ckpt, window):
 
 
 def test_server_at_capacity_refuses_and_memory_stays_flat(ckpt, frame):
-    """40 concurrent calls against 2 workers and 4 open calls at most: the rest are refused at once, round after
-    round, and the server's memory does not grow with the load."""
-    args = ["--ckpt", str(ckpt), *TINY_SERVER, "--max-calls", "4", "--max-batch", "4", "--max-batch-delay-ms", "300"]
+    """40 concurrent calls against 4 frames in progress at most: the rest are refused at once with a retry hint,
+    round after round, and the server's memory does not grow with the load."""
+    args = ["--ckpt", str(ckpt), *TINY_SERVER, "--max-queued-frames", "4", "--max-batch", "4"]
+    args += ["--max-batch-delay-ms", "300"]
     request = frame.SerializeToString()
     rounds: list[tuple[Counter, float]] = []
     with ServerProcess(args) as server, grpc.insecure_channel(server.target) as channel:
         infer = channel.unary_unary("/splitdet.v1.SplitDetection/Infer")
 
-        def one(_: int) -> tuple[str, str, float]:
+        def one(_: int) -> tuple[str, str, float, dict]:
             start = time.monotonic()
             try:
                 infer(request, timeout=30)
-                return "OK", "", time.monotonic() - start
+                return "OK", "", time.monotonic() - start, {}
             except grpc.RpcError as e:
-                return e.code().name, e.details(), time.monotonic() - start
+                return e.code().name, e.details(), time.monotonic() - start, dict(e.trailing_metadata() or ())
 
         one(0)
         with ThreadPoolExecutor(40) as pool:
             for _ in range(3):
                 outcomes = list(pool.map(one, range(40)))
-                rounds.append((Counter(code for code, _, _ in outcomes), server.memory_mb()[0]))
-                refused = [(details, s) for code, details, s in outcomes if code == "RESOURCE_EXHAUSTED"]
-                assert all(details == "Concurrent RPC limit exceeded!" and s < 2.0 for details, s in refused)
+                rounds.append((Counter(code for code, _, _, _ in outcomes), server.memory_mb()[0]))
+                refused = [(details, s, md) for code, details, s, md in outcomes if code == "RESOURCE_EXHAUSTED"]
+                assert all("frames are in progress" in details and s < 2.0 for details, s, _ in refused), refused
+                assert all(int(md["grpc-retry-pushback-ms"]) > 0 for _, _, md in refused), refused
         stats = pb.Stats.FromString(channel.unary_unary("/splitdet.v1.SplitDetection/GetStats")(b"", timeout=10))
     for codes, _ in rounds:
         assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"} and codes["OK"] >= 4, codes
@@ -289,11 +292,14 @@ def test_server_at_capacity_refuses_and_memory_stays_flat(ckpt, frame):
 # ---- SIGTERM with frames in flight ----
 
 
-def test_sigterm_finishes_in_flight_frames_within_grace(ckpt, frame):
-    args = ["--ckpt", str(ckpt), *TINY_SERVER, "--workers", "4", "--max-batch", "4", "--max-batch-delay-ms", "1000"]
+def test_sigterm_drains_then_finishes_in_flight_frames_within_grace(ckpt, frame):
+    """SIGTERM: health says NOT_SERVING and new streams are refused (UNAVAILABLE) at once, a stream waiting for a
+    frame ends at once, the frames in progress are answered, then the process exits."""
+    args = ["--ckpt", str(ckpt), *TINY_SERVER, "--workers", "4", "--max-batch", "4", "--max-batch-delay-ms", "1500"]
     never = threading.Event()
     with ServerProcess([*args, "--grace-s", "4"]) as server, grpc.insecure_channel(server.target) as channel:
         stub = splitdet_pb2_grpc.SplitDetectionStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
 
         def stats() -> pb.Stats:
             return stub.GetStats(pb.StatsRequest(), timeout=10)
@@ -305,12 +311,19 @@ def test_sigterm_finishes_in_flight_frames_within_grace(ckpt, frame):
             assert wait_until(lambda: stats().in_flight == 2)  # both wait in the batcher for more frames
             start = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
+            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+            assert wait_until(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == not_serving)
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.InferStream(iter([frame]), timeout=10))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.value.details()
+            with pytest.raises(grpc.RpcError) as ended:
+                next(idle)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert not all(p.done() for p in pending)  # all this happened while the frames were still in progress
             assert all(p.result().frame_id == frame.frame_id for p in pending)
             assert time.monotonic() - start < 4
         assert server.proc.wait(timeout=30) == 0
-        assert time.monotonic() - start < 4 + 3  # the idle stream is cut at the end of the grace period
-        with pytest.raises(grpc.RpcError):
-            next(idle)
+        assert time.monotonic() - start < 4 + 3  # the grace period, and the interpreter's exit
         never.set()
 
 
