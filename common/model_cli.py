@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrated on --calibration frames (default: float32)",
     )
     p.add_argument(
-        "--calibration", type=int, default=64, metavar="N", help="with --int8: calibration frames (default: %(default)s)"
+        "--calibration",
+        type=int,
+        default=64,
+        metavar="N",
+        help="with --int8: calibration frames (default: %(default)s)",
     )
     calibration = p.add_mutually_exclusive_group()
     calibration.add_argument(

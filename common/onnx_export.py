@@ -206,7 +206,9 @@ def assemble(programs: dict[str, object]):
         [
             helper.make_tensor_value_info(fmt.INPUT_IMAGE, onnx.TensorProto.UINT8, dyn("H", "W", 3)),
             helper.make_tensor_value_info(fmt.INPUT_RESIZED, onnx.TensorProto.FLOAT, dyn(0, "h", "w")),
-            helper.make_tensor_value_info(fmt.INPUT_STEM, onnx.TensorProto.FLOAT, dyn(1, fmt.STEM_CHANNELS, "sh", "sw")),
+            helper.make_tensor_value_info(
+                fmt.INPUT_STEM, onnx.TensorProto.FLOAT, dyn(1, fmt.STEM_CHANNELS, "sh", "sw")
+            ),
             helper.make_tensor_value_info(fmt.INPUT_STAGE, onnx.TensorProto.INT64, []),
         ],
         [helper.make_tensor_value_info(fmt.OUTPUT, onnx.TensorProto.FLOAT, None)],
@@ -257,9 +259,7 @@ def metadata(checkpoint: Checkpoint, head: Head, source: Path, weights: str = "f
     }
 
 
-def export_onnx_head(
-    path: str | Path, out: str | Path, calibration: list[np.ndarray] | None = None
-) -> dict[str, str]:
+def export_onnx_head(path: str | Path, out: str | Path, calibration: list[np.ndarray] | None = None) -> dict[str, str]:
     """Write the head of the checkpoint at ``path`` to ``out``; its metadata. With ``calibration`` frames (uint8
     RGB), the stem and encoder convolutions are statically quantized to int8 (:mod:`common.onnx_int8`)."""
     import onnx

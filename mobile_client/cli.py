@@ -253,10 +253,6 @@ def check_args(args: argparse.Namespace) -> None:
                 f"--mode {args.mode} runs the tail on the device, which needs torch: use --runtime torch",
             ),
             (
-                args.background_filter == 0.0,
-                "--background-filter reads the stem, which the ONNX head does not output: use --runtime torch",
-            ),
-            (
                 args.quantization is None or args.quantization in ONNX_QUANTIZATIONS,
                 f"--runtime onnx encodes {', '.join(ONNX_QUANTIZATIONS)} bottlenecks, not {args.quantization}",
             ),

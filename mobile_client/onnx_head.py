@@ -26,7 +26,6 @@ from mobile_client.background import stem_cells
 from mobile_client.pipeline import HeadResult
 from mobile_client.settings import SetupError
 
-
 _NO_IMAGE = np.empty((0, 0, 3), dtype=np.uint8)
 _NO_STEM = np.empty((1, fmt.STEM_CHANNELS, 0, 0), dtype=np.float32)
 
@@ -90,7 +89,9 @@ class OnnxHead:
             codec = CodecSettings(meta["quantization"], meta["compression"], int(meta["level"]))
             has_filter = meta["filter"] == "yes"
             inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-            if inputs != [fmt.INPUT_IMAGE, fmt.INPUT_RESIZED, fmt.INPUT_STEM, fmt.INPUT_STAGE] or outputs != [fmt.OUTPUT]:
+            if inputs != [fmt.INPUT_IMAGE, fmt.INPUT_RESIZED, fmt.INPUT_STEM, fmt.INPUT_STAGE] or outputs != [
+                fmt.OUTPUT
+            ]:
                 raise ValueError(f"unexpected inputs {inputs} or outputs {outputs}")
             threshold = float(meta["filter_threshold"]) if filter_threshold is None else filter_threshold
             return cls(
