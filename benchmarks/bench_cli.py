@@ -22,6 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ckpt", metavar="PATH", help="student checkpoint for both sides (default: the demo checkpoint)")
     p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="what runs the device's head: torch (the checkpoint) or onnx (--head FILE, the torch-free client's "
+        "ONNX Runtime head; local mode, which needs the tail on the device, stays torch and auto chooses between "
+        "split and offload) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--head",
+        metavar="FILE",
+        help="with --runtime onnx: the ONNX head exported from --ckpt (split-model export --format onnx [--int8]) "
+        "(default: none)",
+    )
+    p.add_argument(
         "--rates",
         default="0.5,1,2,5,10,50",
         metavar="LIST",
@@ -114,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="benchmarks/results/bench", metavar="DIR", help="output folder (default: %(default)s)"
     )
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="client torch threads (default: %(default)s)")
+    p.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="client torch or onnxruntime threads (default: %(default)s)"
+    )
     p.add_argument(
         "--server-threads", type=int, default=1, metavar="N", help="server torch threads (default: %(default)s)"
     )
@@ -154,6 +170,8 @@ def check_args(args: argparse.Namespace) -> None:
         (args.trace_window_s is None or args.trace_window_s > 0, "--trace-window-s must be positive"),
         (not (args.schedule and args.trace), "--schedule and --trace are separate runs"),
         (args.server_max_batch >= 1, "--server-max-batch must be >= 1"),
+        (args.runtime != "onnx" or args.head is not None, "--runtime onnx needs --head FILE"),
+        (args.head is None or args.runtime == "onnx", "--head is for --runtime onnx"),
         (
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.server_device) is not None,
             f"--server-device must be auto, cpu, cuda or cuda:N, got {args.server_device!r}",

@@ -292,3 +292,38 @@ def test_report_paths_are_relative_to_the_repository(tmp_path):
         if committed.suffix in (".md", ".json", ".csv"):
             text = committed.read_text()
             assert not any(root in text for root in ("/work/", "/root/", "/tmp/", "/home/")), committed
+
+
+def test_onnx_runtime_runs_the_exported_head_and_auto_never_goes_local(ckpt, tmp_path, capsys):
+    """split-bench --runtime onnx --head FILE: the emulated device runs the torch-free client's head; local stays
+    torch; auto chooses between split and offload."""
+    from common import model_cli
+
+    head = tmp_path / "head.onnx"
+    assert model_cli.main(["export", str(ckpt), "--out", str(head), "--format", "onnx"]) == 0
+    capsys.readouterr()
+    argv = ["--ckpt", ckpt, "--runtime", "onnx", "--head", head, "--modes", "local,split+filter,auto", "--rates", "10"]
+    argv += ["--synthetic", 4, "--frames", 4, "--warmup", 0, "--no-stream", "--emulator", "userspace"]
+    assert bench_cli.main([*argv, "--out", tmp_path / "out"]) == 0
+    stderr = capsys.readouterr().err
+    assert "ONNX Runtime (float32 weights) head" in stderr
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert report["settings"]["runtime"].startswith("onnx (") and "float32 weights" in report["settings"]["runtime"]
+    rows = report["rows"]
+    assert {r["mode"] for r in rows} == {"local", "split+filter", "auto"} and all(r["error"] is None for r in rows)
+    assert {r["chosen"] for r in rows if r["mode"] == "auto"} <= {"split", "offload"}
+    assert "Head runtime: onnx" in (tmp_path / "out" / "bench.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--runtime", "onnx"], "--runtime onnx needs --head FILE"),
+        (["--head", "h.onnx"], "--head is for --runtime onnx"),
+        (["--runtime", "onnx", "--head", "missing.onnx"], "ONNX head not found"),
+    ],
+)
+def test_onnx_runtime_usage_errors(argv, message, ckpt, tmp_path, capsys):
+    assert bench_cli.main(["--ckpt", ckpt, "--frames", 1, "--out", tmp_path / "out", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
