@@ -154,7 +154,6 @@ def test_answers_with_objects_teach_nothing(server, ckpt):
         (["--background-filter", "0.1", "--background-max-skipped", "0"], "--background-max-skipped must be >= 1"),
         (["--background-filter", "0.1", "--mode", "offload"], "split or auto mode, not offload"),
         (["--background-filter", "0.1", "--images", "x/*.jpg"], "not --images"),
-        (["--background-filter", "0.1", "--runtime", "onnx", "--head", "h.onnx"], "use --runtime torch"),
     ],
 )
 def test_bad_background_options_exit_2(extra, message, capsys):
