@@ -564,7 +564,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         cells += [_fmt(b.get("raw"), 0), _fmt(b.get("uint8"), 0), _fmt(b.get("zstd"), 0), _fmt(b.get("payload"), 0)]
         fs = run.get("filter") or {}
         cells += [_fmt(fs.get("empty_skipped"), 2), _fmt(fs.get("objects_skipped"), 2)]
-        cells += [_fmt(run.get("bottleneck_error"), 4)] if errors else []
+        error = run.get("bottleneck_error")
+        cells += ["-" if error is None else f"{error:.1e}"] if errors else []
         lines.append("| " + " | ".join(cells) + " |")
 
     if fid:
