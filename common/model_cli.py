@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="onnx only: quantize the stem's and encoder's convolutions to int8 (ONNX Runtime static QDQ), "
+        help="onnx only: quantize the encoder's convolutions to int8 (ONNX Runtime static QDQ), "
         "calibrated on --calibration frames (default: float32)",
     )
     p.add_argument(

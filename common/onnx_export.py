@@ -261,7 +261,7 @@ def metadata(checkpoint: Checkpoint, head: Head, source: Path, weights: str = "f
 
 def export_onnx_head(path: str | Path, out: str | Path, calibration: list[np.ndarray] | None = None) -> dict[str, str]:
     """Write the head of the checkpoint at ``path`` to ``out``; its metadata. With ``calibration`` frames (uint8
-    RGB), the stem and encoder convolutions are statically quantized to int8 (:mod:`common.onnx_int8`)."""
+    RGB), the encoder's convolutions are statically quantized to int8 (:mod:`common.onnx_int8`)."""
     import onnx
 
     path, out = Path(path), Path(out)

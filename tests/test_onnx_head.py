@@ -215,6 +215,17 @@ def test_an_old_format_head_is_refused_in_one_line(tmp_path, head_file):
     assert len(str(e.value).splitlines()) == 1
 
 
+def branch_ops(graph, into: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+    """The operator types of every If branch of ``graph``, by branch name (stem, filter, encoder, ...)."""
+    into = {} if into is None else into
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                into[attribute.g.name] = {n.op_type for n in attribute.g.node}
+                branch_ops(attribute.g, into)
+    return into
+
+
 def test_int8_head_is_close_to_float(tmp_path, filter_ckpt, head_file):
     calibration = tmp_path / "calibration"
     calibration.mkdir()
@@ -225,13 +236,14 @@ def test_int8_head_is_close_to_float(tmp_path, filter_ckpt, head_file):
     assert model_cli.main([*argv, "--calibration-images", str(calibration)]) == 0
     int8, fp32 = OnnxHead.load(out), OnnxHead.load(head_file)
     assert int8.weights == "int8" and fp32.weights == "float32" and int8.fingerprint == fp32.fingerprint
-    top = onnx.load(out).graph.node[-1]  # If(stage == stem, then: the stem program, else: ...)
-    ops = {node.op_type for node in next(a.g for a in top.attribute if a.name == "then_branch").node}
-    assert "DequantizeLinear" in ops
+    ops = branch_ops(onnx.load(out).graph)
+    assert "DequantizeLinear" in ops["encoder"] and not {"DequantizeLinear", "QuantizeLinear"} & ops["stem"]
     for rgb in frames():
         a, b = int8.run_head(rgb, use_filter=False).bottleneck, fp32.run_head(rgb, use_filter=False).bottleneck
         assert a.shape == b.shape
         assert np.abs(a - b).mean() < 0.1 * np.abs(b).mean()
+        # the stem and the filter stay float32: the filter decides as the float head's
+        assert int8.run_head(rgb, use_filter=True).object_prob == fp32.run_head(rgb, use_filter=True).object_prob
 
 
 def test_int8_usage_errors_are_one_line(tmp_path, filter_ckpt, capsys):
