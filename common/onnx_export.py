@@ -158,7 +158,7 @@ def _branch(program, name: str):
     import onnx
     from onnx import compose, helper
 
-    prefixed = compose.add_prefix(program, f"{name}/", rename_functions=False)
+    prefixed = compose.add_prefix(program, f"{name}/")
     graph = prefixed.graph
     wiring = [helper.make_node("Identity", [i.name.split("/", 1)[1]], [i.name]) for i in graph.input]
     out = f"{name}/result"
@@ -173,6 +173,7 @@ def _branch(program, name: str):
 
 
 def _stage_is(stage: int, name: str) -> list:
+    """Nodes that set the boolean ``name`` to ``stage input == stage``."""
     from onnx import helper, numpy_helper
 
     constant = numpy_helper.from_array(np.array(stage, dtype=np.int64), f"{name}/value")
@@ -199,34 +200,28 @@ def assemble(programs: dict[str, object]):
     top = helper.make_node(
         "If", ["is_stem"], [fmt.OUTPUT], then_branch=_branch(programs["stem"], "stem"), else_branch=later
     )
-    dyn = lambda *dims: dims  # noqa: E731
     graph = helper.make_graph(
         [*is_stem, top],
         "splitdet_head",
         [
-            helper.make_tensor_value_info(fmt.INPUT_IMAGE, onnx.TensorProto.UINT8, dyn("H", "W", 3)),
-            helper.make_tensor_value_info(fmt.INPUT_RESIZED, onnx.TensorProto.FLOAT, dyn(0, "h", "w")),
-            helper.make_tensor_value_info(
-                fmt.INPUT_STEM, onnx.TensorProto.FLOAT, dyn(1, fmt.STEM_CHANNELS, "sh", "sw")
-            ),
+            helper.make_tensor_value_info(fmt.INPUT_IMAGE, onnx.TensorProto.UINT8, ["H", "W", 3]),
+            helper.make_tensor_value_info(fmt.INPUT_RESIZED, onnx.TensorProto.FLOAT, [0, "h", "w"]),
+            helper.make_tensor_value_info(fmt.INPUT_STEM, onnx.TensorProto.FLOAT, [1, fmt.STEM_CHANNELS, "sh", "sw"]),
             helper.make_tensor_value_info(fmt.INPUT_STAGE, onnx.TensorProto.INT64, []),
         ],
         [helper.make_tensor_value_info(fmt.OUTPUT, onnx.TensorProto.FLOAT, None)],
     )
+    if any(program.functions for program in programs.values()):
+        raise ValueError("the exporter wrote ONNX functions; the head's programs are assembled from plain graphs")
     opsets: dict[str, int] = {}
-    functions = {}
     for program in programs.values():
         for opset in program.opset_import:
             opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
-        for function in program.functions:
-            functions[(function.domain, function.name)] = function
-    model = helper.make_model(
+    return helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid(domain, version) for domain, version in sorted(opsets.items())],
-        functions=list(functions.values()),
-        ir_version=programs["stem"].ir_version,
+        ir_version=max(program.ir_version for program in programs.values()),
     )
-    return model
 
 
 def metadata(checkpoint: Checkpoint, head: Head, source: Path, weights: str = "float32") -> dict[str, str]:

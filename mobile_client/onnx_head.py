@@ -89,9 +89,8 @@ class OnnxHead:
             codec = CodecSettings(meta["quantization"], meta["compression"], int(meta["level"]))
             has_filter = meta["filter"] == "yes"
             inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-            if inputs != [fmt.INPUT_IMAGE, fmt.INPUT_RESIZED, fmt.INPUT_STEM, fmt.INPUT_STAGE] or outputs != [
-                fmt.OUTPUT
-            ]:
+            expected = [fmt.INPUT_IMAGE, fmt.INPUT_RESIZED, fmt.INPUT_STEM, fmt.INPUT_STAGE]
+            if inputs != expected or outputs != [fmt.OUTPUT]:
                 raise ValueError(f"unexpected inputs {inputs} or outputs {outputs}")
             threshold = float(meta["filter_threshold"]) if filter_threshold is None else filter_threshold
             return cls(
@@ -107,7 +106,7 @@ class OnnxHead:
                 size_divisible=int(meta["size_divisible"]),
                 has_filter=has_filter,
                 filter_threshold=threshold,
-                weights=meta.get("weights", "float32"),
+                weights=meta["weights"],
                 metadata=meta,
             )
         except (KeyError, ValueError) as e:
