@@ -403,6 +403,8 @@ def evaluate(
     makes every frame carry only its own image's padding. Each of ``onnx_heads`` (ONNX head files exported from this
     checkpoint) adds a split run per quantization with that head on the device side."""
     ckpt = load_checkpoint(ckpt_path)
+    if onnx_heads and not ckpt.config.is_student:
+        raise ValueError(f"{ckpt_path} holds a teacher: it has no head to run as ONNX")
     model = ckpt.build_model()
     arch = ckpt.config.arch
     # keypoints need keypoint ground truth; segm uses the annotation files' segmentation whatever the task
