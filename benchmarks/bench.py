@@ -63,7 +63,7 @@ from benchmarks.netem import NetemError, NetemLink, unavailable
 from benchmarks.paths import shown_args, shown_path
 from benchmarks.server_process import ServerProcess, ServerStartError
 from benchmarks.shaper import LinkShaper, RateSchedule, Trace, trace_delivery
-from common.checkpoint import CheckpointError, load_checkpoint
+from common.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from common.demo import demo_checkpoint
 from mobile_client import handshake
 from mobile_client.device_cpu import DeviceQuota, detect, parse_cores
@@ -470,7 +470,7 @@ def offload_sizes(frames: list[Frame], min_size: int, max_size: int, quality: in
     return out
 
 
-def onnx_head(path: str, checkpoint) -> OnnxHead:
+def onnx_head(path: str, checkpoint: Checkpoint) -> OnnxHead:
     """The ``--head`` file, which must be the head of ``--ckpt`` (the server runs that checkpoint's tail)."""
     head = OnnxHead.load(path)
     if head.fingerprint != checkpoint.fingerprint:

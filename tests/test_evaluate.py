@@ -165,3 +165,11 @@ def test_onnx_head_is_scored_like_the_torch_head(tmp_path):
     save_checkpoint(model, other, dataset.class_names)
     with pytest.raises(ValueError, match="is the head of another model"):
         evaluate(other, dataset, quantizations=("none",), progress=False, onnx_heads=[head])
+
+
+def test_cli_missing_head(tmp_path, capsys):
+    ckpt = tmp_path / "student.pt"
+    ckpt.write_bytes(b"")
+    rc = eval_cli.main(["--ckpt", str(ckpt), "--config", "x.yaml", "--head", str(tmp_path / "nope.onnx")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"split-eval: error: --head: ONNX head not found: {tmp_path / 'nope.onnx'}\n"
