@@ -494,7 +494,7 @@ def bench(args: argparse.Namespace, command: str) -> dict:
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     checkpoint = load_checkpoint(ckpt)
-    head = onnx_head(args.head, checkpoint) if args.runtime == "onnx" else None
+    head = onnx_head(args.head[0], checkpoint) if args.runtime == "onnx" else None
     has_filter = checkpoint.config.with_filter or args.background_filter > 0
     modes = parse_modes(args.modes, has_filter, ckpt)
     remote = [m for m in modes if m != "local"]
@@ -518,7 +518,7 @@ def bench(args: argparse.Namespace, command: str) -> dict:
         timeout_s=args.timeout_s,
         background_filter=args.background_filter,
         runtime=args.runtime,
-        head=args.head,
+        head=args.head[0] if head is not None else None,
     )
     frames = load_frames(spec)
     windows = (1, args.window) if args.stream else (1,)
@@ -593,7 +593,7 @@ def bench(args: argparse.Namespace, command: str) -> dict:
             "empty_frames": skipped_empty,
             "background_filter": args.background_filter,
             "neural_filter": checkpoint.config.with_filter,
-            "runtime": "torch" if head is None else f"onnx ({shown_path(Path(args.head))}, {head.weights} weights)",
+            "runtime": "torch" if head is None else f"onnx ({shown_path(Path(args.head[0]))}, {head.weights} weights)",
             "warmup": args.warmup,
             "window": args.window,
             "stream": args.stream,
@@ -619,7 +619,16 @@ def bench(args: argparse.Namespace, command: str) -> dict:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run the benchmark the checked ``args`` describe and write its outputs; the exit status."""
+    """Run the benchmark the checked ``args`` describe and write its outputs; the exit status. With several
+    ``--head`` files, one benchmark per head into ``--out``/<head file name>; the worst exit status."""
+    if args.head is not None and len(args.head) > 1:
+        codes = []
+        for head in args.head:
+            one = argparse.Namespace(**{**vars(args), "head": [head], "out": str(Path(args.out) / Path(head).stem)})
+            codes.append(run(one, argv))
+            if codes[-1] == 130:  # interrupted
+                break
+        return max(codes)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

@@ -6,6 +6,7 @@ import argparse
 import math
 import re
 import sys
+from pathlib import Path
 
 from mobile_client.device_cpu import add_quota_argument, check_quota
 from mobile_client.settings import SetupError, add_offload_arguments
@@ -31,9 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--head",
+        nargs="+",
         metavar="FILE",
-        help="with --runtime onnx: the ONNX head exported from --ckpt (split-model export --format onnx [--int8]) "
-        "(default: none)",
+        help="with --runtime onnx: the ONNX head exported from --ckpt (split-model export --format onnx [--int8]); "
+        "with several (a float32 and an int8 head, say), one whole benchmark per head, each written to "
+        "--out/<head file name> (default: none)",
     )
     p.add_argument(
         "--rates",
@@ -172,6 +175,10 @@ def check_args(args: argparse.Namespace) -> None:
         (args.server_max_batch >= 1, "--server-max-batch must be >= 1"),
         (args.runtime != "onnx" or args.head is not None, "--runtime onnx needs --head FILE"),
         (args.head is None or args.runtime == "onnx", "--head is for --runtime onnx"),
+        (
+            args.head is None or len({Path(h).stem for h in args.head}) == len(args.head),
+            "--head files must have distinct names (each names its output folder)",
+        ),
         (
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.server_device) is not None,
             f"--server-device must be auto, cpu, cuda or cuda:N, got {args.server_device!r}",

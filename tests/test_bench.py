@@ -315,6 +315,23 @@ def test_onnx_runtime_runs_the_exported_head_and_auto_never_goes_local(ckpt, tmp
     assert "Head runtime: onnx" in (tmp_path / "out" / "bench.md").read_text()
 
 
+def test_two_onnx_heads_give_one_benchmark_each(ckpt, tmp_path, capsys):
+    """split-bench --runtime onnx --head A B (a float32 and an int8 head, say): one report per head."""
+    from common import model_cli
+
+    heads = [tmp_path / "fp.onnx", tmp_path / "other.onnx"]
+    assert model_cli.main(["export", str(ckpt), "--out", str(heads[0]), "--format", "onnx"]) == 0
+    shutil.copy(heads[0], heads[1])
+    argv = ["--ckpt", ckpt, "--runtime", "onnx", "--head", *heads, "--modes", "split", "--rates", "10"]
+    argv += ["--synthetic", 2, "--frames", 2, "--warmup", 0, "--no-stream", "--emulator", "userspace"]
+    assert bench_cli.main([*argv, "--out", tmp_path / "out"]) == 0, capsys.readouterr().err
+    for head in heads:
+        report = json.loads((tmp_path / "out" / head.stem / "bench.json").read_text())
+        assert head.name in report["settings"]["runtime"] and len(report["rows"]) == 2
+    assert bench_cli.main([*argv[:5], heads[0], heads[0], *argv[7:], "--out", tmp_path / "out"]) == 2
+    assert "distinct names" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
