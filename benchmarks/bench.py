@@ -63,12 +63,13 @@ from benchmarks.netem import NetemError, NetemLink, unavailable
 from benchmarks.paths import shown_args, shown_path
 from benchmarks.server_process import ServerProcess, ServerStartError
 from benchmarks.shaper import LinkShaper, RateSchedule, Trace, trace_delivery
-from common.checkpoint import CheckpointError, load_checkpoint
+from common.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from common.demo import demo_checkpoint
 from mobile_client import handshake
 from mobile_client.device_cpu import DeviceQuota, detect, parse_cores
 from mobile_client.link import LinkConfig
 from mobile_client.offload import encode_image, model_input_size
+from mobile_client.onnx_head import OnnxHead
 from mobile_client.pipeline import FrameResult
 from mobile_client.settings import SetupError
 from mobile_client.sources import Frame, SourceError
@@ -469,6 +470,14 @@ def offload_sizes(frames: list[Frame], min_size: int, max_size: int, quality: in
     return out
 
 
+def onnx_head(path: str, checkpoint: Checkpoint) -> OnnxHead:
+    """The ``--head`` file, which must be the head of ``--ckpt`` (the server runs that checkpoint's tail)."""
+    head = OnnxHead.load(path)
+    if head.fingerprint != checkpoint.fingerprint:
+        raise SetupError(f"--head {path} was exported from another checkpoint than --ckpt (fingerprints differ)")
+    return head
+
+
 def _quota_speeds(args: argparse.Namespace) -> tuple[list[float | None], str | None]:
     if not args.device_cpu:
         return [None], None
@@ -485,6 +494,7 @@ def bench(args: argparse.Namespace, command: str) -> dict:
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     checkpoint = load_checkpoint(ckpt)
+    head = onnx_head(args.head[0], checkpoint) if args.runtime == "onnx" else None
     has_filter = checkpoint.config.with_filter or args.background_filter > 0
     modes = parse_modes(args.modes, has_filter, ckpt)
     remote = [m for m in modes if m != "local"]
@@ -507,6 +517,8 @@ def bench(args: argparse.Namespace, command: str) -> dict:
         offload_resize=args.offload_resize,
         timeout_s=args.timeout_s,
         background_filter=args.background_filter,
+        runtime=args.runtime,
+        head=args.head[0] if head is not None else None,
     )
     frames = load_frames(spec)
     windows = (1, args.window) if args.stream else (1,)
@@ -534,6 +546,7 @@ def bench(args: argparse.Namespace, command: str) -> dict:
         for i, cores in enumerate(speeds):
             with ExitStack() as on_device:
                 worker = on_device.enter_context(Device(spec, _log))
+                _log(f"device process {worker.pid}: {worker.info['head']} head")
                 if cores is not None:
                     quota = on_device.enter_context(DeviceQuota(mechanism, cores))
                     quota.add(worker.pid)
@@ -580,6 +593,7 @@ def bench(args: argparse.Namespace, command: str) -> dict:
             "empty_frames": skipped_empty,
             "background_filter": args.background_filter,
             "neural_filter": checkpoint.config.with_filter,
+            "runtime": "torch" if head is None else f"onnx ({shown_path(Path(args.head[0]))}, {head.weights} weights)",
             "warmup": args.warmup,
             "window": args.window,
             "stream": args.stream,
@@ -605,7 +619,16 @@ def bench(args: argparse.Namespace, command: str) -> dict:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run the benchmark the checked ``args`` describe and write its outputs; the exit status."""
+    """Run the benchmark the checked ``args`` describe and write its outputs; the exit status. With several
+    ``--head`` files, one benchmark per head into ``--out``/<head file name>; the worst exit status."""
+    if args.head is not None and len(args.head) > 1:
+        codes = []
+        for head in args.head:
+            one = argparse.Namespace(**{**vars(args), "head": [head], "out": str(Path(args.out) / Path(head).stem)})
+            codes.append(run(one, argv))
+            if codes[-1] == 130:  # interrupted
+                break
+        return max(codes)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

@@ -6,6 +6,7 @@ import argparse
 import math
 import re
 import sys
+from pathlib import Path
 
 from mobile_client.device_cpu import add_quota_argument, check_quota
 from mobile_client.settings import SetupError, add_offload_arguments
@@ -21,6 +22,22 @@ def build_parser() -> argparse.ArgumentParser:
         "and emulated device speeds: which mode wins where.",
     )
     p.add_argument("--ckpt", metavar="PATH", help="student checkpoint for both sides (default: the demo checkpoint)")
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="what runs the device's head: torch (the checkpoint) or onnx (--head FILE, the torch-free client's "
+        "ONNX Runtime head; local mode, which needs the tail on the device, stays torch and auto chooses between "
+        "split and offload) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--head",
+        nargs="+",
+        metavar="FILE",
+        help="with --runtime onnx: the ONNX head exported from --ckpt (split-model export --format onnx [--int8]); "
+        "with several (a float32 and an int8 head, say), one whole benchmark per head, each written to "
+        "--out/<head file name> (default: none)",
+    )
     p.add_argument(
         "--rates",
         default="0.5,1,2,5,10,50",
@@ -114,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="benchmarks/results/bench", metavar="DIR", help="output folder (default: %(default)s)"
     )
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="client torch threads (default: %(default)s)")
+    p.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="client torch or onnxruntime threads (default: %(default)s)"
+    )
     p.add_argument(
         "--server-threads", type=int, default=1, metavar="N", help="server torch threads (default: %(default)s)"
     )
@@ -154,6 +173,12 @@ def check_args(args: argparse.Namespace) -> None:
         (args.trace_window_s is None or args.trace_window_s > 0, "--trace-window-s must be positive"),
         (not (args.schedule and args.trace), "--schedule and --trace are separate runs"),
         (args.server_max_batch >= 1, "--server-max-batch must be >= 1"),
+        (args.runtime != "onnx" or args.head is not None, "--runtime onnx needs --head FILE"),
+        (args.head is None or args.runtime == "onnx", "--head is for --runtime onnx"),
+        (
+            args.head is None or len({Path(h).stem for h in args.head}) == len(args.head),
+            "--head files must have distinct names (each names its output folder)",
+        ),
         (
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.server_device) is not None,
             f"--server-device must be auto, cpu, cuda or cuda:N, got {args.server_device!r}",

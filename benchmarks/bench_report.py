@@ -528,6 +528,12 @@ def markdown(report: dict) -> str:
             "threads; the edge server and the link shaper run outside the quota."
             if quota.get("mechanism")
             else "a child process at full speed (no --device-cpu), sharing the CPU with the server."
+        )
+        + (
+            f" Head runtime: {s['runtime']}; local mode runs the torch head and tail, auto chooses between split "
+            "and offload."
+            if s.get("runtime", "torch") != "torch"
+            else ""
         ),
         "",
         f"Frames: {s['frames']} per run from {s['source']} ({s['frame_size']})"

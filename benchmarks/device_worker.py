@@ -1,6 +1,10 @@
 """The benchmark's device: a child process that holds the head, the filter, the codec, the JPEG/WebP encoder, the
 local tail and the client's gRPC link, so that all of it (and nothing else) can be held to a CPU quota.
 
+With ``runtime`` "onnx" the head of split, split+filter and auto is the torch-free client's ONNX head
+(:class:`mobile_client.onnx_head.OnnxHead`) and auto chooses between split and offload; local mode, which runs the
+tail on the device, keeps the torch head.
+
 ``split-bench`` starts one :class:`Device` per device speed. The child loads the model and the frames at full
 speed, says ``ready``, and the parent puts it under the quota (:mod:`mobile_client.device_cpu`); the edge server
 and the link shaper stay outside. Then the parent sends one ``run`` per (mode, link, window) and the child sends
@@ -47,6 +51,8 @@ class DeviceSpec:
     offload_resize: str
     timeout_s: float
     background_filter: float = 0.0  #: split+filter: the background filter's threshold (0: off)
+    runtime: str = "torch"  #: "torch", or "onnx": ``head`` runs every mode but local
+    head: str | None = None  #: the ONNX head file of ``runtime`` "onnx"
 
 
 # ---- the parent's side ----
@@ -165,32 +171,33 @@ def load_frames(spec: DeviceSpec) -> list:
 
 
 def build_pipeline(mode: str, window: int, model, target: str | None, spec: DeviceSpec, log: Callable[[str], None]):
-    """The client's pipeline for one mode (``auto`` with its policy), after the handshake over the emulated link."""
+    """The client's pipeline for one mode (``auto`` with its policy), after the handshake over the emulated link;
+    ``model`` is the device's head for that mode (:class:`mobile_client.pipeline.DeviceModel`)."""
     from mobile_client import handshake
-    from mobile_client.auto import AutoPolicy
+    from mobile_client.auto import CHOICES, AutoPolicy
     from mobile_client.link import LinkConfig
     from mobile_client.pipeline import Pipeline
     from mobile_client.settings import Options
 
-    config = model.checkpoint.config
     options = Options(
         mode=mode.split("+")[0],
         use_filter=mode in ("split+filter", "auto") and model.has_filter,
-        codec=model.checkpoint.codec,
+        codec=model.codec,
         jpeg_quality=spec.jpeg_quality,
         window=window,
         offload_format=spec.offload_format,
-        offload_size=(config.min_size, config.max_size) if spec.offload_resize == "model" else None,
+        offload_size=model.size_rule if spec.offload_resize == "model" else None,
         background_filter=spec.background_filter if mode == "split+filter" else 0.0,
     )
     link = None
     if target is not None:
         fingerprint = None if mode == "offload" else model.fingerprint
         link, _ = handshake.connect(LinkConfig(target, timeout_s=spec.timeout_s), fingerprint=fingerprint)
-    policy = AutoPolicy(use_filter=options.use_filter, log=log) if mode == "auto" else None
+    choices = ("split", "offload") if spec.runtime == "onnx" else CHOICES
+    policy = AutoPolicy(use_filter=options.use_filter, log=log, choices=choices) if mode == "auto" else None
     pipeline = Pipeline(
         options,
-        list(model.checkpoint.class_names),
+        model.class_names,
         model=None if mode == "offload" else model,
         link=link,
         choose_mode=policy.choose if policy else None,
@@ -228,13 +235,21 @@ def _serve(spec: DeviceSpec, commands: Iterator[dict], send: Callable[[dict], No
 
     torch.set_num_threads(spec.threads)
     model = ClientModel.load(spec.ckpt)
+    head = model
+    if spec.runtime == "onnx":
+        from mobile_client.onnx_head import OnnxHead
+
+        head = OnnxHead.load(spec.head, threads=spec.threads)
     frames = load_frames(spec)
-    send({"op": "ready", "pid": os.getpid(), "threads": torch.get_num_threads(), "frames": len(frames)})
+    runtime = f"ONNX Runtime ({head.weights} weights)" if spec.runtime == "onnx" else "torch"
+    threads = torch.get_num_threads()
+    send({"op": "ready", "pid": os.getpid(), "threads": threads, "frames": len(frames), "head": runtime})
     for command in commands:
         if command["op"] == "quit":
             return
         mode, window = command["mode"], command["window"]
-        pipeline, policy = build_pipeline(mode, window, model, command["target"], spec, log)
+        device_model = model if mode == "local" else head
+        pipeline, policy = build_pipeline(mode, window, device_model, command["target"], spec, log)
         try:
             warmup = max(command["warmup"], 3) if mode == "auto" else command["warmup"]  # auto tries every mode
             list(pipeline.run(frames[i % len(frames)] for i in range(warmup)))

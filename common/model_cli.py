@@ -49,8 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=("checkpoint", "onnx"),
         default="checkpoint",
-        help="checkpoint: a .pt for both sides; onnx: the head (transform, stem, encoder, filter) as one ONNX graph "
+        help="checkpoint: a .pt for both sides; onnx: the head (transform + stem, filter, encoder) as one ONNX file "
         "with the fingerprint, size rules, codec and class names in its metadata (default: %(default)s)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="onnx only: quantize the encoder's convolutions to int8 (ONNX Runtime static QDQ), "
+        "calibrated on --calibration frames (default: float32)",
+    )
+    p.add_argument(
+        "--calibration",
+        type=int,
+        default=64,
+        metavar="N",
+        help="with --int8: calibration frames (default: %(default)s)",
+    )
+    calibration = p.add_mutually_exclusive_group()
+    calibration.add_argument(
+        "--calibration-config",
+        type=Path,
+        metavar="CONFIG",
+        help="with --int8: the training config whose dataset (train split) gives the frames, e.g. the one the "
+        "checkpoint was trained with (default: none)",
+    )
+    calibration.add_argument(
+        "--calibration-images", type=Path, metavar="DIR", help="with --int8: a folder of images (default: none)"
     )
     p.add_argument(
         "--half",
@@ -65,9 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "export" and args.format == "onnx" and args.half:
-        print("split-model: error: --half applies to --format checkpoint only", file=sys.stderr)
-        return 2
+    if args.command == "export":
+        problem = None
+        if args.format == "onnx" and args.half:
+            problem = "--half applies to --format checkpoint only"
+        elif args.int8 and args.format != "onnx":
+            problem = "--int8 applies to --format onnx only"
+        elif args.int8 and args.calibration_config is None and args.calibration_images is None:
+            problem = "--int8 needs calibration frames: --calibration-config CONFIG or --calibration-images DIR"
+        elif not args.int8 and (args.calibration_config or args.calibration_images):
+            problem = "--calibration-config and --calibration-images go with --int8"
+        elif args.calibration < 1:
+            problem = "--calibration must be >= 1"
+        if problem:
+            print(f"split-model: error: {problem}", file=sys.stderr)
+            return 2
     from common import model_commands  # torch loads only once the command line is known to be good
     from common.checkpoint import CheckpointError
 

@@ -105,12 +105,17 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     if args.format == "onnx":
         from common.onnx_export import export_onnx_head
+        from common.onnx_int8 import calibration_frames
 
-        meta = export_onnx_head(args.path, args.out)
+        frames = None
+        if args.int8:
+            frames = calibration_frames(args.calibration, args.calibration_config, args.calibration_images)
+        meta = export_onnx_head(args.path, args.out, calibration=frames)
         size = args.out.stat().st_size / 1e6
+        weights = f"int8, calibrated on {len(frames)} frames" if frames else "float32"
         print(
-            f"wrote {args.out} ({size:.1f} MB ONNX head, {meta['quantization']} codec, filter {meta['filter']}, "
-            f"fingerprint {meta['fingerprint']})"
+            f"wrote {args.out} ({size:.1f} MB ONNX head, {weights}, {meta['quantization']} codec, filter "
+            f"{meta['filter']}, fingerprint {meta['fingerprint']})"
         )
         return
     ckpt = load_checkpoint(args.path)

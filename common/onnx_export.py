@@ -1,11 +1,19 @@
-"""``split-model export --format onnx``: the head of a checkpoint as one ONNX graph (see :mod:`common.onnx_format`).
+"""``split-model export --format onnx``: the head of a checkpoint as one ONNX file (see :mod:`common.onnx_format`).
 
-The graph is traced from the torch head's own modules (``Head.transform``'s normalize with its mean/std, ``Head.stem``,
-``Head.encoder``, ``Head.neural_filter``) by the dynamo exporter with dynamic image sizes. Two steps are written
-in a form the exporter keeps dynamic, with the same results: the padding (``batch_images`` computes it through
-``float``, which fixes the size at export; here integer arithmetic) and the filter's ``AdaptiveAvgPool2d``
-(no ONNX operator; here the same window means as two matrix products). ``tests/test_onnx_head.py`` checks both
-and the whole graph against the torch head.
+Three programs are traced from the torch head's own modules by the dynamo exporter with dynamic image sizes: the
+stem program (``Head.transform``'s normalize with its mean/std, the resize and padding, ``Head.stem``), the filter
+(``Head.neural_filter``) and the encoder (``Head.encoder``). Two steps are written in a form the exporter keeps
+dynamic, with the same results: the padding (``batch_images`` computes it through ``float``, which fixes the size
+at export; here integer arithmetic) and the filter's ``AdaptiveAvgPool2d`` (no ONNX operator; here the same window
+means as two matrix products).
+
+Filter first: the device runs the stem, then the filter, and the encoder only for a frame the filter keeps, so a
+rejected frame costs stem + filter. The three programs are the branches of ``If`` nodes on the ``stage`` input of
+one model, not three files: the user keeps one head file, ONNX Runtime runs only the chosen branch (it runs every
+node of a graph whatever outputs are asked for, so one graph with three outputs would not do), and each stage is
+its own call, so the client times "head" (stem + encoder) and "filter" apart as the torch head does. The cost is
+one copy of the stem output between calls. ``tests/test_onnx_head.py`` checks the parts and the whole file against
+the torch head.
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ import contextlib
 import copy
 import io
 import json
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,6 +37,7 @@ from common.split import Head, split
 #: Example sizes for tracing; distinct, so the exporter keeps one symbol per dimension.
 _EXAMPLE_IMAGE = (89, 123)
 _EXAMPLE_RESIZED = (70, 106)
+_EXAMPLE_STEM = (24, 40)
 _MAX_SIDE = 8192
 
 
@@ -64,8 +75,8 @@ def exportable_filter(neural_filter: nn.Module) -> nn.Module:
     return copied
 
 
-class ExportedHead(nn.Module):
-    """What the ONNX graph computes: uint8 RGB + resized size -> bottleneck (and P(object))."""
+class StemProgram(nn.Module):
+    """The stem stage: uint8 RGB + resized size -> the stem output."""
 
     def __init__(self, head: Head) -> None:
         super().__init__()
@@ -75,10 +86,8 @@ class ExportedHead(nn.Module):
         self.transform = transform
         self.size_divisible = int(transform.size_divisible)
         self.stem = head.stem
-        self.encoder = head.encoder
-        self.neural_filter = exportable_filter(head.neural_filter) if head.neural_filter is not None else None
 
-    def forward(self, image: Tensor, resized: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, image: Tensor, resized: Tensor) -> Tensor:
         x = image.permute(2, 0, 1).float().div(255.0)  # common.split.image_tensor
         x = self.transform.normalize(x)
         # torchvision's resize: interpolate(scale_factor, recompute_scale_factor=True) resizes to the floored size
@@ -87,14 +96,135 @@ class ExportedHead(nn.Module):
         h, w = x.shape[-2:]
         d = self.size_divisible
         x = F.pad(x, (0, (w + d - 1) // d * d - w, 0, (h + d - 1) // d * d - h))  # batch_images' zero padding
-        stem = self.stem(x)
-        bottleneck = self.encoder(stem)
-        if self.neural_filter is None:
-            return (bottleneck,)
-        return bottleneck, self.neural_filter.object_probability(stem)
+        return self.stem(x)
 
 
-def metadata(checkpoint: Checkpoint, head: Head, source: Path) -> dict[str, str]:
+class FilterProgram(nn.Module):
+    """The filter stage: the stem output -> P(object) ``[1]``."""
+
+    def __init__(self, neural_filter: nn.Module) -> None:
+        super().__init__()
+        self.neural_filter = exportable_filter(neural_filter)
+
+    def forward(self, stem: Tensor) -> Tensor:
+        return self.neural_filter.object_probability(stem)
+
+
+def _trace(module: nn.Module, inputs: dict[str, Tensor], shapes: dict[str, dict[int, object]]):
+    """``module`` exported by the dynamo exporter, one output named :data:`fmt.OUTPUT`; an ``onnx.ModelProto``."""
+    import onnx
+
+    log = io.StringIO()
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), contextlib.redirect_stdout(log):
+        path = Path(tmp) / "part.onnx"
+        torch.onnx.export(
+            module.eval(),
+            tuple(inputs.values()),
+            path,
+            dynamo=True,
+            input_names=list(inputs),
+            output_names=[fmt.OUTPUT],
+            dynamic_shapes=tuple(shapes[name] for name in inputs),
+            external_data=False,
+            verbose=False,
+        )
+        return onnx.load(path)
+
+
+def trace_programs(head: Head) -> dict[str, object]:
+    """The head's programs as standalone ONNX models: ``stem``, ``filter`` (when it has one) and ``encoder``."""
+    dim = torch.export.Dim
+    side = lambda name: dim(name, min=2, max=_MAX_SIDE)  # noqa: E731
+    image = torch.randint(0, 256, (*_EXAMPLE_IMAGE, 3), dtype=torch.uint8)
+    resized = torch.zeros(0, *_EXAMPLE_RESIZED)
+    stem = torch.randn(1, fmt.STEM_CHANNELS, *_EXAMPLE_STEM)
+    stem_shape = {fmt.INPUT_STEM: {2: side("sh"), 3: side("sw")}}
+    programs = {
+        "stem": _trace(
+            StemProgram(head),
+            {fmt.INPUT_IMAGE: image, fmt.INPUT_RESIZED: resized},
+            {fmt.INPUT_IMAGE: {0: side("H"), 1: side("W")}, fmt.INPUT_RESIZED: {1: side("h"), 2: side("w")}},
+        )
+    }
+    if head.neural_filter is not None:
+        programs["filter"] = _trace(FilterProgram(head.neural_filter), {fmt.INPUT_STEM: stem}, stem_shape)
+    programs["encoder"] = _trace(head.encoder, {fmt.INPUT_STEM: stem}, stem_shape)
+    return programs
+
+
+def _branch(program, name: str):
+    """``program`` as an ``If`` branch: its names prefixed with ``name/``, its inputs read from the outer graph's
+    inputs of the same names, its output renamed ``name/result``."""
+    import onnx
+    from onnx import compose, helper
+
+    prefixed = compose.add_prefix(program, f"{name}/")
+    graph = prefixed.graph
+    wiring = [helper.make_node("Identity", [i.name.split("/", 1)[1]], [i.name]) for i in graph.input]
+    out = f"{name}/result"
+    wiring_out = helper.make_node("Identity", [graph.output[0].name], [out])
+    return helper.make_graph(
+        [*wiring, *graph.node, wiring_out],
+        name,
+        [],
+        [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)],
+        initializer=list(graph.initializer),
+    )
+
+
+def _stage_is(stage: int, name: str) -> list:
+    """Nodes that set the boolean ``name`` to ``stage input == stage``."""
+    from onnx import helper, numpy_helper
+
+    constant = numpy_helper.from_array(np.array(stage, dtype=np.int64), f"{name}/value")
+    return [
+        helper.make_node("Constant", [], [f"{name}/value"], value=constant),
+        helper.make_node("Equal", [fmt.INPUT_STAGE, f"{name}/value"], [name]),
+    ]
+
+
+def assemble(programs: dict[str, object]):
+    """One model that runs ``programs[...]`` by the ``stage`` input (see :mod:`common.onnx_format`)."""
+    import onnx
+    from onnx import helper
+
+    later = _branch(programs["encoder"], "encoder")
+    if "filter" in programs:
+        is_filter = _stage_is(fmt.STAGE_FILTER, "is_filter")
+        choose = helper.make_node(
+            "If", ["is_filter"], ["later/out"], then_branch=_branch(programs["filter"], "filter"), else_branch=later
+        )
+        out = helper.make_tensor_value_info("later/out", onnx.TensorProto.FLOAT, None)
+        later = helper.make_graph([*is_filter, choose], "later", [], [out])
+    is_stem = _stage_is(fmt.STAGE_STEM, "is_stem")
+    top = helper.make_node(
+        "If", ["is_stem"], [fmt.OUTPUT], then_branch=_branch(programs["stem"], "stem"), else_branch=later
+    )
+    graph = helper.make_graph(
+        [*is_stem, top],
+        "splitdet_head",
+        [
+            helper.make_tensor_value_info(fmt.INPUT_IMAGE, onnx.TensorProto.UINT8, ["H", "W", 3]),
+            helper.make_tensor_value_info(fmt.INPUT_RESIZED, onnx.TensorProto.FLOAT, [0, "h", "w"]),
+            helper.make_tensor_value_info(fmt.INPUT_STEM, onnx.TensorProto.FLOAT, [1, fmt.STEM_CHANNELS, "sh", "sw"]),
+            helper.make_tensor_value_info(fmt.INPUT_STAGE, onnx.TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info(fmt.OUTPUT, onnx.TensorProto.FLOAT, None)],
+    )
+    if any(program.functions for program in programs.values()):
+        raise ValueError("the exporter wrote ONNX functions; the head's programs are assembled from plain graphs")
+    opsets: dict[str, int] = {}
+    for program in programs.values():
+        for opset in program.opset_import:
+            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(domain, version) for domain, version in sorted(opsets.items())],
+        ir_version=max(program.ir_version for program in programs.values()),
+    )
+
+
+def metadata(checkpoint: Checkpoint, head: Head, source: Path, weights: str = "float32") -> dict[str, str]:
     """What the device needs besides the graph; the fingerprint is the torch head's (live weights + tail digest,
     and the entropy tables, which an entropic checkpoint's metadata also carries)."""
     transform = head.transform
@@ -123,13 +253,15 @@ def metadata(checkpoint: Checkpoint, head: Head, source: Path) -> dict[str, str]
         "keypoint_names": json.dumps(list(checkpoint.keypoint_names)),
         "filter": "yes" if head.neural_filter is not None else "no",
         "filter_threshold": repr(float(checkpoint.filter_threshold)),
+        "weights": weights,
         "source_checkpoint": source.name,
         **tables,
     }
 
 
-def export_onnx_head(path: str | Path, out: str | Path) -> dict[str, str]:
-    """Write the head of the checkpoint at ``path`` to ``out``; its metadata."""
+def export_onnx_head(path: str | Path, out: str | Path, calibration: list[np.ndarray] | None = None) -> dict[str, str]:
+    """Write the head of the checkpoint at ``path`` to ``out``; its metadata. With ``calibration`` frames (uint8
+    RGB), the encoder's convolutions are statically quantized to int8 (:mod:`common.onnx_int8`)."""
     import onnx
 
     path, out = Path(path), Path(out)
@@ -140,38 +272,20 @@ def export_onnx_head(path: str | Path, out: str | Path) -> dict[str, str]:
     if checkpoint.codec.quantization == "entropy" and checkpoint.entropy is None:
         raise CheckpointError(f"{path} asks for the entropy codec but has no entropy tables")
     head, _ = split(checkpoint.build_model(), checkpoint.filter_threshold)
-    graph = ExportedHead(head).eval()
-    image = torch.randint(0, 256, (*_EXAMPLE_IMAGE, 3), dtype=torch.uint8)
-    resized = torch.zeros(0, *_EXAMPLE_RESIZED)
-    dim = torch.export.Dim
-    shapes = {
-        "image": {0: dim("H", min=2, max=_MAX_SIDE), 1: dim("W", min=2, max=_MAX_SIDE)},
-        "resized": {1: dim("h", min=2, max=_MAX_SIDE), 2: dim("w", min=2, max=_MAX_SIDE)},
-    }
-    outputs = [fmt.OUTPUT_BOTTLENECK] + ([fmt.OUTPUT_OBJECT_PROB] if graph.neural_filter is not None else [])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    log = io.StringIO()
-    with torch.no_grad(), contextlib.redirect_stdout(log):
-        torch.onnx.export(
-            graph,
-            (image, resized),
-            tmp,
-            dynamo=True,
-            input_names=[fmt.INPUT_IMAGE, fmt.INPUT_RESIZED],
-            output_names=outputs,
-            dynamic_shapes=shapes,
-            external_data=False,
-            verbose=False,
-        )
-    model = onnx.load(tmp)
-    meta = metadata(checkpoint, head, path)
-    del model.metadata_props[:]
+    programs = trace_programs(head)
+    if calibration is not None:
+        from common.onnx_int8 import quantize_programs
+
+        size_rule = (int(head.transform.min_size[-1]), int(head.transform.max_size))
+        programs = quantize_programs(programs, calibration, size_rule)
+    model = assemble(programs)
+    meta = metadata(checkpoint, head, path, "int8" if calibration is not None else "float32")
     for key, value in meta.items():
         model.metadata_props.add(key=f"splitdet.{key}", value=value)
-    model.doc_string = f"splitdet head of {path.name}: transform, stem, encoder" + (
-        ", neural filter" if graph.neural_filter is not None else ""
-    )
+    stages = "stem" + (", neural filter" if "filter" in programs else "") + ", encoder"
+    model.doc_string = f"splitdet head of {path.name}: {stages}, chosen by the stage input"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
     onnx.save(model, tmp)
     tmp.replace(out)
     return meta

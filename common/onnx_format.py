@@ -1,8 +1,14 @@
 """The ONNX head file: names and metadata keys shared by the exporter (torch) and the device runtime (no torch).
 
-``split-model export --format onnx`` writes one ONNX graph: the model's transform (uint8 RGB -> float [0, 1] ->
-normalize -> bilinear resize -> zero padding to a multiple of ``size_divisible``), the stem, the encoder, and the
-neural filter's P(object) as a second output. The resized size is computed outside the graph by
+``split-model export --format onnx`` writes one ONNX model holding three programs, chosen per call by the scalar
+``stage`` input (an ``If`` on it runs only the chosen one; see :mod:`common.onnx_export`):
+
+* :data:`STAGE_STEM`: the model's transform (uint8 RGB -> float [0, 1] -> normalize -> bilinear resize -> zero
+  padding to a multiple of ``size_divisible``) and the stem: ``image`` + ``resized`` -> the stem output;
+* :data:`STAGE_FILTER`: the neural filter: ``stem`` -> P(object) ``[1]`` (only when the checkpoint has one);
+* :data:`STAGE_ENCODER`: the encoder: ``stem`` -> the bottleneck.
+
+The inputs a stage does not read are fed empty. The resized size is computed outside the graph by
 :func:`common.shapes.resized_size` (torchvision's rule in double precision, as the torch head applies it) and
 enters the graph as the shape of the empty ``resized`` input, whose values are never read.
 """
@@ -10,12 +16,16 @@ enters the graph as the shape of the empty ``resized`` input, whose values are n
 from __future__ import annotations
 
 FORMAT = "splitdet-onnx-head"
-VERSION = 1
+VERSION = 2  #: 1: one graph, the filter's P(object) a second output of the encoder's run
 
-INPUT_IMAGE = "image"  #: uint8 ``[H, W, 3]`` RGB frame
+INPUT_IMAGE = "image"  #: uint8 ``[H, W, 3]`` RGB frame (stem stage; empty ``[0, 0, 3]`` otherwise)
 INPUT_RESIZED = "resized"  #: empty float32 ``[0, h, w]``: its shape carries the resized size
-OUTPUT_BOTTLENECK = "bottleneck"  #: float32 ``[1, C, h'/4+4, w'/4+4]`` of the padded h' x w' batch
-OUTPUT_OBJECT_PROB = "object_prob"  #: float32 ``[1]``; only when the checkpoint has a neural filter
+INPUT_STEM = "stem"  #: float32 ``[1, 64, h'/4, w'/4]`` stem output (filter and encoder stages; empty otherwise)
+INPUT_STAGE = "stage"  #: int64 scalar: which program runs
+OUTPUT = "out"  #: float32: the stem output, P(object) ``[1]`` or the bottleneck ``[1, C, h'/4+4, w'/4+4]``
+
+STEM_CHANNELS = 64  #: channels of the stem output (``common.bottleneck.STEM_CHANNELS``, which needs torch)
+STAGE_STEM, STAGE_FILTER, STAGE_ENCODER = 0, 1, 2
 
 #: Quantizations the ONNX client encodes with ``common.codec`` (8-bit, float16, none) or ``common.entropy``
 #: (entropy, with the tables from the file's metadata). A checkpoint whose codec is anything else is refused at

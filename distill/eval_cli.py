@@ -32,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantization", type=_csv, default="none,per_tensor", help="comma list for split runs (default: %(default)s)"
     )
     p.add_argument(
+        "--head",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="ONNX head files exported from --ckpt (split-model export --format onnx [--int8]): also split runs "
+        "with each on the device side, run by ONNX Runtime as the client runs it (default: none)",
+    )
+    p.add_argument(
         "--no-filter", action="store_true", help="do not use the neural filter in split runs (default: use it)"
     )
     p.add_argument(
@@ -66,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileNotFoundError(f"{option} {path} is a directory; give the checkpoint file inside it")
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{option}: checkpoint not found: {path}")
+        for path in args.head:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"--head: ONNX head not found: {path}")
         cfg = load_config(args.config)
     except (ConfigError, FileNotFoundError) as e:
         print(f"split-eval: error: {e}", file=sys.stderr)
@@ -87,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             teacher_score_threshold=args.teacher_score,
             batch_size=args.batch_size,
             device=args.device,
+            onnx_heads=args.head,
         )
         table = format_markdown(report)
         print(table, end="")

@@ -1,7 +1,9 @@
 """Evaluate a (split) detector on a COCO-format dataset: COCO AP, distillation fidelity, bytes per frame, filter.
 
 * :func:`predict` runs a model over a dataset, whole or split (head -> wire frame -> tail, no network, one image
-  per frame), and returns COCO-format results plus per-image byte and filter statistics.
+  per frame), and returns COCO-format results plus per-image byte and filter statistics; the head of a split run
+  is the torch head or an exported ONNX head (``split-eval --head``: the device's :class:`OnnxHead`, the same
+  call the client makes, with the tail in torch).
 * :func:`coco_eval` scores results with pycocotools' COCOeval (AP, AP50, AP75, AR100).
 * :func:`teacher_as_ground_truth` turns a teacher's detections into ground truth, to score a student against it.
 * :func:`jpeg_bytes` gives the JPEG size of every image, the baseline for bytes per frame.
@@ -16,7 +18,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +37,9 @@ from common.masks import binary_masks, encode_rle
 from common.split import split
 from common.wire import QUANTIZATION_TO_PB, FrameLimits, decode_frame, encode_frame
 from distill.datasets import coco_from_dict, has_object_of_interest
+
+if TYPE_CHECKING:
+    from mobile_client.onnx_head import OnnxHead
 
 __all__ = [
     "IOU_TYPES_BY_ARCH",
@@ -81,6 +86,7 @@ class ImageStats:
     fallback: bool = False  #: entropy codec: the frame went as 8-bit + zstd, which was smaller
     object_prob: float | None = None
     skipped: bool = False
+    bottleneck_error: float | None = None  #: ONNX head: mean |its bottleneck - the torch head's| / mean |torch's|
 
 
 @dataclass
@@ -104,6 +110,11 @@ class Predictions:
         if self.quantization == "entropy":
             out["fallback_frames"] = sum(s.fallback for s in sent)
         return out
+
+    def bottleneck_error(self) -> float | None:
+        """Mean over sent frames of the ONNX head's relative bottleneck error; ``None`` for the torch head."""
+        errors = [s.bottleneck_error for s in self.images if s.bottleneck_error is not None]
+        return float(np.mean(errors)) if errors else None
 
     def filter_stats(self) -> dict[str, float] | None:
         """Share of empty frames skipped and of frames with objects wrongly skipped; ``None`` without filter.
@@ -193,11 +204,14 @@ def predict(
     progress: bool = True,
     bits: int = 8,
     entropy_tables: EntropyTables | None = None,
+    onnx_head: OnnxHead | None = None,
 ) -> Predictions:
     """Run a model over ``dataset`` ("whole" or "split": head -> encode_frame -> decode_frame -> tail, one image per
     frame, exactly as the client and the edge server run it). ``filter_threshold`` overrides the checkpoint's (or the
     default) neural-filter threshold; ``bits`` sets the 8-bit codecs' levels; ``entropy_tables`` (default: the
-    checkpoint's) are what quantization "entropy" codes with, and its bytes are the rANS strings actually sent."""
+    checkpoint's) are what quantization "entropy" codes with, and its bytes are the rANS strings actually sent.
+    With ``onnx_head`` (split mode) the head of every frame is that ONNX head, fed the frame as uint8 RGB, and each
+    sent frame records its bottleneck's error against the torch head's."""
     if mode not in ("whole", "split"):
         raise ValueError(f"mode must be 'whole' or 'split', got {mode!r}")
     if batch_size < 1:
@@ -212,6 +226,7 @@ def predict(
         head, tail = split(model, threshold)
         if use_filter and head.neural_filter is None:
             raise ValueError("use_filter: this model has no neural filter")
+
         settings = CodecSettings(quantization=quantization, compression="zstd", bits=bits)
         zstd8 = settings if quantization in EIGHT_BIT and bits == 8 else CodecSettings(quantization="per_tensor")
     elif use_filter:
@@ -236,13 +251,23 @@ def predict(
                 dets = [None] * len(images)
                 for i, image in enumerate(images):
                     # One frame per image, as the client sends it (a padded batch would change the bottleneck).
-                    out = head([image], use_filter=use_filter)
-                    stats[i].skipped = out.bottleneck is None
-                    if out.object_prob is not None:
-                        stats[i].object_prob = float(out.object_prob[0])
-                    if out.bottleneck is None:
+                    if onnx_head is None:
+                        out = head([image], use_filter=use_filter)
+                        prob = None if out.object_prob is None else float(out.object_prob[0])
+                        bottleneck = None if out.bottleneck is None else out.bottleneck.cpu().numpy()
+                        meta = out.meta
+                    else:
+                        result = onnx_head.run_head(_rgb(image), use_filter=use_filter)
+                        bottleneck, meta, prob = result.bottleneck, result.meta, result.object_prob
+                    stats[i].skipped = bottleneck is None
+                    stats[i].object_prob = prob
+                    if bottleneck is None:
                         continue
-                    bottleneck, meta = out.bottleneck.cpu().numpy(), out.meta
+                    if onnx_head is not None:
+                        reference = head([image], use_filter=False).bottleneck.cpu().numpy()
+                        stats[i].bottleneck_error = float(
+                            np.abs(bottleneck - reference).mean() / max(np.abs(reference).mean(), 1e-12)
+                        )
                     frame = encode_frame(bottleneck, meta, settings, entropy_tables=tables)
                     stats[i].fallback = (
                         quantization == "entropy" and frame.quantization != QUANTIZATION_TO_PB["entropy"]
@@ -263,6 +288,11 @@ def predict(
             preds.images.extend(stats)
             bar.update(len(items))
     return preds
+
+
+def _rgb(image: Tensor) -> np.ndarray:
+    """A dataset image (float ``3 x H x W`` in [0, 1], from uint8) as the uint8 ``H x W x 3`` frame it came from."""
+    return image.mul(255).round().byte().permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 def coco_eval(
@@ -364,13 +394,17 @@ def evaluate(
     batch_size: int = 1,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    onnx_heads: tuple[str | Path, ...] | list[str | Path] = (),
 ) -> dict[str, Any]:
     """A report over ``dataset``: for a student, mode "whole" and mode "split" per quantization (the filter, when
     the model has one and ``use_filter``, at the checkpoint's threshold); for a teacher, mode "whole" only. Each run
     has AP per iou type against ground truth and, with ``teacher_ckpt``, against the teacher's detections
     (``fidelity``); split runs add mean bytes per frame and filter statistics. ``batch_size`` 1 (the default)
-    makes every frame carry only its own image's padding."""
+    makes every frame carry only its own image's padding. Each of ``onnx_heads`` (ONNX head files exported from this
+    checkpoint) adds a split run per quantization with that head on the device side."""
     ckpt = load_checkpoint(ckpt_path)
+    if onnx_heads and not ckpt.config.is_student:
+        raise ValueError(f"{ckpt_path} holds a teacher: it has no head to run as ONNX")
     model = ckpt.build_model()
     arch = ckpt.config.arch
     # keypoints need keypoint ground truth; segm uses the annotation files' segmentation whatever the task
@@ -405,10 +439,12 @@ def evaluate(
     else:
         types_fid = ()
 
-    def add_run(preds: Predictions) -> None:
+    def add_run(preds: Predictions, head: dict[str, str] | None = None) -> None:
         run: dict[str, Any] = {
             "mode": preds.mode,
             "quantization": preds.quantization,
+            "head": head,
+            "bottleneck_error": preds.bottleneck_error(),
             "ap": _scores(dataset.coco, preds.results, types, cat_ids),
             "bytes": preds.mean_bytes(),
             "filter": preds.filter_stats(),
@@ -434,7 +470,22 @@ def evaluate(
                 progress=progress,
                 entropy_tables=ckpt.entropy,
             )
-            add_run(preds)
+            add_run(preds, {"runtime": "torch"})
+        for path in onnx_heads:
+            onnx_head = load_onnx_head(path, ckpt)
+            for q in quantizations:
+                preds = predict(
+                    model,
+                    dataset,
+                    "split",
+                    quantization=q,
+                    use_filter=with_filter,
+                    filter_threshold=ckpt.filter_threshold,
+                    progress=progress,
+                    entropy_tables=ckpt.entropy,
+                    onnx_head=onnx_head,
+                )
+                add_run(preds, {"runtime": "onnx", "path": str(path), "weights": onnx_head.weights})
     for quality in jpeg_qualities:
         sizes = jpeg_bytes(dataset, quality)
         report["jpeg"][str(quality)] = float(np.mean(sizes)) if sizes else 0.0
@@ -449,6 +500,24 @@ def evaluate(
         preds = predict(model, webp_set, "whole", batch_size=batch_size, device=device, progress=progress)
         report["webp_ap"][str(quality)] = _scores(dataset.coco, preds.results, types, cat_ids)
     return report
+
+
+def load_onnx_head(path: str | Path, ckpt: Checkpoint) -> OnnxHead:
+    """The ONNX head file at ``path``, which must have been exported from ``ckpt``; ``ValueError`` (one line)
+    otherwise. Its filter threshold is the checkpoint's."""
+    from mobile_client.onnx_head import OnnxHead
+    from mobile_client.settings import SetupError
+
+    try:
+        head = OnnxHead.load(path, filter_threshold=ckpt.filter_threshold)
+    except SetupError as e:
+        raise ValueError(str(e)) from None
+    if head.fingerprint != ckpt.fingerprint:
+        raise ValueError(
+            f"{path} is the head of another model (fingerprint {head.fingerprint[:16]}, the checkpoint's "
+            f"{ckpt.fingerprint[:16]}): export it from this checkpoint"
+        )
+    return head
 
 
 def with_jpeg_quality(dataset, quality: int, image_format: str = "JPEG"):
@@ -476,6 +545,8 @@ def format_markdown(report: dict[str, Any]) -> str:
     cols += [f"{t} AP" for t in types] + [f"{t} AP50" for t in types]
     cols += [f"{t} fidelity AP" for t in types] if fid else []
     cols += ["raw B", "8-bit B", "8-bit+zstd B", "sent B", "empty skipped", "objects skipped"]
+    errors = any(run.get("bottleneck_error") is not None for run in report["runs"])
+    cols += ["bottleneck error"] if errors else []
     lines = [
         f"Evaluation of `{report['checkpoint']}` ({report['arch']}) on {report['num_images']} images",
         "",
@@ -495,18 +566,28 @@ def format_markdown(report: dict[str, Any]) -> str:
         cells += [_fmt(b.get("raw"), 0), _fmt(b.get("uint8"), 0), _fmt(b.get("zstd"), 0), _fmt(b.get("payload"), 0)]
         fs = run.get("filter") or {}
         cells += [_fmt(fs.get("empty_skipped"), 2), _fmt(fs.get("objects_skipped"), 2)]
+        error = run.get("bottleneck_error")
+        cells += ["-" if error is None else f"{error:.1e}"] if errors else []
         lines.append("| " + " | ".join(cells) + " |")
 
     if fid:
         row("teacher", {"mode": "whole", **report["teacher"]})
     for run in report["runs"]:
-        row("student" if report["student"] else "model", run)
+        head = run.get("head") or {}
+        name = "student" if report["student"] else "model"
+        row(f"{name}, ONNX {head['weights']} head" if head.get("runtime") == "onnx" else name, run)
     for quality, size in report.get("jpeg", {}).items():
         ap = report.get("jpeg_ap", {}).get(quality, {})
         row(f"JPEG q{quality}", {"mode": "offload", "ap": ap, "bytes": {"zstd": size}})
     for quality, size in report.get("webp", {}).items():
         ap = report.get("webp_ap", {}).get(quality, {})
         row(f"WebP q{quality}", {"mode": "offload", "ap": ap, "bytes": {"zstd": size}})
+    if errors:
+        lines += [
+            "",
+            "ONNX head rows: the head run by ONNX Runtime (the device client's), the tail by torch; bottleneck error = "
+            "mean |ONNX bottleneck - torch bottleneck| / mean |torch bottleneck| over the frames sent.",
+        ]
     if report.get("jpeg") or report.get("webp"):
         lines += [
             "",

@@ -18,6 +18,7 @@ frames):
 * split   = head + (1 - skip) * (encode + bottleneck_bytes / throughput + RTT + server)
 * offload = jpeg_encode + jpeg_bytes / throughput + RTT + server
 
+The modes are ``choices``: all three, or split and offload for a device without the tail (the ONNX client).
 Every mode is tried once at the start and the policy decides as soon as it has seen them; then every ``every``
 frames (default: every frame) it switches to the fastest prediction when it beats the current one by more than
 ``hysteresis``; every ``probe_every`` frames one frame goes through another mode (in turn) so its estimate stays
@@ -84,6 +85,7 @@ class AutoPolicy:
         log: Callable[[str], None] = print,
         recent: int = 3,
         link_history: int = 64,
+        choices: tuple[str, ...] = CHOICES,
     ) -> None:
         self.every = every
         self.probe_every = probe_every
@@ -91,6 +93,10 @@ class AutoPolicy:
         self.log = log
         self.use_filter = use_filter
         self.recent = recent
+        unknown = set(choices) - set(CHOICES)
+        if unknown or "split" not in choices:
+            raise ValueError(f"auto chooses split and some of {', '.join(CHOICES)}, got {', '.join(choices)}")
+        self.choices = tuple(m for m in CHOICES if m in choices)
         self.current = "split"
         self.switches: list[tuple[int, str, str]] = []  #: (frame, from, to) of every switch
         self._lock = threading.Lock()
@@ -99,7 +105,7 @@ class AutoPolicy:
         self._skips: deque[bool] = deque(maxlen=4 * history)
         self._server_down = False
         self._rtt: float | None = None
-        self._untried = list(CHOICES)
+        self._untried = list(self.choices)
         self._decided = False  # the first evaluation after every mode was tried
         self._chosen = 0
         self._probe_turn = 0
@@ -113,14 +119,14 @@ class AutoPolicy:
             if self._chosen % self.every == 0 or not self._decided:
                 self._decided = self._evaluate(index) or self._decided
             if self._chosen % self.probe_every == 0:
-                others = [m for m in CHOICES if m != self.current]
+                others = [m for m in self.choices if m != self.current]
                 self._probe_turn += 1
                 return others[self._probe_turn % len(others)]
             return self.current
 
     def observe(self, result: FrameResult) -> None:
         """Learn from a finished frame."""
-        if result.mode not in CHOICES:
+        if result.mode not in self.choices:
             return
         t = result.timing_ms
         with self._lock:
@@ -183,14 +189,14 @@ class AutoPolicy:
     def _evaluate(self, index: int) -> bool:
         """Switch when another mode is predicted faster by the hysteresis margin; whether every mode is predicted."""
         predicted = self._predict()
-        known = {mode: ms for mode, ms in predicted.items() if ms is not None}
+        known = {mode: ms for mode, ms in predicted.items() if ms is not None and mode in self.choices}
         if not known:
             return False
         best = min(known, key=known.get)
         current = known.get(self.current, math.inf)
         margin = self.hysteresis if self._decided else 0.0  # the first decision needs no margin
         if best == self.current or known[best] >= (1 - margin) * current:
-            return len(known) == len(CHOICES)
+            return len(known) == len(self.choices)
         link = self._link_estimate()
         numbers = ", ".join(f"{mode} {ms:.1f}" for mode, ms in sorted(known.items()))
         link_text = f"rtt {link[0]:.2f} ms, uplink {link[1] * 8 / 1000:.1f} Mbit/s" if link else "link unmeasured"
@@ -201,4 +207,4 @@ class AutoPolicy:
         )
         self.switches.append((index, self.current, best))
         self.current = best
-        return len(known) == len(CHOICES)
+        return len(known) == len(self.choices)

@@ -5,8 +5,8 @@ stderr), 130 after Ctrl-C (the summary is printed all the same). The command lin
 imported, so ``--help`` and usage errors answer at once.
 
 ``--runtime onnx --head FILE`` runs the head exported by ``split-model export --format onnx`` with ONNX Runtime and
-never imports torch (``pip install ".[device]"`` installs just that); local and auto mode run the tail on the
-device and need ``--runtime torch``.
+never imports torch (``pip install ".[device]"`` installs just that); local mode runs the tail on the device and
+needs ``--runtime torch``; auto mode chooses between split and offload there.
 """
 
 from __future__ import annotations
@@ -62,16 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=RUNTIMES,
         default="torch",
         help="what runs the head: torch (a --ckpt checkpoint) or onnx (a --head file from `split-model export "
-        "--format onnx`, run by onnxruntime + numpy, no torch: pip install '.[device]'); onnx supports split and "
-        "offload mode (default: %(default)s)",
+        "--format onnx`, run by onnxruntime + numpy, no torch: pip install '.[device]'); onnx supports split, "
+        "offload and auto mode (default: %(default)s)",
     )
     p.add_argument("--head", metavar="FILE", help="ONNX head file, required with --runtime onnx (default: none)")
     p.add_argument(
         "--mode",
         choices=CLIENT_MODES,
         default="split",
-        help="where the model runs; local runs the tail on the device too and, like auto, needs torch "
-        "(--runtime torch) (default: %(default)s)",
+        help="where the model runs; local runs the tail on the device too and needs torch (--runtime torch); auto "
+        "chooses between split and offload on --runtime onnx (default: %(default)s)",
     )
     p.add_argument(
         "--filter",
@@ -251,12 +251,8 @@ def check_args(args: argparse.Namespace) -> None:
             ),
             (args.ckpt is None, "--ckpt is for --runtime torch; --runtime onnx reads --head FILE"),
             (
-                args.mode in ("split", "offload"),
-                f"--mode {args.mode} runs the tail on the device, which needs torch: use --runtime torch",
-            ),
-            (
-                args.background_filter == 0.0,
-                "--background-filter reads the stem, which the ONNX head does not output: use --runtime torch",
+                args.mode != "local",
+                "--mode local runs the tail on the device, which needs torch: use --runtime torch",
             ),
             (
                 args.quantization is None or args.quantization in ONNX_QUANTIZATIONS,

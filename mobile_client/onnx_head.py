@@ -1,10 +1,13 @@
 """The device's head run by ONNX Runtime, without torch: the file ``split-model export --format onnx`` writes.
 
-The graph holds the transform (normalize, bilinear resize, padding), the stem, the encoder and the neural filter
-(see :mod:`common.onnx_format`); the resized size comes from :func:`common.shapes.resized_size`, the same rule
-the torch head applies. The bottleneck then goes through the same ``common.wire.encode_frame`` as the torch head's.
-The filter runs inside the graph, so its time is part of "head", and a skipped frame has paid for its encoder.
-Nothing here imports torch (``tests/test_onnx_head.py`` and ``tests/test_device_install.py`` check it).
+The file holds three programs, run one call each (see :mod:`common.onnx_format`): the stem (transform: normalize,
+bilinear resize, padding; then the stem), the neural filter and the encoder; the resized size comes from
+:func:`common.shapes.resized_size`, the same rule the torch head applies. As in the torch head, the filter runs on
+the stem output before the encoder, so a frame it rejects never runs the encoder; "head" times the stem and the
+encoder, "filter" the filter (and the background filter's stem cells, :func:`mobile_client.background.stem_cells`,
+computed from the stem output in numpy exactly as for the torch head). The bottleneck then goes through the same
+``common.wire.encode_frame`` as the torch head's. Nothing here imports torch (``tests/test_onnx_head.py`` and
+``tests/test_device_install.py`` check it).
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from common.codec_settings import CodecSettings
 from common.entropy import EntropyTables
 from common.shapes import BatchMeta, bottleneck_shape, padded_size, resized_size
 from common.timing import timed
+from mobile_client.background import stem_cells
 from mobile_client.pipeline import HeadResult
 from mobile_client.settings import SetupError
+
+_NO_IMAGE = np.empty((0, 0, 3), dtype=np.uint8)
+_NO_STEM = np.empty((1, fmt.STEM_CHANNELS, 0, 0), dtype=np.float32)
 
 
 @dataclass
@@ -40,6 +47,7 @@ class OnnxHead:
     size_divisible: int
     has_filter: bool
     filter_threshold: float
+    weights: str  #: "float32", or "int8" for a head exported with --int8
     metadata: dict[str, str] = field(default_factory=dict)
     entropy_tables: EntropyTables | None = None  #: the entropy codec's tables, from the file's metadata
 
@@ -74,14 +82,18 @@ class OnnxHead:
         if meta.get("format") != fmt.FORMAT:
             raise SetupError(f"{path} is not a splitdet ONNX head (write one with `split-model export --format onnx`)")
         if meta.get("version") != str(fmt.VERSION):
-            raise SetupError(f"{path} has ONNX head version {meta.get('version')}, this client reads {fmt.VERSION}")
+            raise SetupError(
+                f"{path} is an ONNX head of format version {meta.get('version')}, this client reads version "
+                f"{fmt.VERSION}: export it again with `split-model export CKPT --format onnx`"
+            )
         try:
             fmt.check_quantization(meta["quantization"])
             codec = CodecSettings(meta["quantization"], meta["compression"], int(meta["level"]))
             has_filter = meta["filter"] == "yes"
-            outputs = [o.name for o in session.get_outputs()]
-            if outputs != [fmt.OUTPUT_BOTTLENECK] + ([fmt.OUTPUT_OBJECT_PROB] if has_filter else []):
-                raise ValueError(f"unexpected outputs {outputs}")
+            inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+            expected = [fmt.INPUT_IMAGE, fmt.INPUT_RESIZED, fmt.INPUT_STEM, fmt.INPUT_STAGE]
+            if inputs != expected or outputs != [fmt.OUTPUT]:
+                raise ValueError(f"unexpected inputs {inputs} or outputs {outputs}")
             threshold = float(meta["filter_threshold"]) if filter_threshold is None else filter_threshold
             tables = None
             if fmt.META_ENTROPY_TABLES in meta:
@@ -103,6 +115,7 @@ class OnnxHead:
                 size_divisible=int(meta["size_divisible"]),
                 has_filter=has_filter,
                 filter_threshold=threshold,
+                weights=meta["weights"],
                 metadata=meta,
                 entropy_tables=tables,
             )
@@ -112,30 +125,48 @@ class OnnxHead:
     def run_head(
         self, rgb: np.ndarray, use_filter: bool, timing: dict[str, float] | None = None, cells: bool = False
     ) -> HeadResult:
-        """RGB uint8 ``H x W x 3`` -> bottleneck (or None when the filter rejects the frame). The graph does not
-        output the stem, so ``cells`` (the background filter's input) is refused."""
-        if cells:
-            raise SetupError("the ONNX head does not output the stem: the background filter needs --runtime torch")
+        """RGB uint8 ``H x W x 3`` -> bottleneck (None when the filter rejects the frame; the encoder does not run
+        then); with ``cells``, the stem cell means of a kept frame for the background filter."""
         if use_filter and not self.has_filter:
             raise RuntimeError("this head has no neural filter")
         h, w = int(rgb.shape[0]), int(rgb.shape[1])
         resized = resized_size(h, w, self.min_size, self.max_size)
         meta = BatchMeta([(h, w)], [resized], padded_size(resized, self.size_divisible))
-        feeds = {
-            fmt.INPUT_IMAGE: np.ascontiguousarray(rgb, dtype=np.uint8),
-            fmt.INPUT_RESIZED: np.empty((0, *resized), dtype=np.float32),
-        }
         with timed(timing, "head"):
-            outputs = self.session.run(None, feeds)
-        bottleneck = outputs[0]
+            stem = self._run(fmt.STAGE_STEM, image=np.ascontiguousarray(rgb, dtype=np.uint8), resized=resized)
+        prob = None
+        if use_filter:
+            with timed(timing, "filter"):
+                prob = float(self._run(fmt.STAGE_FILTER, stem=stem)[0])
+            if prob < self.filter_threshold:
+                return HeadResult(None, BatchMeta([], [], meta.batch_shape), prob)
+        summary = None
+        if cells:
+            with timed(timing, "filter"):
+                summary = stem_cells(stem[0])
+        with timed(timing, "head"):
+            bottleneck = self._run(fmt.STAGE_ENCODER, stem=stem)
         if tuple(bottleneck.shape[1:]) != bottleneck_shape(self.channels, meta.batch_shape):
             raise RuntimeError(
                 f"the ONNX head returned a {list(bottleneck.shape)} bottleneck for a {meta.batch_shape} batch"
             )
-        prob = float(outputs[1][0]) if self.has_filter else None
-        if use_filter and prob < self.filter_threshold:
-            return HeadResult(None, BatchMeta([], [], meta.batch_shape), prob)
-        return HeadResult(bottleneck, meta, prob)
+        return HeadResult(bottleneck, meta, prob, summary)
+
+    def _run(
+        self,
+        stage: int,
+        image: np.ndarray = _NO_IMAGE,
+        resized: tuple[int, int] = (0, 0),
+        stem: np.ndarray = _NO_STEM,
+    ) -> np.ndarray:
+        """One program of the file; the inputs it does not read are fed empty."""
+        feeds = {
+            fmt.INPUT_IMAGE: image,
+            fmt.INPUT_RESIZED: np.empty((0, *resized), dtype=np.float32),
+            fmt.INPUT_STEM: stem,
+            fmt.INPUT_STAGE: np.array(stage, dtype=np.int64),
+        }
+        return self.session.run(None, feeds)[0]
 
     def run_tail(self, out: HeadResult) -> dict:
         raise SetupError("the ONNX runtime has no tail: local mode needs --runtime torch")

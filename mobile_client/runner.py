@@ -21,7 +21,7 @@ from common.demo import demo_checkpoint
 from common.endpoint import with_default_port
 from common.token_file import TokenFileError, read_token
 from mobile_client import handshake, sources
-from mobile_client.auto import AutoPolicy
+from mobile_client.auto import CHOICES, AutoPolicy
 from mobile_client.device_cpu import DeviceQuota, detect
 from mobile_client.link import Link, LinkConfig
 from mobile_client.pipeline import DeviceModel, Pipeline
@@ -139,7 +139,8 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, list[str], Sourc
     )
     policy = None
     if args.mode == "auto":
-        policy = AutoPolicy(every=args.auto_every, probe_every=30, use_filter=use_filter, log=_log)
+        choices = ("split", "offload") if getattr(args, "runtime", "torch") == "onnx" else CHOICES  # no tail: no local
+        policy = AutoPolicy(every=args.auto_every, probe_every=30, use_filter=use_filter, log=_log, choices=choices)
     class_names = list(model.class_names) if model is not None else list(info.class_names)
     keypoints = list(model.keypoint_names) if model is not None else list(info.keypoint_names)
     pipeline = Pipeline(

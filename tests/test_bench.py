@@ -292,3 +292,55 @@ def test_report_paths_are_relative_to_the_repository(tmp_path):
         if committed.suffix in (".md", ".json", ".csv"):
             text = committed.read_text()
             assert not any(root in text for root in ("/work/", "/root/", "/tmp/", "/home/")), committed
+
+
+def test_onnx_runtime_runs_the_exported_head_and_auto_never_goes_local(ckpt, tmp_path, capsys):
+    """split-bench --runtime onnx --head FILE: the emulated device runs the torch-free client's head; local stays
+    torch; auto chooses between split and offload."""
+    from common import model_cli
+
+    head = tmp_path / "head.onnx"
+    assert model_cli.main(["export", str(ckpt), "--out", str(head), "--format", "onnx"]) == 0
+    capsys.readouterr()
+    argv = ["--ckpt", ckpt, "--runtime", "onnx", "--head", head, "--modes", "local,split+filter,auto", "--rates", "10"]
+    argv += ["--synthetic", 4, "--frames", 4, "--warmup", 0, "--no-stream", "--emulator", "userspace"]
+    assert bench_cli.main([*argv, "--out", tmp_path / "out"]) == 0
+    stderr = capsys.readouterr().err
+    assert "ONNX Runtime (float32 weights) head" in stderr
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert report["settings"]["runtime"].startswith("onnx (") and "float32 weights" in report["settings"]["runtime"]
+    rows = report["rows"]
+    assert {r["mode"] for r in rows} == {"local", "split+filter", "auto"} and all(r["error"] is None for r in rows)
+    assert {r["chosen"] for r in rows if r["mode"] == "auto"} <= {"split", "offload"}
+    assert "Head runtime: onnx" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_two_onnx_heads_give_one_benchmark_each(ckpt, tmp_path, capsys):
+    """split-bench --runtime onnx --head A B (a float32 and an int8 head, say): one report per head."""
+    from common import model_cli
+
+    heads = [tmp_path / "fp.onnx", tmp_path / "other.onnx"]
+    assert model_cli.main(["export", str(ckpt), "--out", str(heads[0]), "--format", "onnx"]) == 0
+    shutil.copy(heads[0], heads[1])
+    argv = ["--ckpt", ckpt, "--runtime", "onnx", "--head", *heads, "--modes", "split", "--rates", "10"]
+    argv += ["--synthetic", 2, "--frames", 2, "--warmup", 0, "--no-stream", "--emulator", "userspace"]
+    assert bench_cli.main([*argv, "--out", tmp_path / "out"]) == 0, capsys.readouterr().err
+    for head in heads:
+        report = json.loads((tmp_path / "out" / head.stem / "bench.json").read_text())
+        assert head.name in report["settings"]["runtime"] and len(report["rows"]) == 2
+    assert bench_cli.main([*argv[:5], heads[0], heads[0], *argv[7:], "--out", tmp_path / "out"]) == 2
+    assert "distinct names" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--runtime", "onnx"], "--runtime onnx needs --head FILE"),
+        (["--head", "h.onnx"], "--head is for --runtime onnx"),
+        (["--runtime", "onnx", "--head", "missing.onnx"], "ONNX head not found"),
+    ],
+)
+def test_onnx_runtime_usage_errors(argv, message, ckpt, tmp_path, capsys):
+    assert bench_cli.main(["--ckpt", ckpt, "--frames", 1, "--out", tmp_path / "out", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

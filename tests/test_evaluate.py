@@ -138,3 +138,38 @@ def test_cli_missing_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("split-eval: error:") and err.count("\n") == 1
+
+
+def test_onnx_head_is_scored_like_the_torch_head(tmp_path):
+    """split-eval --head: the exported head on the device side gives the torch head's scores and bytes."""
+    from common import model_cli
+
+    dataset = _dataset("faster_rcnn")
+    path, head = tmp_path / "student.pt", tmp_path / "head.onnx"
+    save_checkpoint(_model("faster_rcnn", dataset), path, dataset.class_names)
+    assert model_cli.main(["export", str(path), "--out", str(head), "--format", "onnx"]) == 0
+    report = evaluate(path, dataset, quantizations=("none",), progress=False, onnx_heads=[head])
+    _, torch_run, onnx_run = report["runs"]
+    assert torch_run["head"] == {"runtime": "torch"} and torch_run["bottleneck_error"] is None
+    assert onnx_run["head"] == {"runtime": "onnx", "path": str(head), "weights": "float32"}
+    assert onnx_run["bottleneck_error"] < 1e-4
+    assert onnx_run["ap"]["bbox"]["AP"] == pytest.approx(torch_run["ap"]["bbox"]["AP"], abs=0.02)
+    assert onnx_run["bytes"]["raw"] == torch_run["bytes"]["raw"]
+    table = format_markdown(report)
+    assert "| student, ONNX float32 head | split | none |" in table and "bottleneck error" in table
+
+    other = tmp_path / "other.pt"
+    model = _model("faster_rcnn", dataset)
+    with torch.no_grad():
+        model.backbone.body.layer1.encoder[0].weight.mul_(2)
+    save_checkpoint(model, other, dataset.class_names)
+    with pytest.raises(ValueError, match="is the head of another model"):
+        evaluate(other, dataset, quantizations=("none",), progress=False, onnx_heads=[head])
+
+
+def test_cli_missing_head(tmp_path, capsys):
+    ckpt = tmp_path / "student.pt"
+    ckpt.write_bytes(b"")
+    rc = eval_cli.main(["--ckpt", str(ckpt), "--config", "x.yaml", "--head", str(tmp_path / "nope.onnx")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"split-eval: error: --head: ONNX head not found: {tmp_path / 'nope.onnx'}\n"

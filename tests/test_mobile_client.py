@@ -406,6 +406,19 @@ def test_auto_policy_probes_other_modes():
     assert chosen.count("split") == 9 and chosen.count("offload") + chosen.count("local") == 3
 
 
+def test_auto_policy_without_a_tail_chooses_between_split_and_offload():
+    """The ONNX client has no tail: auto tries, decides and probes among split and offload only."""
+    logs: list[str] = []
+    policy = AutoPolicy(every=1, probe_every=3, log=logs.append, choices=("split", "offload"))
+    assert [policy.choose(i) for i in range(2)] == ["split", "offload"]
+    policy.observe(_result("split", head=5, encode=1, network=30, bytes=20_000, server=10))
+    policy.observe(_result("offload", encode=2, network=5, bytes=2_000, server=3))
+    assert policy.predict()["local"] is None
+    assert {policy.choose(i) for i in range(2, 20)} == {"offload", "split"} and "split -> offload" in logs[0]
+    with pytest.raises(ValueError, match="auto chooses split"):
+        AutoPolicy(choices=("offload", "local"))
+
+
 def test_auto_mode_end_to_end(ckpts, tmp_path, capsys):
     out = tmp_path / "auto.jsonl"
     with running(ckpts["q8"]) as server:

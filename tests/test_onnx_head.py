@@ -23,6 +23,9 @@ from common.codec_settings import CodecSettings
 from common.onnx_export import WindowMeanPool2d
 from common.shapes import padded_size, resized_size
 from common.wire import encode_frame
+from mobile_client import sources
+from mobile_client.background import BackgroundFilter, background_score
+from mobile_client.cli import build_parser, check_args
 from mobile_client.onnx_head import OnnxHead
 from mobile_client.pipeline import Pipeline
 from mobile_client.settings import Options, SetupError
@@ -129,6 +132,131 @@ def test_onnx_head_skips_static_frames_alike(filter_ckpt, head_file):
         works = [pipeline.prepare(Frame(i, "cam", image)) for i, image in enumerate(images)]
         decisions.append([None if w.result is None else w.result.reused_from for w in works])
     assert decisions == [[None, 0, None, 2]] * 2
+
+
+class CountingSession:
+    """An ONNX Runtime session that records the stage of every call."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.stages: list[int] = []
+
+    def run(self, names, feeds):
+        self.stages.append(int(feeds["stage"]))
+        return self.session.run(names, feeds)
+
+
+def test_a_rejected_frame_never_runs_the_encoder(filter_ckpt, head_file):
+    head = OnnxHead.load(head_file)
+    head.session = CountingSession(head.session)
+    rgb = frames()[1]
+    head.filter_threshold = 1.5  # nothing passes
+    timing: dict[str, float] = {}
+    assert head.run_head(rgb, use_filter=True, timing=timing).bottleneck is None
+    assert head.session.stages == [0, 1] and set(timing) == {"head", "filter"}
+    head.session.stages.clear()
+    head.filter_threshold = 0.0  # everything passes
+    sent = head.run_head(rgb, use_filter=True)
+    assert head.session.stages == [0, 1, 2]
+    np.testing.assert_allclose(
+        sent.bottleneck, ClientModel.load(filter_ckpt).run_head(rgb, False).bottleneck, atol=1e-5
+    )
+    head.session.stages.clear()
+    head.run_head(rgb, use_filter=False)
+    assert head.session.stages == [0, 2]  # no filter asked: no filter run
+
+
+def test_skipped_frames_report_filter_time_and_no_encoder(head_file):
+    """The run summary's stages: a skipped frame has paid for the stem ("head") and the filter, not the encoder."""
+    head = OnnxHead.load(head_file, filter_threshold=1.5)
+    head.session = CountingSession(head.session)
+    pipeline = Pipeline(Options(mode="split", use_filter=True), TINY_NAMES, model=head)
+    work = pipeline.prepare(Frame(0, "cam", frames()[0]))
+    assert work.result.skipped and work.result.timing_ms["filter"] > 0 and work.result.timing_ms["head"] > 0
+    assert "encode" not in work.result.timing_ms and 2 not in head.session.stages
+
+
+def test_background_filter_decides_alike(filter_ckpt, head_file):
+    """--background-filter on the ONNX head: the stem cells and the skip decisions are the torch head's."""
+    video = [f.image for f in sources.synthetic(16, seed=3, empty_ratio=0.6, run_frames=(2, 4)).frames]
+    torch_head, onnx_head = ClientModel.load(filter_ckpt), OnnxHead.load(head_file)
+    cells = {name: [m.run_head(rgb, False, cells=True).stem_cells for rgb in video]
+             for name, m in (("torch", torch_head), ("onnx", onnx_head))}  # fmt: skip
+    for a, b in zip(cells["torch"], cells["onnx"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    threshold = float(np.median([background_score(c, cells["torch"][0]) for c in cells["torch"][1:]]))
+    decisions = []
+    for model in (torch_head, onnx_head):
+        background, skipped = BackgroundFilter(threshold, max_skipped=3), []
+        pipeline = Pipeline(Options(mode="split", background_filter=threshold), TINY_NAMES, model=model)
+        pipeline.background = background
+        for i, rgb in enumerate(video):
+            work = pipeline.prepare(Frame(i, "cam", rgb))
+            skipped.append(work.result is not None and work.result.skipped)
+            if not skipped[-1]:
+                background.answer(i, empty=True)
+        decisions.append(skipped)
+    assert decisions[0] == decisions[1] and 0 < sum(decisions[0]) < len(video)
+
+
+def test_client_accepts_the_background_filter_on_the_onnx_runtime():
+    argv = ["--runtime", "onnx", "--head", "h.onnx", "--server", "x", "--synthetic", "2", "--background-filter", "0.1"]
+    check_args(build_parser().parse_args(argv))
+
+
+def test_an_old_format_head_is_refused_in_one_line(tmp_path, head_file):
+    model = onnx.load(head_file)
+    for prop in model.metadata_props:
+        if prop.key == "splitdet.version":
+            prop.value = "1"
+    onnx.save(model, tmp_path / "old.onnx")
+    with pytest.raises(SetupError, match=r"format version 1, this client reads version 2: export it again") as e:
+        OnnxHead.load(tmp_path / "old.onnx")
+    assert len(str(e.value).splitlines()) == 1
+
+
+def branch_ops(graph, into: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+    """The operator types of every If branch of ``graph``, by branch name (stem, filter, encoder, ...)."""
+    into = {} if into is None else into
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                into[attribute.g.name] = {n.op_type for n in attribute.g.node}
+                branch_ops(attribute.g, into)
+    return into
+
+
+def test_int8_head_is_close_to_float(tmp_path, filter_ckpt, head_file):
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for i, rgb in enumerate(frames()[:4]):
+        Image.fromarray(rgb).save(calibration / f"{i}.png")
+    out = tmp_path / "int8.onnx"
+    argv = ["export", str(filter_ckpt), "--out", str(out), "--format", "onnx", "--int8", "--calibration", "4"]
+    assert model_cli.main([*argv, "--calibration-images", str(calibration)]) == 0
+    int8, fp32 = OnnxHead.load(out), OnnxHead.load(head_file)
+    assert int8.weights == "int8" and fp32.weights == "float32" and int8.fingerprint == fp32.fingerprint
+    ops = branch_ops(onnx.load(out).graph)
+    assert "DequantizeLinear" in ops["encoder"] and not {"DequantizeLinear", "QuantizeLinear"} & ops["stem"]
+    for rgb in frames():
+        a, b = int8.run_head(rgb, use_filter=False).bottleneck, fp32.run_head(rgb, use_filter=False).bottleneck
+        assert a.shape == b.shape
+        assert np.abs(a - b).mean() < 0.1 * np.abs(b).mean()
+        # the stem and the filter stay float32: the filter decides as the float head's
+        assert int8.run_head(rgb, use_filter=True).object_prob == fp32.run_head(rgb, use_filter=True).object_prob
+
+
+def test_int8_usage_errors_are_one_line(tmp_path, filter_ckpt, capsys):
+    base = ["export", str(filter_ckpt), "--out", str(tmp_path / "h.onnx")]
+    for argv, message in [
+        ([*base, "--format", "onnx", "--int8"], "--int8 needs calibration frames"),
+        ([*base, "--int8", "--calibration-images", str(tmp_path)], "--int8 applies to --format onnx only"),
+        ([*base, "--format", "onnx", "--calibration-images", str(tmp_path)], "go with --int8"),
+        ([*base, "--format", "onnx", "--int8", "--calibration-images", str(tmp_path)], "no image files"),
+    ]:
+        assert model_cli.main(argv) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert message in line, line
 
 
 def test_head_without_filter(tmp_path, ckpt):
