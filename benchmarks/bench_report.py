@@ -316,12 +316,31 @@ def _why_split_loses(c: dict, by_key: dict, rival: str) -> str:
         return (
             f"offload sends fewer bytes ({offload['bytes_per_frame']:,.0f} B against split's "
             f"{split['bytes_per_sent_frame']:,.0f} B) and spends {_fmt(offload['encode_p50_ms'], 2)} ms on the device "
-            f"against split's head + encode {device:,.1f} ms"
+            f"against split's head + encode {device:,.1f} ms, so no split could win here"
         )
-    return (
+    text = (
         f"split's head + encode on the device ({device:,.1f} ms) costs more than the {saved:,.0f} bytes it saves "
         f"take on the link (offload network {_fmt(offload['network_p50_ms'])} ms vs split "
         f"{_fmt(split['network_p50_ms'])} ms; offload encodes in {_fmt(offload['encode_p50_ms'], 2)} ms)"
+    )
+    return f"{text}; {could_split_win(c, device, offload['encode_p50_ms'] or 0.0, saved)}"
+
+
+def could_split_win(c: dict, device_ms: float, offload_device_ms: float, saved_bytes: float) -> str:
+    """Whether any split could beat offload in cell ``c``: the link time the saved bytes are worth at the cell's
+    rate against the device time split spends beyond offload's encoder."""
+    if not c.get("rate_mbps"):
+        return "no fixed rate to weigh the saved bytes against"
+    link_ms = saved_bytes * 8 / (c["rate_mbps"] * 1e3)
+    extra_ms = device_ms - offload_device_ms
+    if link_ms > extra_ms:
+        return (
+            f"split could win: the saved bytes are worth {link_ms:,.1f} ms at {c['rate_mbps']:g} Mbps, more than the "
+            f"{extra_ms:,.1f} ms more it spends on the device, so the loss is in this run's other stages"
+        )
+    return (
+        f"no split could win here: the saved bytes are worth {link_ms:,.1f} ms at {c['rate_mbps']:g} Mbps, less "
+        f"than the {extra_ms:,.1f} ms more split spends on the device (head + filter + encode vs offload's encode)"
     )
 
 

@@ -344,3 +344,14 @@ def test_onnx_runtime_usage_errors(argv, message, ckpt, tmp_path, capsys):
     assert bench_cli.main(["--ckpt", ckpt, "--frames", 1, "--out", tmp_path / "out", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_could_split_win_weighs_saved_bytes_at_the_rate_against_device_time():
+    from benchmarks.bench_report import could_split_win
+
+    cell = {"rate_mbps": 1.0}
+    # 5,000 B saved at 1 Mbps = 40 ms of link time
+    assert could_split_win(cell, device_ms=30.0, offload_device_ms=2.0, saved_bytes=5000).startswith("split could win")
+    verdict = could_split_win(cell, device_ms=60.0, offload_device_ms=2.0, saved_bytes=5000)
+    assert verdict.startswith("no split could win") and "40.0 ms" in verdict and "58.0 ms" in verdict
+    assert "no fixed rate" in could_split_win({"rate_mbps": None}, 1.0, 0.0, 1.0)
