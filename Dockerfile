@@ -5,12 +5,14 @@ FROM python:3.11-slim
 
 ARG TORCH_INDEX_URL=""
 ENV PYTHONDONTWRITEBYTECODE=1 \
+    SPLITDET_ASSETS=/app/common/assets \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY splitdet ./splitdet
 COPY proto ./proto
 COPY common ./common
 COPY edge_server ./edge_server
@@ -26,6 +28,6 @@ RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} ".[full
 USER splitdet
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "edge_server.healthcheck", "127.0.0.1:50051"]
+    CMD ["python", "-m", "splitdet.edge_server.healthcheck", "127.0.0.1:50051"]
 ENTRYPOINT ["edge-server"]
 CMD ["--host", "0.0.0.0", "--port", "50051"]

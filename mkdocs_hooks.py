@@ -1,6 +1,6 @@
 """mkdocs hook: links from docs/ to existing files elsewhere in the repository are not broken links.
 
-mkdocs checks links against the documentation files only, so ``[load.md](../benchmarks/results/load.md)`` would be
+mkdocs checks links against the documentation files only, so ``[load.md](../studies/results/load.md)`` would be
 reported "not found among documentation files" and fail ``mkdocs build --strict``. This hook drops exactly those
 reports whose target lies outside ``docs_dir`` and exists on disk; a link to a missing file (inside ``docs/`` or
 out of it) still fails the build. tests/test_docs.py checks the same links without mkdocs.

@@ -5,10 +5,11 @@ floor; which mode wins where (the crossover map); and accuracy against bytes fro
     split-bench --rates 0.5,1,2,5,10,50 --device-cpu 1,0.5,0.25,0.1 --frames 16 --out benchmarks/results/crossover
 
 An ``edge-server`` process serves the checkpoint behind the emulated link (the userspace shaper of
-:mod:`benchmarks.shaper`, or netem between network namespaces, :mod:`benchmarks.netem`). The device is a child
-process (:mod:`benchmarks.device_worker`) running the real client pipeline (:mod:`mobile_client.pipeline` over
-:mod:`mobile_client.link`); with ``--device-cpu F,...`` it runs once per F under a CPU quota of F cores
-(:mod:`mobile_client.device_cpu`: cgroup v1, cgroup v2 or cpulimit) while the server and the shaper keep their
+:mod:`splitdet.benchmarks.shaper`, or netem between network namespaces, :mod:`splitdet.benchmarks.netem`). The device is
+a child process (:mod:`splitdet.benchmarks.device_worker`) running the real client pipeline
+(:mod:`splitdet.mobile_client.pipeline` over
+:mod:`splitdet.mobile_client.link`); with ``--device-cpu F,...`` it runs once per F under a CPU quota of F cores
+(:mod:`splitdet.mobile_client.device_cpu`: cgroup v1, cgroup v2 or cpulimit) while the server and the shaper keep their
 cores. For every device speed, mode and link it makes a latency run, one frame at a time (window 1, unary calls),
 and with ``--stream`` a streaming run with ``--window`` frames in flight. Each run starts with ``--warmup`` frames
 that are not recorded (auto: at least 3, its tries of each mode). ``local`` uses no link and runs once per device
@@ -19,9 +20,9 @@ The physical floor of a frame is what it has to cost on this link given its meas
 encode on the device, the request's bytes over the uplink, the RTT, the server's time (queue, decode, tail,
 encode) and the response's bytes over the downlink (``local``: head + filter + tail). On a fixed rate the bytes
 take bytes / rate; on a trace link they take until the trace's delivery opportunities from the frame's send time
-have carried them (:func:`benchmarks.shaper.trace_delivery`), so no measured time can fall below it. The runtime
-overhead is end-to-end minus floor: gRPC and HTTP/2 framing, TCP, threads, Python. Packet loss is not part of the
-floor. On a trace link the frames are spread over the trace's whole period (``--trace-window-s``).
+have carried them (:func:`splitdet.benchmarks.shaper.trace_delivery`), so no measured time can fall below it. The
+runtime overhead is end-to-end minus floor: gRPC and HTTP/2 framing, TCP, threads, Python. Packet loss is not part of
+the floor. On a trace link the frames are spread over the trace's whole period (``--trace-window-s``).
 
 Writes to ``--out``: ``bench.csv`` (one row per frame), ``bench.json`` (the rows plus summaries, the map, runs,
 accuracy points and the setup), ``cells.csv`` (one row per device speed, mode and link), ``bench.md`` (also printed
@@ -47,8 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.bench_cli import BENCH_MODES, EVAL_GLOB
-from benchmarks.bench_report import (
+from splitdet.benchmarks.bench_cli import BENCH_MODES, EVAL_GLOB
+from splitdet.benchmarks.bench_report import (
     REPORT_STAGES,
     accuracy_points,
     bytes_by_mode,
@@ -58,21 +59,21 @@ from benchmarks.bench_report import (
     summarize,
     write_outputs,
 )
-from benchmarks.device_worker import Device, DeviceError, DeviceSpec, load_frames
-from benchmarks.netem import NetemError, NetemLink, unavailable
-from benchmarks.paths import shown_args, shown_path
-from benchmarks.server_process import ServerProcess, ServerStartError
-from benchmarks.shaper import LinkShaper, RateSchedule, Trace, trace_delivery
-from common.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from common.demo import demo_checkpoint
-from mobile_client import handshake
-from mobile_client.device_cpu import DeviceQuota, detect, parse_cores
-from mobile_client.link import LinkConfig
-from mobile_client.offload import encode_image, model_input_size
-from mobile_client.onnx_head import OnnxHead
-from mobile_client.pipeline import FrameResult
-from mobile_client.settings import SetupError
-from mobile_client.sources import Frame, SourceError
+from splitdet.benchmarks.device_worker import Device, DeviceError, DeviceSpec, load_frames
+from splitdet.benchmarks.netem import NetemError, NetemLink, unavailable
+from splitdet.benchmarks.paths import shown_args, shown_path
+from splitdet.benchmarks.server_process import ServerProcess, ServerStartError
+from splitdet.benchmarks.shaper import LinkShaper, RateSchedule, Trace, trace_delivery
+from splitdet.common.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from splitdet.common.demo import demo_checkpoint
+from splitdet.mobile_client import handshake
+from splitdet.mobile_client.device_cpu import DeviceQuota, detect, parse_cores
+from splitdet.mobile_client.link import LinkConfig
+from splitdet.mobile_client.offload import encode_image, model_input_size
+from splitdet.mobile_client.onnx_head import OnnxHead
+from splitdet.mobile_client.pipeline import FrameResult
+from splitdet.mobile_client.settings import SetupError
+from splitdet.mobile_client.sources import Frame, SourceError
 
 SERVER_START_S = 180.0
 
@@ -567,7 +568,7 @@ def bench(args: argparse.Namespace, command: str) -> dict:
     config = checkpoint.config
     skipped_empty = None
     if not args.images:
-        from synthetic.video import SyntheticVideo
+        from splitdet.synthetic.video import SyntheticVideo
 
         video = SyntheticVideo(args.synthetic or args.frames, args.seed, empty_ratio=args.empty_ratio,
                                run_frames=(args.empty_runs, 2 * args.empty_runs))  # fmt: skip

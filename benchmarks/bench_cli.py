@@ -1,4 +1,5 @@
-"""``split-bench`` command line: parsed and checked before torch is imported; :mod:`benchmarks.bench` runs it."""
+"""``split-bench`` command line: parsed and checked before torch is imported; :mod:`splitdet.benchmarks.bench` runs
+it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import re
 import sys
 from pathlib import Path
 
-from mobile_client.device_cpu import add_quota_argument, check_quota
-from mobile_client.settings import SetupError, add_offload_arguments
+from splitdet.mobile_client.device_cpu import add_quota_argument, check_quota
+from splitdet.mobile_client.settings import SetupError, add_offload_arguments
 
 BENCH_MODES = ("local", "offload", "split", "split+filter", "auto")
-EVAL_GLOB = "benchmarks/results/*eval*.json"
+EVAL_GLOB = "studies/results/*eval*.json"  #: split-eval results, relative to the working directory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eval-json", nargs="+", metavar="PATH", help=f"split-eval results (default: {EVAL_GLOB})")
     p.add_argument(
-        "--out", default="benchmarks/results/bench", metavar="DIR", help="output folder (default: %(default)s)"
+        "--out", default="bench-results", metavar="DIR", help="output folder (default: %(default)s)"
     )
     p.add_argument(
         "--threads", type=int, default=1, metavar="N", help="client torch or onnxruntime threads (default: %(default)s)"
@@ -200,6 +201,6 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as e:
         print(f"split-bench: error: {e}", file=sys.stderr)
         return 2
-    from benchmarks import bench  # torch loads only once the command line is known to be good
+    from splitdet.benchmarks import bench  # torch loads only once the command line is known to be good
 
     return bench.run(args, argv)

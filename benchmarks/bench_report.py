@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import plots
-from benchmarks.paths import shown_path
-from benchmarks.shaper import RateSchedule
-from common.checkpoint import CheckpointError, load_checkpoint
+from splitdet.benchmarks import plots
+from splitdet.benchmarks.paths import shown_path
+from splitdet.benchmarks.shaper import RateSchedule
+from splitdet.common.checkpoint import CheckpointError, load_checkpoint
 
 REPORT_STAGES = ("head", "filter", "encode", "network", "server_decode", "tail")
 REMOTE = ("offload", "split", "split+filter", "auto")

@@ -2,12 +2,12 @@
 local tail and the client's gRPC link, so that all of it (and nothing else) can be held to a CPU quota.
 
 With ``runtime`` "onnx" the head of split, split+filter and auto is the torch-free client's ONNX head
-(:class:`mobile_client.onnx_head.OnnxHead`) and auto chooses between split and offload; local mode, which runs the
-tail on the device, keeps the torch head.
+(:class:`splitdet.mobile_client.onnx_head.OnnxHead`) and auto chooses between split and offload; local mode, which runs
+the tail on the device, keeps the torch head.
 
 ``split-bench`` starts one :class:`Device` per device speed. The child loads the model and the frames at full
-speed, says ``ready``, and the parent puts it under the quota (:mod:`mobile_client.device_cpu`); the edge server
-and the link shaper stay outside. Then the parent sends one ``run`` per (mode, link, window) and the child sends
+speed, says ``ready``, and the parent puts it under the quota (:mod:`splitdet.mobile_client.device_cpu`); the edge
+server and the link shaper stay outside. Then the parent sends one ``run`` per (mode, link, window) and the child sends
 back one line per frame; in a run with ``sync`` the child waits for the parent's ``ack`` after each frame (outside
 the frame's timing), so the parent can read the shaper's byte counters for exactly that frame.
 
@@ -59,13 +59,13 @@ class DeviceSpec:
 
 
 class Device:
-    """``python -m benchmarks.device_worker`` with the model and frames loaded; a context manager."""
+    """``python -m splitdet.benchmarks.device_worker`` with the model and frames loaded; a context manager."""
 
     def __init__(self, spec: DeviceSpec, log: Callable[[str], None]) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads)}
         self._log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.device_worker"],
+            [sys.executable, "-m", "splitdet.benchmarks.device_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -156,8 +156,8 @@ class Device:
 
 def load_frames(spec: DeviceSpec) -> list:
     """The frames every run uses (held in memory, so every mode sees the same)."""
-    from mobile_client import sources
-    from mobile_client.sources import SourceError
+    from splitdet.mobile_client import sources
+    from splitdet.mobile_client.sources import SourceError
 
     if spec.images:
         source = sources.images(spec.images)
@@ -172,12 +172,12 @@ def load_frames(spec: DeviceSpec) -> list:
 
 def build_pipeline(mode: str, window: int, model, target: str | None, spec: DeviceSpec, log: Callable[[str], None]):
     """The client's pipeline for one mode (``auto`` with its policy), after the handshake over the emulated link;
-    ``model`` is the device's head for that mode (:class:`mobile_client.pipeline.DeviceModel`)."""
-    from mobile_client import handshake
-    from mobile_client.auto import CHOICES, AutoPolicy
-    from mobile_client.link import LinkConfig
-    from mobile_client.pipeline import Pipeline
-    from mobile_client.settings import Options
+    ``model`` is the device's head for that mode (:class:`splitdet.mobile_client.pipeline.DeviceModel`)."""
+    from splitdet.mobile_client import handshake
+    from splitdet.mobile_client.auto import CHOICES, AutoPolicy
+    from splitdet.mobile_client.link import LinkConfig
+    from splitdet.mobile_client.pipeline import Pipeline
+    from splitdet.mobile_client.settings import Options
 
     options = Options(
         mode=mode.split("+")[0],
@@ -208,7 +208,7 @@ def build_pipeline(mode: str, window: int, model, target: str | None, spec: Devi
 
 def _paced(frames: list, pace_s: float | None, duration_s: float | None, start: float) -> Iterator:
     """The frames, each started ``pace_s`` after the one before; cycled until ``duration_s`` when given."""
-    from mobile_client.sources import Frame
+    from splitdet.mobile_client.sources import Frame
 
     source = itertools.cycle(frames) if duration_s else iter(frames)
     for i, frame in enumerate(source):
@@ -228,7 +228,7 @@ def _expect_ack(commands: Iterator[dict]) -> None:
 def _serve(spec: DeviceSpec, commands: Iterator[dict], send: Callable[[dict], None]) -> None:
     import torch
 
-    from mobile_client.torch_head import ClientModel
+    from splitdet.mobile_client.torch_head import ClientModel
 
     def log(message: str) -> None:
         print(f"split-bench device: {message}", file=sys.stderr, flush=True)
@@ -237,7 +237,7 @@ def _serve(spec: DeviceSpec, commands: Iterator[dict], send: Callable[[dict], No
     model = ClientModel.load(spec.ckpt)
     head = model
     if spec.runtime == "onnx":
-        from mobile_client.onnx_head import OnnxHead
+        from splitdet.mobile_client.onnx_head import OnnxHead
 
         head = OnnxHead.load(spec.head, threads=spec.threads)
     frames = load_frames(spec)

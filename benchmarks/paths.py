@@ -1,26 +1,22 @@
-"""Where benchmarks write their reports, and paths as committed reports show them: relative to the repository,
-never one machine's absolute path."""
+"""Where benchmarks write their reports, and paths as committed reports show them: relative to the working
+directory (the repository, when a committed report is made), never one machine's absolute path."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def shown_path(path: str | Path) -> str:
-    """``path`` relative to the repository (or the working directory) when it lies inside, else its file name;
-    a relative path is kept as given."""
+    """``path`` relative to the working directory when it lies inside, else its file name; a relative path is kept
+    as given."""
     path = Path(path)
     if not path.is_absolute():
         return str(path)
-    for root in (REPO, Path.cwd().resolve()):
-        try:
-            return str(path.resolve().relative_to(root))
-        except ValueError:
-            continue
-    return path.name
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
 
 
 def shown_args(args: list[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """The ``split-bench`` plots, drawn on matplotlib's Agg canvas (no display, no global pyplot state).
 
-Each function takes the summaries (or accuracy points) that :mod:`benchmarks.bench` computes and writes one PNG.
+Each function takes the summaries (or accuracy points) that :mod:`splitdet.benchmarks.bench` computes and writes one
+PNG.
 """
 
 from __future__ import annotations

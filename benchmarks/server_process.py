@@ -18,7 +18,7 @@ class ServerStartError(RuntimeError):
 
 
 class ServerProcess:
-    """``python -m edge_server ARGS`` started and ready (its ``listening on`` line read); a context manager.
+    """``python -m splitdet.edge_server ARGS`` started and ready (its ``listening on`` line read); a context manager.
 
     ``--host 127.0.0.1`` and ``--port 0`` are added unless ``args`` names them; OpenMP gets ``threads`` threads;
     ``wrap`` may prefix the command (e.g. ``ip netns exec NS``). Its log goes to a temporary file (read it with
@@ -32,7 +32,7 @@ class ServerProcess:
         threads: int = 1,
         wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
-        argv = [sys.executable, "-m", "edge_server", *args]
+        argv = [sys.executable, "-m", "splitdet.edge_server", *args]
         if "--port" not in args:
             argv += ["--port", "0"]
         if "--host" not in args:

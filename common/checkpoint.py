@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from common.codec_settings import CodecSettings
-from common.entropy import EntropyError, EntropyTables
-from common.filter import DEFAULT_THRESHOLD
-from common.models import ModelConfig, build_model
-from common.split import Head, Tail, split, state_digest
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.entropy import EntropyError, EntropyTables
+from splitdet.common.filter import DEFAULT_THRESHOLD
+from splitdet.common.models import ModelConfig, build_model
+from splitdet.common.split import Head, Tail, split, state_digest
 
 FORMAT = "splitdet-checkpoint"
 VERSION = 1
@@ -123,7 +123,7 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     entropy: EntropyTables | None = None,
 ) -> Checkpoint:
-    """Write ``model`` (built by :func:`common.models.build_model`) to ``path``; ``half`` stores floats as fp16
+    """Write ``model`` (built by :func:`splitdet.common.models.build_model`) to ``path``; ``half`` stores floats as fp16
     (never the ``entropy`` tables: their integers and float32 medians are what both sides code with)."""
     config: ModelConfig = model.config
     if len(class_names) != config.num_classes:

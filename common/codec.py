@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from common.codec_settings import QUANTIZATIONS, Quantization, check_level
+from splitdet.common.codec_settings import QUANTIZATIONS, Quantization, check_level
 
 QMAX = 255
 MIN_WINDOW_LOG = 10  # zstd's smallest window, 1 KiB
@@ -45,7 +45,9 @@ def quantize(x: np.ndarray, quantization: Quantization = "per_tensor", bits: int
     """Quantize an ``[N, C, H, W]`` float array (per channel means per ``C``) to ``bits`` (2..8) per value."""
     if quantization not in QUANTIZATIONS or quantization == "entropy":
         known = ", ".join(q for q in QUANTIZATIONS if q != "entropy")
-        raise ValueError(f"quantization must be one of {known} (entropy: common.entropy), got {quantization!r}")
+        raise ValueError(
+            f"quantization must be one of {known} (entropy: splitdet.common.entropy), got {quantization!r}"
+        )
     x = np.asarray(x)
     empty = np.zeros(0, dtype=np.float32)
     if quantization == "none":

@@ -18,8 +18,8 @@ is the escape; a value ``v`` below the table's range ``lo..hi`` is then sent as 
 as ``raw = 2 (v - hi - 1)``, Elias-gamma-like: the bit length ``n`` of ``raw + 1`` beyond its leading 1
 (P(n) ~ 2^-(n+1)), then those ``n`` bits, uniform, in chunks of at most 16 bits. So every int32 symbol round-trips
 exactly (a value just past the tables costs 1-3 bits more than its escape bin); a latent whose symbols would leave
-int32 raises :class:`EntropyError` and the sender falls back to 8-bit + zstd (:func:`common.wire.encode_frame`), as
-it does whenever the coded string is the larger.
+int32 raises :class:`EntropyError` and the sender falls back to 8-bit + zstd
+(:func:`splitdet.common.wire.encode_frame`), as it does whenever the coded string is the larger.
 
 Stream layout (one ``AnsCoder`` stack, decoded in this order): the symbols channel by channel (the ``[N, C, H, W]``
 latent transposed to ``[C, N, H, W]``), then the escapes' lengths ``n`` in that order, then their chunks, escape

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from common.bottleneck import STEM_CHANNELS
+from splitdet.common.bottleneck import STEM_CHANNELS
 
 DEFAULT_THRESHOLD = 0.01
 FILTER_ARCHS = ("seed", "presence")

@@ -1,6 +1,6 @@
 """What counts as an object of interest, on both sides: an object at least :data:`MIN_OBJECT_FRACTION` of the
 image's shorter side across (the square root of its area). Smaller objects are ones the teacher finds less than
-40 % of the time (``benchmarks/results/filter_curve.md``); a frame holding only such objects counts as empty for
+40 % of the time (``studies/results/filter_curve.md``); a frame holding only such objects counts as empty for
 the filters, in training, evaluation and on the device alike. No torch: the device client imports it."""
 
 from __future__ import annotations

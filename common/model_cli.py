@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.architectures import ARCHS, BACKBONES
+from splitdet.common.architectures import ARCHS, BACKBONES
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"split-model: error: {problem}", file=sys.stderr)
             return 2
-    from common import model_commands  # torch loads only once the command line is known to be good
-    from common.checkpoint import CheckpointError
+    from splitdet.common import model_commands  # torch loads only once the command line is known to be good
+    from splitdet.common.checkpoint import CheckpointError
 
     try:
         model_commands.COMMANDS[args.command](args)

@@ -7,10 +7,10 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.checkpoint import load_checkpoint, save_checkpoint
-from common.models import build_student
-from common.seed_import import import_seed
-from common.split import bottleneck_shape, split
+from splitdet.common.checkpoint import load_checkpoint, save_checkpoint
+from splitdet.common.models import build_student
+from splitdet.common.seed_import import import_seed
+from splitdet.common.split import bottleneck_shape, split
 
 
 def _macs(fn, *args) -> int:
@@ -104,8 +104,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     if args.format == "onnx":
-        from common.onnx_export import export_onnx_head
-        from common.onnx_int8 import calibration_frames
+        from splitdet.common.onnx_export import export_onnx_head
+        from splitdet.common.onnx_int8 import calibration_frames
 
         frames = None
         if args.int8:

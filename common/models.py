@@ -25,9 +25,9 @@ from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, Keypoi
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from common.architectures import ARCHS, BACKBONES
-from common.bottleneck import Bottleneck
-from common.filter import FILTER_ARCHS, build_filter
+from splitdet.common.architectures import ARCHS, BACKBONES
+from splitdet.common.bottleneck import Bottleneck
+from splitdet.common.filter import FILTER_ARCHS, build_filter
 
 NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
 LAYER1_CHANNELS = {"resnet18": 64, "resnet34": 64, "resnet50": 256}
@@ -58,7 +58,7 @@ class ModelConfig:
     keypoint_head_layers: tuple[int, ...] = (512,) * 8  #: conv channels of the keypoint head (torchvision's)
     norm_layer: str = "frozen_bn"
     with_filter: bool = False
-    filter_arch: str = "presence"  #: neural filter layout (common.filter.FILTER_ARCHS)
+    filter_arch: str = "presence"  #: neural filter layout (splitdet.common.filter.FILTER_ARCHS)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:

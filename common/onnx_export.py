@@ -1,4 +1,5 @@
-"""``split-model export --format onnx``: the head of a checkpoint as one ONNX file (see :mod:`common.onnx_format`).
+"""``split-model export --format onnx``: the head of a checkpoint as one ONNX file (see
+:mod:`splitdet.common.onnx_format`).
 
 Three programs are traced from the torch head's own modules by the dynamo exporter with dynamic image sizes: the
 stem program (``Head.transform``'s normalize with its mean/std, the resize and padding, ``Head.stem``), the filter
@@ -30,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common import onnx_format as fmt
-from common.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from common.split import Head, split
+from splitdet.common import onnx_format as fmt
+from splitdet.common.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from splitdet.common.split import Head, split
 
 #: Example sizes for tracing; distinct, so the exporter keeps one symbol per dimension.
 _EXAMPLE_IMAGE = (89, 123)
@@ -88,7 +89,7 @@ class StemProgram(nn.Module):
         self.stem = head.stem
 
     def forward(self, image: Tensor, resized: Tensor) -> Tensor:
-        x = image.permute(2, 0, 1).float().div(255.0)  # common.split.image_tensor
+        x = image.permute(2, 0, 1).float().div(255.0)  # splitdet.common.split.image_tensor
         x = self.transform.normalize(x)
         # torchvision's resize: interpolate(scale_factor, recompute_scale_factor=True) resizes to the floored size
         # with the scale recomputed from it, i.e. exactly interpolate(size=...) with that size.
@@ -184,7 +185,7 @@ def _stage_is(stage: int, name: str) -> list:
 
 
 def assemble(programs: dict[str, object]):
-    """One model that runs ``programs[...]`` by the ``stage`` input (see :mod:`common.onnx_format`)."""
+    """One model that runs ``programs[...]`` by the ``stage`` input (see :mod:`splitdet.common.onnx_format`)."""
     import onnx
     from onnx import helper
 
@@ -261,7 +262,7 @@ def metadata(checkpoint: Checkpoint, head: Head, source: Path, weights: str = "f
 
 def export_onnx_head(path: str | Path, out: str | Path, calibration: list[np.ndarray] | None = None) -> dict[str, str]:
     """Write the head of the checkpoint at ``path`` to ``out``; its metadata. With ``calibration`` frames (uint8
-    RGB), the encoder's convolutions are statically quantized to int8 (:mod:`common.onnx_int8`)."""
+    RGB), the encoder's convolutions are statically quantized to int8 (:mod:`splitdet.common.onnx_int8`)."""
     import onnx
 
     path, out = Path(path), Path(out)
@@ -274,7 +275,7 @@ def export_onnx_head(path: str | Path, out: str | Path, calibration: list[np.nda
     head, _ = split(checkpoint.build_model(), checkpoint.filter_threshold)
     programs = trace_programs(head)
     if calibration is not None:
-        from common.onnx_int8 import quantize_programs
+        from splitdet.common.onnx_int8 import quantize_programs
 
         size_rule = (int(head.transform.min_size[-1]), int(head.transform.max_size))
         programs = quantize_programs(programs, calibration, size_rule)

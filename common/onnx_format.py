@@ -1,7 +1,7 @@
 """The ONNX head file: names and metadata keys shared by the exporter (torch) and the device runtime (no torch).
 
 ``split-model export --format onnx`` writes one ONNX model holding three programs, chosen per call by the scalar
-``stage`` input (an ``If`` on it runs only the chosen one; see :mod:`common.onnx_export`):
+``stage`` input (an ``If`` on it runs only the chosen one; see :mod:`splitdet.common.onnx_export`):
 
 * :data:`STAGE_STEM`: the model's transform (uint8 RGB -> float [0, 1] -> normalize -> bilinear resize -> zero
   padding to a multiple of ``size_divisible``) and the stem: ``image`` + ``resized`` -> the stem output;
@@ -9,7 +9,7 @@
 * :data:`STAGE_ENCODER`: the encoder: ``stem`` -> the bottleneck.
 
 The inputs a stage does not read are fed empty. The resized size is computed outside the graph by
-:func:`common.shapes.resized_size` (torchvision's rule in double precision, as the torch head applies it) and
+:func:`splitdet.common.shapes.resized_size` (torchvision's rule in double precision, as the torch head applies it) and
 enters the graph as the shape of the empty ``resized`` input, whose values are never read.
 """
 
@@ -24,12 +24,12 @@ INPUT_STEM = "stem"  #: float32 ``[1, 64, h'/4, w'/4]`` stem output (filter and 
 INPUT_STAGE = "stage"  #: int64 scalar: which program runs
 OUTPUT = "out"  #: float32: the stem output, P(object) ``[1]`` or the bottleneck ``[1, C, h'/4+4, w'/4+4]``
 
-STEM_CHANNELS = 64  #: channels of the stem output (``common.bottleneck.STEM_CHANNELS``, which needs torch)
+STEM_CHANNELS = 64  #: channels of the stem output (``splitdet.common.bottleneck.STEM_CHANNELS``, which needs torch)
 STAGE_STEM, STAGE_FILTER, STAGE_ENCODER = 0, 1, 2
 
-#: Quantizations the ONNX client encodes with ``common.codec`` (8-bit, float16, none) or ``common.entropy``
-#: (entropy, with the tables from the file's metadata). A checkpoint whose codec is anything else is refused at
-#: export and at load.
+#: Quantizations the ONNX client encodes with ``splitdet.common.codec`` (8-bit, float16, none) or
+#: ``splitdet.common.entropy`` (entropy, with the tables from the file's metadata). A checkpoint whose codec is anything
+#: else is refused at export and at load.
 ONNX_QUANTIZATIONS: tuple[str, ...] = ("per_tensor", "per_channel", "float16", "none", "entropy")
 #: metadata keys of the entropy codec: the tables (``EntropyTables.to_json``) and their fingerprint
 META_ENTROPY_TABLES = "entropy_tables"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import onnx_format as fmt
-from common.shapes import resized_size
+from splitdet.common import onnx_format as fmt
+from splitdet.common.shapes import resized_size
 
 
 def calibration_frames(count: int, config: str | Path | None = None, images: str | Path | None = None) -> list:
@@ -29,7 +29,7 @@ def calibration_frames(count: int, config: str | Path | None = None, images: str
     if (config is None) == (images is None):
         raise ValueError("--int8 calibrates on --calibration-config CONFIG (its dataset) or --calibration-images DIR")
     if images is not None:
-        from mobile_client import sources
+        from splitdet.mobile_client import sources
 
         try:
             readable = (f.image for f in sources.images(str(images)).frames if f.error is None)
@@ -37,8 +37,8 @@ def calibration_frames(count: int, config: str | Path | None = None, images: str
         except sources.SourceError as e:
             raise ValueError(str(e)) from None
     else:
-        from distill.config import load_config
-        from distill.dataset_config import build_dataset
+        from splitdet.distill.config import load_config
+        from splitdet.distill.dataset_config import build_dataset
 
         section = dict(load_config(config).dataset)
         if section.get("type", "synthetic") in ("synthetic", "video") and "num_images" in (section.get("train") or {}):

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import Checkpoint, CheckpointError, read_checkpoint_file, save_checkpoint
-from common.filter import DEFAULT_THRESHOLD
-from common.models import LAYER1_CHANNELS, ModelConfig, build_model, coco_class_names
+from splitdet.common.checkpoint import Checkpoint, CheckpointError, read_checkpoint_file, save_checkpoint
+from splitdet.common.filter import DEFAULT_THRESHOLD
+from splitdet.common.models import LAYER1_CHANNELS, ModelConfig, build_model, coco_class_names
 
 SEED_PREFIXES = (
     ("backbone.body.layer1.encoder.ext_classifier.", "neural_filter."),

@@ -1,9 +1,9 @@
 """Sizes through the head, without torch: the transform's resize and padding rules, the bottleneck shape, and
 :class:`BatchMeta` (what the tail needs besides the bottleneck).
 
-The torch head (``common.split``) and the ONNX head (``mobile_client.onnx_head``) both use these; the rules are
-torchvision's ``GeneralizedRCNNTransform`` in eval mode, written out so the device can apply them without torch
-(``tests/test_onnx_head.py`` checks them against the transform itself).
+The torch head (``splitdet.common.split``) and the ONNX head (``splitdet.mobile_client.onnx_head``) both use these; the
+rules are torchvision's ``GeneralizedRCNNTransform`` in eval mode, written out so the device can apply them without
+torch (``tests/test_onnx_head.py`` checks them against the transform itself).
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 
-from common.filter import DEFAULT_THRESHOLD
-from common.shapes import BatchMeta, Size, bottleneck_shape  # noqa: F401 (re-exported: the head/tail API)
-from common.timing import timed
+from splitdet.common.filter import DEFAULT_THRESHOLD
+from splitdet.common.shapes import BatchMeta, Size, bottleneck_shape  # noqa: F401 (re-exported: the head/tail API)
+from splitdet.common.timing import timed
 
 
 @dataclass
@@ -159,7 +159,7 @@ class Tail(nn.Module):
 
 
 def split(model: GeneralizedRCNN, filter_threshold: float = DEFAULT_THRESHOLD) -> tuple[Head, Tail]:
-    """Split a student built by :func:`common.models.build_model` into ``(head, tail)``."""
+    """Split a student built by :func:`splitdet.common.models.build_model` into ``(head, tail)``."""
     layer1 = getattr(model.backbone.body, "layer1", None)
     if not hasattr(layer1, "encoder"):
         raise ValueError("only a bottleneck-injected student can be split; this model has an ordinary layer1")

@@ -5,7 +5,7 @@ receiver's limits before any allocation, and a bad frame raises :class:`FrameErr
 
 This module never imports torch at import time: the torch-free device client (``--runtime onnx``) uses it to
 encode frames (:func:`encode_frame` takes a numpy array) and to decode the server's detections. The frame is
-checked and dequantized in numpy (:func:`decode_bottleneck`), entropy frames included (:mod:`common.entropy`,
+checked and dequantized in numpy (:func:`decode_bottleneck`), entropy frames included (:mod:`splitdet.common.entropy`,
 numpy and constriction, imported only for them); only :func:`decode_frame`, the server's and ``split-eval``'s
 entry point, turns the result into a torch tensor and imports torch when it is called (the callers that reach it
 have torch loaded already). :func:`encode_detections` takes torch detections but needs no torch import: it only
@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from common import codec
-from common.codec_settings import CodecSettings
-from common.masks import binary_masks, encode_rle
-from common.shapes import BatchMeta, bottleneck_shape
-from proto import splitdet_pb2 as pb
+from splitdet.common import codec
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.masks import binary_masks, encode_rle
+from splitdet.common.shapes import BatchMeta, bottleneck_shape
+from splitdet.proto import splitdet_pb2 as pb
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from common.entropy import EntropyTables
+    from splitdet.common.entropy import EntropyTables
 
 FORMAT_VERSION = 1
 
@@ -107,7 +107,7 @@ def encode_frame(
     if settings.quantization == "entropy":
         if entropy_tables is None:
             raise ValueError("the entropy codec needs the checkpoint's entropy tables (an entropic student)")
-        from common import entropy
+        from splitdet.common import entropy
 
         fallback = encode_frame(
             bottleneck, meta, CodecSettings("per_tensor", "zstd", settings.level), fingerprint, frame_id
@@ -252,7 +252,7 @@ def _decode_entropy(frame: pb.BottleneckFrame, shape: tuple[int, ...], limits: F
         raise FrameError(f"entropy frames are rANS-coded (compression RANS_CONSTRICTION), got {frame.compression}")
     if frame.scale or frame.zero_point:
         raise FrameError("entropy frames carry no scale or zero_point")
-    from common import entropy  # numpy and constriction: only for entropy frames
+    from splitdet.common import entropy  # numpy and constriction: only for entropy frames
 
     try:
         return entropy.decode(frame.payload, shape, limits.entropy)
@@ -261,7 +261,7 @@ def _decode_entropy(frame: pb.BottleneckFrame, shape: tuple[int, ...], limits: F
 
 
 def encode_detections(det: dict[str, Tensor]) -> pb.ImageDetections:
-    """Pack one image's torchvision detections; masks become COCO RLE (:mod:`common.masks`)."""
+    """Pack one image's torchvision detections; masks become COCO RLE (:mod:`splitdet.common.masks`)."""
     boxes = det["boxes"].detach().cpu().float().numpy()
     msg = pb.ImageDetections(
         count=len(boxes),

@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from distill.config import ConfigError, load_config
+from splitdet.distill.config import ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.output is not None:
         config = replace(config, output=args.output)
-    from common.checkpoint import CheckpointError  # torch loads only once the config is known to be valid
-    from distill.train import run
+    from splitdet.common.checkpoint import CheckpointError  # torch loads only once the config is known to be valid
+    from splitdet.distill.train import run
 
     try:
         final = run(config, resume=args.resume)

@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 
 # Each section's keys are the fields of a dataclass below: the field's default is the key's default, its type
-# (int / float) how a number is checked. MODEL_KEYS mirrors common.models.ModelConfig (tests check that they
+# (int / float) how a number is checked. MODEL_KEYS mirrors splitdet.common.models.ModelConfig (tests check that they
 # agree; not imported here so that a bad config is reported before torch is loaded).
 MODEL_KEYS = (
     "arch", "backbone", "min_size", "max_size", "fpn_channels", "box_representation_size",

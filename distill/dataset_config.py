@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from distill.config import ConfigError, check_keys
-from distill.datasets import CocoDetection, SyntheticCoco, SyntheticVideoCoco, coco_2017
-from synthetic import SceneConfig, SyntheticVideo
+from splitdet.distill.config import ConfigError, check_keys
+from splitdet.distill.datasets import CocoDetection, SyntheticCoco, SyntheticVideoCoco, coco_2017
+from splitdet.synthetic import SceneConfig, SyntheticVideo
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from common.interest import MIN_OBJECT_FRACTION
-from common.split import image_tensor
-from synthetic import (
+from splitdet.common.interest import MIN_OBJECT_FRACTION
+from splitdet.common.split import image_tensor
+from splitdet.synthetic import (
     SceneConfig,
     SyntheticVideo,
     build_coco_annotations,

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from common.entropy import EntropyTables
-from distill.config import Term
-from distill.mimic import HeadMimic, backbone_outputs
+from splitdet.common.entropy import EntropyTables
+from splitdet.distill.config import Term
+from splitdet.distill.mimic import HeadMimic, backbone_outputs
 
 
 def entropy_bottleneck(channels: int) -> nn.Module:

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from common.codec_settings import QUANTIZATIONS
-from distill.config import ConfigError, load_config
+from splitdet.common.codec_settings import QUANTIZATIONS
+from splitdet.distill.config import ConfigError, load_config
 
 
 def _csv(value: str) -> list[str]:
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"split-eval: error: {e}", file=sys.stderr)
         return 2
-    from common.checkpoint import CheckpointError  # torch loads only once the command line is known to be good
-    from distill.dataset_config import build_dataset
-    from distill.evaluate import evaluate, format_markdown
+    from splitdet.common.checkpoint import CheckpointError  # torch loads only once the command line is known to be good
+    from splitdet.distill.dataset_config import build_dataset
+    from splitdet.distill.evaluate import evaluate, format_markdown
 
     try:
         dataset, _ = build_dataset(cfg.dataset, args.split)

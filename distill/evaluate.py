@@ -29,17 +29,17 @@ from torch import Tensor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from tqdm import tqdm
 
-from common.checkpoint import Checkpoint, load_checkpoint
-from common.codec_settings import CodecSettings
-from common.entropy import EntropyTables
-from common.filter import DEFAULT_THRESHOLD
-from common.masks import binary_masks, encode_rle
-from common.split import split
-from common.wire import QUANTIZATION_TO_PB, FrameLimits, decode_frame, encode_frame
-from distill.datasets import coco_from_dict, has_object_of_interest
+from splitdet.common.checkpoint import Checkpoint, load_checkpoint
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.entropy import EntropyTables
+from splitdet.common.filter import DEFAULT_THRESHOLD
+from splitdet.common.masks import binary_masks, encode_rle
+from splitdet.common.split import split
+from splitdet.common.wire import QUANTIZATION_TO_PB, FrameLimits, decode_frame, encode_frame
+from splitdet.distill.datasets import coco_from_dict, has_object_of_interest
 
 if TYPE_CHECKING:
-    from mobile_client.onnx_head import OnnxHead
+    from splitdet.mobile_client.onnx_head import OnnxHead
 
 __all__ = [
     "IOU_TYPES_BY_ARCH",
@@ -119,7 +119,7 @@ class Predictions:
     def filter_stats(self) -> dict[str, float] | None:
         """Share of empty frames skipped and of frames with objects wrongly skipped; ``None`` without filter.
 
-        "Objects" are objects of interest (:func:`distill.datasets.objects_of_interest`): a frame holding only
+        "Objects" are objects of interest (:func:`splitdet.distill.datasets.objects_of_interest`): a frame holding only
         smaller ones counts as empty."""
         if not any(s.object_prob is not None for s in self.images):
             return None
@@ -505,8 +505,8 @@ def evaluate(
 def load_onnx_head(path: str | Path, ckpt: Checkpoint) -> OnnxHead:
     """The ONNX head file at ``path``, which must have been exported from ``ckpt``; ``ValueError`` (one line)
     otherwise. Its filter threshold is the checkpoint's."""
-    from mobile_client.onnx_head import OnnxHead
-    from mobile_client.settings import SetupError
+    from splitdet.mobile_client.onnx_head import OnnxHead
+    from splitdet.mobile_client.settings import SetupError
 
     try:
         head = OnnxHead.load(path, filter_threshold=ckpt.filter_threshold)

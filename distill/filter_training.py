@@ -1,10 +1,11 @@
-"""Training the neural filter (``method: filter``): a :class:`common.filter.PresenceFilter` on the frozen head's stem.
+"""Training the neural filter (``method: filter``): a :class:`splitdet.common.filter.PresenceFilter` on the frozen
+head's stem.
 
 The head does not change while the filter trains, so the stem features of the training set are computed once and
 kept in memory as float16 when they fit (:data:`CACHE_BYTES`; otherwise once per epoch). The filter learns a
-presence map: the cells holding the centre of an object of interest (:func:`distill.datasets.objects_of_interest`)
-are positive, cells far from every object negative, the rest of each object's box is not scored; plus the frame's
-own label on the map's maximum, which is what the device thresholds.
+presence map: the cells holding the centre of an object of interest
+(:func:`splitdet.distill.datasets.objects_of_interest`) are positive, cells far from every object negative, the rest of
+each object's box is not scored; plus the frame's own label on the map's maximum, which is what the device thresholds.
 
 The threshold is chosen on the ``calibration`` split (for COCO: the last ``num_images`` of train2017, left out of
 training) for ``train.target_recall`` of the frames with objects of interest, and the ``val`` split, which neither
@@ -25,14 +26,14 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from common.checkpoint import load_checkpoint, save_checkpoint
-from common.filter import PRESENCE_STRIDE, PresenceFilter
-from common.models import build_model
-from common.split import Head
-from distill.config import ConfigError, TrainConfig
-from distill.dataset_config import DatasetInfo, build_dataset
-from distill.datasets import has_object_of_interest, objects_of_interest
-from distill.evaluate import object_labels
+from splitdet.common.checkpoint import load_checkpoint, save_checkpoint
+from splitdet.common.filter import PRESENCE_STRIDE, PresenceFilter
+from splitdet.common.models import build_model
+from splitdet.common.split import Head
+from splitdet.distill.config import ConfigError, TrainConfig
+from splitdet.distill.dataset_config import DatasetInfo, build_dataset
+from splitdet.distill.datasets import has_object_of_interest, objects_of_interest
+from splitdet.distill.evaluate import object_labels
 
 CACHE_BYTES = 6 << 30  #: stem features of the training set are cached when they take at most this much
 STEM_STRIDE = 4  #: input pixels per stem pixel (ResNet's conv1 + maxpool)

@@ -1,12 +1,12 @@
 """Stage two of Entropic Student training: the device's half fixed, the server's half trained on what it receives.
 
 Entropic Student (Matsubara et al., WACV 2022) trains in two stages: first the bottleneck and its entropy model
-(feature loss + beta x rate, :mod:`distill.entropic`), then, with the encoder and the entropy model frozen, the
+(feature loss + beta x rate, :mod:`splitdet.distill.entropic`), then, with the encoder and the entropy model frozen, the
 decoder and everything after it with the task's own loss. Here the task loss is torchvision's detection losses on
 the ground truth, and the decoder is fed exactly what the edge server decodes: every image's bottleneck goes through
-:func:`common.wire.encode_frame` and :func:`common.wire.decode_frame` with the checkpoint's own codec (rANS with its
-tables, or 8-bit + zstd for a GHND student). The stem, the encoder and the codec do not change, so the bytes on the
-wire and the client stay exactly as they were; only the tail (and the tail's digest) does.
+:func:`splitdet.common.wire.encode_frame` and :func:`splitdet.common.wire.decode_frame` with the checkpoint's own codec
+(rANS with its tables, or 8-bit + zstd for a GHND student). The stem, the encoder and the codec do not change, so the
+bytes on the wire and the client stay exactly as they were; only the tail (and the tail's digest) does.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 
-from common.checkpoint import Checkpoint
-from common.shapes import BatchMeta
-from common.split import split
-from common.wire import FrameLimits, decode_frame, encode_frame
+from splitdet.common.checkpoint import Checkpoint
+from splitdet.common.shapes import BatchMeta
+from splitdet.common.split import split
+from splitdet.common.wire import FrameLimits, decode_frame, encode_frame
 
 #: parameters of these modules stay fixed: what the device computes (the neural filter reads the stem too)
 DEVICE_SIDE = ("backbone.body.conv1.", "backbone.body.bn1.", "backbone.body.layer1.encoder.", "neural_filter.")

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from common.split import Head
+from splitdet.common.split import Head
 
 
 def _stem(body: nn.Module, x: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Reproduce the bundled entropic demo checkpoint from the bundled GHND demo, in one command:
 
-    python -m distill.make_entropic_demo [--reuse]
+    python -m splitdet.distill.make_entropic_demo [--reuse]
 
 Trains the two stages of ``CONFIGS`` in turn (an entropic student initialised from, and mimicking, the GHND demo;
 then its tail fine-tuned on the decoded bottleneck; ``--reuse`` keeps a stage's existing ``runs/`` result), gives
@@ -14,10 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.checkpoint import load_checkpoint, save_checkpoint
-from common.demo import DEMO_CHECKPOINT, ENTROPIC_DEMO_CHECKPOINT
-from common.models import build_model
-from distill import cli
+from splitdet.common.checkpoint import load_checkpoint, save_checkpoint
+from splitdet.common.demo import DEMO_CHECKPOINT, ENTROPIC_DEMO_CHECKPOINT
+from splitdet.common.models import build_model
+from splitdet.distill import cli
 
 #: (config, what it writes): stage one (bottleneck + entropy model), stage two (the tail, on the decoded bottleneck)
 CONFIGS = (
@@ -57,7 +57,7 @@ def export(trained: Path = TRAINED, out: Path = ENTROPIC_DEMO_CHECKPOINT) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distill.make_entropic_demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m splitdet.distill.make_entropic_demo", description=__doc__)
     parser.add_argument(
         "--reuse", action="store_true", help="keep a stage's runs/ result when it exists (default: retrain both)"
     )

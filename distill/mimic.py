@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from distill.config import Term
+from splitdet.distill.config import Term
 
 TRAINABLE_PREFIX = "backbone.body.layer1."
 

@@ -1,5 +1,6 @@
 """Training runs: the teacher (from scratch, torchvision's detection losses), HND/GHND and entropic students, and
-a student's tail fine-tuned on its decoded bottleneck; the neural filter trains in :mod:`distill.filter_training`.
+a student's tail fine-tuned on its decoded bottleneck; the neural filter trains in
+:mod:`splitdet.distill.filter_training`.
 
 One loop serves them all; each method supplies a module whose ``forward(images, targets)`` returns a dict of
 losses. Runs on CPU or GPU, and under ``torchrun`` with DistributedDataParallel. A checkpoint in the project's
@@ -24,12 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from common.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from common.models import ModelConfig, build_model, build_teacher, coco_class_names, init_student_from_teacher
-from distill.config import ConfigError, TrainConfig
-from distill.dataset_config import DatasetInfo, build_dataset
-from distill.datasets import collate_detection
-from distill.mimic import HeadMimic
+from splitdet.common.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from splitdet.common.models import ModelConfig, build_model, build_teacher, coco_class_names, init_student_from_teacher
+from splitdet.distill.config import ConfigError, TrainConfig
+from splitdet.distill.dataset_config import DatasetInfo, build_dataset
+from splitdet.distill.datasets import collate_detection
+from splitdet.distill.mimic import HeadMimic
 
 
 @dataclass
@@ -99,8 +100,8 @@ def _teacher_from(
 def warm_start(model: nn.Module, ckpt_path: str | Path, freeze: list[str], from_student: bool = False) -> Checkpoint:
     """Copy every weight of the teacher at ``ckpt_path`` whose name and shape match ``model``'s (e.g. a Mask or
     Keypoint R-CNN teacher from a trained Faster R-CNN one), then freeze the modules named in ``freeze``.
-    ``from_student`` takes a student instead (all but ``layer1``, which :mod:`distill.layer1_recovery` rebuilds).
-    Returns the source checkpoint."""
+    ``from_student`` takes a student instead (all but ``layer1``, which :mod:`splitdet.distill.layer1_recovery`
+    rebuilds). Returns the source checkpoint."""
     source = load_checkpoint(ckpt_path)
     if source.config.is_student and not from_student:
         raise ConfigError(
@@ -199,8 +200,8 @@ def build_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
 
 def _entropic_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
     """GHND feature loss + beta x rate, the student initialised from a (possibly narrower) GHND student."""
-    from common.codec_settings import CodecSettings
-    from distill.entropic import EntropicMimic, widen_bottleneck
+    from splitdet.common.codec_settings import CodecSettings
+    from splitdet.distill.entropic import EntropicMimic, widen_bottleneck
 
     teacher, names = _teacher_from(config.teacher, info, allow_student=True)
     student_cfg = teacher.config.replace(
@@ -231,7 +232,7 @@ def _entropic_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
 
 def _finetune_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
     """A trained student's tail (decoder onwards) on detection losses; its head, codec and tables unchanged."""
-    from distill.finetune import TailFinetune
+    from splitdet.distill.finetune import TailFinetune
 
     source = load_checkpoint(config.student["ckpt"])
     if not source.config.is_student:
@@ -243,7 +244,7 @@ def _finetune_task(config: TrainConfig, info: DatasetInfo) -> TrainingTask:
 
 
 def _recover_layer1(model: nn.Module, source: Checkpoint, dataset: Dataset, steps: int) -> None:
-    from distill.layer1_recovery import recover_layer1
+    from splitdet.distill.layer1_recovery import recover_layer1
 
     first, last = recover_layer1(model, source.build_model(), dataset, steps)
     print(f"layer1 rebuilt from the student's bottleneck in {steps} steps: MSE {first:.4f} -> {last:.4f}")
@@ -298,8 +299,8 @@ def _to(device: torch.device, images: list[Tensor], targets: list[dict[str, Tens
 
 def run(config: TrainConfig, resume: bool = False) -> Path:
     """Train as ``config`` says; return the path of the final checkpoint."""
-    if config.method == "filter":  # one process, on cached stem features: distill.filter_training
-        from distill.filter_training import run as run_filter
+    if config.method == "filter":  # one process, on cached stem features: splitdet.distill.filter_training
+        from splitdet.distill.filter_training import run as run_filter
 
         return run_filter(config, resume)
     rank, world, device = _init_distributed()

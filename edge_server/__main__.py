@@ -1,3 +1,3 @@
-from edge_server.cli import main
+from splitdet.edge_server.cli import main
 
 raise SystemExit(main())

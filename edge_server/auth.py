@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from edge_server.stats import Stats
+from splitdet.edge_server.stats import Stats
 
 EXEMPT_PREFIX = "/grpc.health.v1.Health/"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.endpoint import DEFAULT_PORT
+from splitdet.common.endpoint import DEFAULT_PORT
 
 MAX_STREAMS = 1024  # default limit of open streams (InferStream, InferImageStream)
 MAX_QUEUED_FRAMES = 32  # default limit of frames in progress (decoding, queued, running, encoding)
@@ -171,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-server: error: {problem}", file=sys.stderr)
         return 2
     if args.malloc_arenas:
-        from edge_server.memory import limit_arenas  # ctypes only: before torch and gRPC start their threads
+        from splitdet.edge_server.memory import limit_arenas  # ctypes only: before torch and gRPC start their threads
 
         limit_arenas(args.malloc_arenas)
-    from edge_server import runner  # torch and the model load only once the command line is known to be good
+    from splitdet.edge_server import runner  # torch and the model load only once the command line is known to be good
 
     return runner.run(args)

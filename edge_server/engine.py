@@ -14,9 +14,9 @@ from PIL import Image
 from torch import Tensor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from common.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from common.split import BatchMeta, Tail, bottleneck_shape, split
-from common.wire import FrameLimits
+from splitdet.common.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from splitdet.common.split import BatchMeta, Tail, bottleneck_shape, split
+from splitdet.common.wire import FrameLimits
 
 MAX_IMAGES_PER_FRAME = 32
 MAX_IMAGE_PIXELS = 4096 * 4096  # a 12 MP photo fits; the model runs on ~30 bytes/pixel (500 MB at the limit)

@@ -1,4 +1,4 @@
-"""``python -m edge_server.healthcheck HOST:PORT``: exit 0 when the server's gRPC health service says SERVING.
+"""``python -m splitdet.edge_server.healthcheck HOST:PORT``: exit 0 when the server's gRPC health service says SERVING.
 
 Used by the container healthcheck; the health service needs no token.
 """
@@ -26,7 +26,7 @@ def check(target: str, service: str = "", timeout_s: float = 3.0, tls_ca: str | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edge_server.healthcheck", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m splitdet.edge_server.healthcheck", description=__doc__.splitlines()[0])
     p.add_argument("target", help="HOST:PORT of the edge server")
     p.add_argument("--service", default="", help="service name to ask about (default: the whole server)")
     p.add_argument("--timeout-s", type=float, default=3.0)

@@ -5,7 +5,7 @@ of large or odd-sized frames the server's RSS stays at the burst's level althoug
 :func:`limit_arenas` (``mallopt(M_ARENA_MAX)``, at start-up, before the gRPC threads exist) keeps the threads on a
 few arenas, and ``malloc_trim(0)`` returns the free pages of every arena; :class:`Trimmer` calls it once each time
 the server has been idle for ``idle_s`` seconds after some work. Together they bring the RSS after the fuzz back to
-its warm level (the numbers are in ``benchmarks/results/fuzz_memory.md``). Without glibc (musl, macOS) they do
+its warm level (the numbers are in ``studies/results/fuzz_memory.md``). Without glibc (musl, macOS) they do
 nothing.
 """
 

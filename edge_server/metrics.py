@@ -1,6 +1,7 @@
 """Prometheus metrics of one server, in its own registry, and the HTTP endpoint that serves them at ``/metrics``.
 
-:class:`edge_server.stats.Stats` records into :class:`Metrics` at the same points as into the GetStats counters.
+:class:`splitdet.edge_server.stats.Stats` records into :class:`Metrics` at the same points as into the GetStats
+counters.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 class Metrics:
     """Counters, gauges and histograms of one server in a private ``registry`` (servers in one process never
     collide). Labels: ``method`` is the RPC's short name (``Infer``), ``code`` a gRPC status code name, ``stage``
-    one of :data:`edge_server.stats.SERVER_STAGES`."""
+    one of :data:`splitdet.edge_server.stats.SERVER_STAGES`."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from common.checkpoint import CheckpointError
-from common.demo import demo_checkpoint
-from common.token_file import TokenFileError, read_token
-from edge_server.server import ServerError, serve
+from splitdet.common.checkpoint import CheckpointError
+from splitdet.common.demo import demo_checkpoint
+from splitdet.common.token_file import TokenFileError, read_token
+from splitdet.edge_server.server import ServerError, serve
 
 log = logging.getLogger("edge_server")
 

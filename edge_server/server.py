@@ -23,15 +23,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edge_server.admission import Admission
-from edge_server.auth import TokenInterceptor
-from edge_server.batching import Batcher
-from edge_server.cli import INSECURE_TOKEN, MAX_QUEUED_FRAMES, MAX_STREAMS
-from edge_server.engine import DeviceError, Engine
-from edge_server.memory import Trimmer
-from edge_server.metrics import MetricsServer
-from edge_server.servicer import SERVICE_NAME, Servicer, method_handlers
-from edge_server.stats import Stats
+from splitdet.edge_server.admission import Admission
+from splitdet.edge_server.auth import TokenInterceptor
+from splitdet.edge_server.batching import Batcher
+from splitdet.edge_server.cli import INSECURE_TOKEN, MAX_QUEUED_FRAMES, MAX_STREAMS
+from splitdet.edge_server.engine import DeviceError, Engine
+from splitdet.edge_server.memory import Trimmer
+from splitdet.edge_server.metrics import MetricsServer
+from splitdet.edge_server.servicer import SERVICE_NAME, Servicer, method_handlers
+from splitdet.edge_server.stats import Stats
 
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -175,10 +175,10 @@ def serve(
     """Load the checkpoint and start serving; raises CheckpointError or :class:`ServerError`.
 
     At most ``max_streams`` streams are open and ``max_queued_frames`` frames in progress at once; beyond, a stream
-    or frame is refused at once with RESOURCE_EXHAUSTED and a retry hint (:mod:`edge_server.admission`), so memory
-    stays bounded under any load. Health, reflection and GetModelInfo are never limited. ``workers`` threads decode
-    frames and encode answers. Every connection is pinged each ``keepalive_s`` seconds and dropped when a ping goes
-    unanswered for as long, which ends the streams of clients that vanished without closing them.
+    or frame is refused at once with RESOURCE_EXHAUSTED and a retry hint (:mod:`splitdet.edge_server.admission`), so
+    memory stays bounded under any load. Health, reflection and GetModelInfo are never limited. ``workers`` threads
+    decode frames and encode answers. Every connection is pinged each ``keepalive_s`` seconds and dropped when a ping
+    goes unanswered for as long, which ends the streams of clients that vanished without closing them.
 
     With ``metrics_port`` (0 picks a free one) Prometheus metrics are served over HTTP at ``host:metrics_port``
     ``/metrics``; reflection lists the SplitDetection and health services.

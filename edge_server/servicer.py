@@ -1,15 +1,16 @@
 """The gRPC servicer (``grpc.aio``): a thin layer from requests to the engine and back.
 
-Split path, top to bottom in :meth:`Servicer.split_frame`: check the fingerprint -> ``common.wire.decode_frame``
-(on the decode/encode thread pool) -> tail (through the batcher, queued per client connection,
+Split path, top to bottom in :meth:`Servicer.split_frame`: check the fingerprint ->
+``splitdet.common.wire.decode_frame`` (on the decode/encode thread pool) -> tail (through the batcher, queued per client
+connection,
 :meth:`grpc.aio.ServicerContext.peer`, so that the batcher can serve connections round-robin) ->
-``common.wire.encode_detections`` (on the pool). The offload path in :meth:`Servicer.image_frame` is the same with
-the image decoder and the whole model. The event loop itself only parses, admits and awaits, so an open stream costs
-no thread and health checks never wait behind frames.
+``splitdet.common.wire.encode_detections`` (on the pool). The offload path in :meth:`Servicer.image_frame` is the same
+with the image decoder and the whole model. The event loop itself only parses, admits and awaits, so an open stream
+costs no thread and health checks never wait behind frames.
 
 Every call first sends initial metadata naming this server (:data:`SERVER_KEY`) and its model
 (:data:`FINGERPRINT_KEY`), so a client balancing over replicas can refuse one that runs another model. Streams and
-frames pass :class:`edge_server.admission.Admission`: beyond its limits they are refused at once with
+frames pass :class:`splitdet.edge_server.admission.Admission`: beyond its limits they are refused at once with
 RESOURCE_EXHAUSTED and a retry hint; while the server drains, with UNAVAILABLE, and a stream waiting for its next
 frame ends at once.
 
@@ -35,7 +36,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from common.wire import (
+from splitdet.common.wire import (
     FORMAT_VERSION,
     QUANTIZATION_TO_PB,
     FrameError,
@@ -44,13 +45,13 @@ from common.wire import (
     decode_frame,
     encode_detections,
 )
-from edge_server.admission import DRAINING, RETRY_PUSHBACK_KEY, Admission, Refused
-from edge_server.auth import HANDLER_FACTORIES
-from edge_server.batching import Batcher, Closed, Done, Expired, QueueFull
-from edge_server.engine import BatchKey, Engine, ImageError
-from edge_server.stats import Stats
-from proto import splitdet_pb2 as pb
-from proto import splitdet_pb2_grpc
+from splitdet.edge_server.admission import DRAINING, RETRY_PUSHBACK_KEY, Admission, Refused
+from splitdet.edge_server.auth import HANDLER_FACTORIES
+from splitdet.edge_server.batching import Batcher, Closed, Done, Expired, QueueFull
+from splitdet.edge_server.engine import BatchKey, Engine, ImageError
+from splitdet.edge_server.stats import Stats
+from splitdet.proto import splitdet_pb2 as pb
+from splitdet.proto import splitdet_pb2_grpc
 
 log = logging.getLogger("edge_server")
 

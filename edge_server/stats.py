@@ -1,7 +1,7 @@
 """Server counters for the GetStats RPC: frames, bytes, errors by status code and per-stage latency.
 
-Every event is also recorded into the server's Prometheus :class:`edge_server.metrics.Metrics` here, so GetStats and
-``/metrics`` count the same things at the same points.
+Every event is also recorded into the server's Prometheus :class:`splitdet.edge_server.metrics.Metrics` here, so
+GetStats and ``/metrics`` count the same things at the same points.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections import Counter, deque
 
 import numpy as np
 
-from edge_server.metrics import Metrics
-from proto import splitdet_pb2 as pb
+from splitdet.edge_server.metrics import Metrics
+from splitdet.proto import splitdet_pb2 as pb
 
 SERVER_STAGES = ("queue", "decode", "tail", "encode", "total")
 

@@ -1,3 +1,3 @@
-from mobile_client.cli import main
+from splitdet.mobile_client.cli import main
 
 raise SystemExit(main())

@@ -34,7 +34,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from mobile_client.pipeline import FrameResult
+from splitdet.mobile_client.pipeline import FrameResult
 
 CHOICES = ("split", "offload", "local")
 COSTS = ("head", "encode", "jpeg", "local_tail", "split_server", "offload_server", "split_bytes", "offload_bytes")

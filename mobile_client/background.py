@@ -7,7 +7,7 @@ is folded into it (exponential moving average, ``rate``), and so is every frame 
 background follows the camera's drift and lighting between answers. A frame's score is the largest mean squared
 difference over channels between its cells and the background's; below the threshold it is skipped. The filter
 learns only from answers, never from the ground truth, and needs no training: the threshold is chosen on a
-calibration clip of the same camera (``python -m benchmarks.filter_background``).
+calibration clip of the same camera (``python -m studies.filter_background``).
 
 Guards: until the first empty answer there is no background and every frame is sent; at most ``max_skipped``
 frames in a row are skipped, then one is sent whatever its score; when a frame that scored below the threshold (sent

@@ -16,12 +16,18 @@ import importlib.util
 import math
 import sys
 
-from common.codec_settings import QUANTIZATIONS
-from common.endpoint import DEFAULT_PORT
-from common.onnx_format import ONNX_QUANTIZATIONS
-from mobile_client.background import DEFAULT_MAX_SKIPPED, DEFAULT_RATE
-from mobile_client.device_cpu import add_quota_argument, check_quota
-from mobile_client.settings import CLIENT_MODES, DEFAULT_MAX_REUSED, RUNTIMES, SetupError, add_offload_arguments
+from splitdet.common.codec_settings import QUANTIZATIONS
+from splitdet.common.endpoint import DEFAULT_PORT
+from splitdet.common.onnx_format import ONNX_QUANTIZATIONS
+from splitdet.mobile_client.background import DEFAULT_MAX_SKIPPED, DEFAULT_RATE
+from splitdet.mobile_client.device_cpu import add_quota_argument, check_quota
+from splitdet.mobile_client.settings import (
+    CLIENT_MODES,
+    DEFAULT_MAX_REUSED,
+    RUNTIMES,
+    SetupError,
+    add_offload_arguments,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fixed cameras, split frames (auto mode's too): skip a frame, reporting no detections, when its stem "
         "differs from the empty background by less than T (largest mean squared difference over 16x16-pixel cells); "
         "the background is learnt from the server's empty answers and the skipped frames; choose T with "
-        "`python -m benchmarks.filter_background`; 0 = off (default: %(default)s)",
+        "`python -m studies.filter_background`; 0 = off (default: %(default)s)",
     )
     p.add_argument(
         "--background-rate",
@@ -281,6 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as e:
         print(f"mobile-client: error: {e}", file=sys.stderr)
         return 2
-    from mobile_client import runner  # torch and the model load only once the command line is known to be good
+    from splitdet.mobile_client import runner  # torch and the model load only once the command line is known to be good
 
     return runner.run(args)

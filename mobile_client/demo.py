@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.demo import demo_checkpoint
-from mobile_client import cli
+from splitdet.common.demo import demo_checkpoint
+from splitdet.mobile_client import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < 1 or args.window < 1:
         print("split-demo: error: --frames and --window must be >= 1", file=sys.stderr)
         return 2
-    from common.checkpoint import CheckpointError  # torch loads only once the command line is known to be good
-    from edge_server.server import ServerError, serve
+    from splitdet.common.checkpoint import CheckpointError  # torch loads only once the command line is known to be good
+    from splitdet.edge_server.server import ServerError, serve
 
     try:
         ckpt = Path(args.ckpt) if args.ckpt else demo_checkpoint()

@@ -29,7 +29,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from mobile_client.settings import SetupError
+from splitdet.mobile_client.settings import SetupError
 
 MECHANISMS = ("cgroup1", "cgroup2", "cpulimit")
 PERIOD_US = 10_000

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from common.wire import COMPRESSION_TO_PB, QUANTIZATION_TO_PB
-from mobile_client.link import MISMATCH, Link, LinkConfig, LinkError
-from mobile_client.settings import SetupError
-from proto import splitdet_pb2 as pb
+from splitdet.common.wire import COMPRESSION_TO_PB, QUANTIZATION_TO_PB
+from splitdet.mobile_client.link import MISMATCH, Link, LinkConfig, LinkError
+from splitdet.mobile_client.settings import SetupError
+from splitdet.proto import splitdet_pb2 as pb
 
 
 def connect(

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import grpc
 
-from proto import splitdet_pb2 as pb
-from proto import splitdet_pb2_grpc
+from splitdet.proto import splitdet_pb2 as pb
+from splitdet.proto import splitdet_pb2_grpc
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mobile_client.settings import OFFLOAD_FORMATS
+from splitdet.mobile_client.settings import OFFLOAD_FORMATS
 
 
 def model_input_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
@@ -44,7 +44,7 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 95, size: tu
 
 
 def to_frame_coordinates(det: dict, sent: tuple[int, int], frame: tuple[int, int]) -> dict:
-    """Detections (:func:`common.wire.decode_detections`) of an image sent at ``sent`` (height, width) in the
+    """Detections (:func:`splitdet.common.wire.decode_detections`) of an image sent at ``sent`` (height, width) in the
     coordinates of the ``frame`` (height, width) it was resized from: boxes and keypoints scaled, masks resized."""
     if sent == frame:
         return det

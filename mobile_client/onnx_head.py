@@ -1,13 +1,13 @@
 """The device's head run by ONNX Runtime, without torch: the file ``split-model export --format onnx`` writes.
 
-The file holds three programs, run one call each (see :mod:`common.onnx_format`): the stem (transform: normalize,
-bilinear resize, padding; then the stem), the neural filter and the encoder; the resized size comes from
-:func:`common.shapes.resized_size`, the same rule the torch head applies. As in the torch head, the filter runs on
-the stem output before the encoder, so a frame it rejects never runs the encoder; "head" times the stem and the
-encoder, "filter" the filter (and the background filter's stem cells, :func:`mobile_client.background.stem_cells`,
-computed from the stem output in numpy exactly as for the torch head). The bottleneck then goes through the same
-``common.wire.encode_frame`` as the torch head's. Nothing here imports torch (``tests/test_onnx_head.py`` and
-``tests/test_device_install.py`` check it).
+The file holds three programs, run one call each (see :mod:`splitdet.common.onnx_format`): the stem (transform:
+normalize, bilinear resize, padding; then the stem), the neural filter and the encoder; the resized size comes from
+:func:`splitdet.common.shapes.resized_size`, the same rule the torch head applies. As in the torch head, the filter runs
+on the stem output before the encoder, so a frame it rejects never runs the encoder; "head" times the stem and the
+encoder, "filter" the filter (and the background filter's stem cells,
+:func:`splitdet.mobile_client.background.stem_cells`, computed from the stem output in numpy exactly as for the torch
+head). The bottleneck then goes through the same ``splitdet.common.wire.encode_frame`` as the torch head's. Nothing here
+imports torch (``tests/test_onnx_head.py`` and ``tests/test_device_install.py`` check it).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from common import onnx_format as fmt
-from common.codec_settings import CodecSettings
-from common.entropy import EntropyTables
-from common.shapes import BatchMeta, bottleneck_shape, padded_size, resized_size
-from common.timing import timed
-from mobile_client.background import stem_cells
-from mobile_client.pipeline import HeadResult
-from mobile_client.settings import SetupError
+from splitdet.common import onnx_format as fmt
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.entropy import EntropyTables
+from splitdet.common.shapes import BatchMeta, bottleneck_shape, padded_size, resized_size
+from splitdet.common.timing import timed
+from splitdet.mobile_client.background import stem_cells
+from splitdet.mobile_client.pipeline import HeadResult
+from splitdet.mobile_client.settings import SetupError
 
 _NO_IMAGE = np.empty((0, 0, 3), dtype=np.uint8)
 _NO_STEM = np.empty((1, fmt.STEM_CHANNELS, 0, 0), dtype=np.float32)

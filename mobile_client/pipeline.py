@@ -11,28 +11,29 @@ Per frame, :meth:`Pipeline.prepare` runs the device's share of the work for the 
 A frame a live source dropped (a newer one replaced it before it could be sent) is finished at once as dropped.
 
 With ``options.skip_static`` > 0 (``--skip-static``), a split frame whose bottleneck changed less than that from the
-last frame sent (:mod:`mobile_client.static`) is not sent either: it is finished as *reused*, and :meth:`Pipeline.run`
-gives it that frame's detections when it yields it, in frame order, so in the pipelined path the frame it reuses may
-still be in flight when it is prepared. At most ``options.skip_static_max`` frames in a row reuse one answer. Frames
-the filter skipped are never the reference; a frame in another mode (auto) or a sent frame that failed clears it, so
-the next split frame is sent.
+last frame sent (:mod:`splitdet.mobile_client.static`) is not sent either: it is finished as *reused*, and
+:meth:`Pipeline.run` gives it that frame's detections when it yields it, in frame order, so in the pipelined path the
+frame it reuses may still be in flight when it is prepared. At most ``options.skip_static_max`` frames in a row reuse
+one answer. Frames the filter skipped are never the reference; a frame in another mode (auto) or a sent frame that
+failed clears it, so the next split frame is sent.
 
 With ``options.background_filter`` > 0 (``--background-filter``), a split frame whose stem looks like the camera's
-empty background (:mod:`mobile_client.background`) is finished as skipped, after the neural filter and before the
-static check. :meth:`Pipeline.run` teaches the background with every answer of a sent split frame: empty when no
-detection at the score threshold is of interest (:func:`common.interest.box_of_interest`).
+empty background (:mod:`splitdet.mobile_client.background`) is finished as skipped, after the neural filter and before
+the static check. :meth:`Pipeline.run` teaches the background with every answer of a sent split frame: empty when no
+detection at the score threshold is of interest (:func:`splitdet.common.interest.box_of_interest`).
 
-The head is a :class:`DeviceModel`: the torch head of a checkpoint (:class:`mobile_client.torch_head.ClientModel`)
-or the ONNX head run by ONNX Runtime (:class:`mobile_client.onnx_head.OnnxHead`). Both hand back the bottleneck as
-a numpy array, which :func:`common.wire.encode_frame` quantizes and compresses; this module imports no torch.
+The head is a :class:`DeviceModel`: the torch head of a checkpoint
+(:class:`splitdet.mobile_client.torch_head.ClientModel`) or the ONNX head run by ONNX Runtime
+(:class:`splitdet.mobile_client.onnx_head.OnnxHead`). Both hand back the bottleneck as a numpy array, which
+:func:`splitdet.common.wire.encode_frame` quantizes and compresses; this module imports no torch.
 
 :meth:`Pipeline.complete` turns the server's ``InferResponse`` into a :class:`FrameResult`.
 
 With ``window == 1`` (and always for live sources, which keep one frame in flight: the latest one) frames go one
 at a time over unary calls. With a larger window the run is pipelined: a head thread prepares frame n+1 while
 frame n is on the wire or on the server, and hands requests to a bidirectional stream
-(:class:`mobile_client.link.StreamLink`); the main thread waits for the answers in frame order. The frames in
-flight are bounded by a :class:`mobile_client.flow.Window` that adapts to the measured service time (at most
+(:class:`splitdet.mobile_client.link.StreamLink`); the main thread waits for the answers in frame order. The frames in
+flight are bounded by a :class:`splitdet.mobile_client.flow.Window` that adapts to the measured service time (at most
 ``window``), so no frame waits behind the client's own frames past its deadline, and memory stays flat however
 slow the link is. A frame's deadline starts when it is handed to the link.
 """
@@ -49,22 +50,22 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from common.codec_settings import CodecSettings
-from common.interest import box_of_interest
-from common.shapes import BatchMeta
-from common.timing import timed
-from common.wire import decode_detections, encode_frame
-from mobile_client.background import BackgroundFilter
-from mobile_client.flow import Window
-from mobile_client.link import Link, LinkError, Reply, StreamLink
-from mobile_client.offload import encode_image, model_input_size, to_frame_coordinates
-from mobile_client.settings import Options
-from mobile_client.sources import Frame
-from mobile_client.static import StaticGate
-from proto import splitdet_pb2 as pb
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.interest import box_of_interest
+from splitdet.common.shapes import BatchMeta
+from splitdet.common.timing import timed
+from splitdet.common.wire import decode_detections, encode_frame
+from splitdet.mobile_client.background import BackgroundFilter
+from splitdet.mobile_client.flow import Window
+from splitdet.mobile_client.link import Link, LinkError, Reply, StreamLink
+from splitdet.mobile_client.offload import encode_image, model_input_size, to_frame_coordinates
+from splitdet.mobile_client.settings import Options
+from splitdet.mobile_client.sources import Frame
+from splitdet.mobile_client.static import StaticGate
+from splitdet.proto import splitdet_pb2 as pb
 
 if TYPE_CHECKING:
-    from common.entropy import EntropyTables
+    from splitdet.common.entropy import EntropyTables
 
 FRAME_STAGES = ("head", "filter", "encode", "network", "server_decode", "tail", "total")
 
@@ -115,7 +116,8 @@ class DeviceModel(Protocol):
         ...
 
     def run_tail(self, out: HeadResult) -> dict:
-        """Local mode: the detections of the unquantized bottleneck, as :func:`common.wire.decode_detections`."""
+        """Local mode: the detections of the unquantized bottleneck, as
+        :func:`splitdet.common.wire.decode_detections`."""
         ...
 
 
@@ -163,7 +165,7 @@ def _ms(seconds: float) -> float:
 
 
 def detections_json(det: dict, class_names: list[str], score_threshold: float) -> list[dict]:
-    """Detections (as :func:`common.wire.decode_detections` returns them) at or above the score threshold."""
+    """Detections (as :func:`splitdet.common.wire.decode_detections` returns them) at or above the score threshold."""
     out = []
     for i, score in enumerate(det["scores"].tolist()):
         if score < score_threshold:

@@ -9,7 +9,7 @@ from typing import TextIO
 
 import numpy as np
 
-from mobile_client.pipeline import FRAME_STAGES, FrameResult
+from splitdet.mobile_client.pipeline import FRAME_STAGES, FrameResult
 
 
 def result_json(result: FrameResult) -> dict:

@@ -1,8 +1,9 @@
 """What ``mobile-client`` does once its command line is checked: open the source, load the head, connect, and
-stream every frame through :class:`mobile_client.pipeline.Pipeline`, writing one JSON line per frame.
+stream every frame through :class:`splitdet.mobile_client.pipeline.Pipeline`, writing one JSON line per frame.
 
-With ``--runtime onnx`` nothing on this path imports torch: the head is :class:`mobile_client.onnx_head.OnnxHead`;
-the torch head (:mod:`mobile_client.torch_head`) and ``--save-vis`` (drawn by torchvision) load only when used."""
+With ``--runtime onnx`` nothing on this path imports torch: the head is
+:class:`splitdet.mobile_client.onnx_head.OnnxHead`; the torch head (:mod:`splitdet.mobile_client.torch_head`) and
+``--save-vis`` (drawn by torchvision) load only when used."""
 
 from __future__ import annotations
 
@@ -16,19 +17,19 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from common.codec_settings import CodecSettings
-from common.demo import demo_checkpoint
-from common.endpoint import with_default_port
-from common.token_file import TokenFileError, read_token
-from mobile_client import handshake, sources
-from mobile_client.auto import CHOICES, AutoPolicy
-from mobile_client.device_cpu import DeviceQuota, detect
-from mobile_client.link import Link, LinkConfig
-from mobile_client.pipeline import DeviceModel, Pipeline
-from mobile_client.report import Report
-from mobile_client.settings import Options, SetupError
-from mobile_client.sources import Source, SourceError
-from proto import splitdet_pb2 as pb
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.demo import demo_checkpoint
+from splitdet.common.endpoint import with_default_port
+from splitdet.common.token_file import TokenFileError, read_token
+from splitdet.mobile_client import handshake, sources
+from splitdet.mobile_client.auto import CHOICES, AutoPolicy
+from splitdet.mobile_client.device_cpu import DeviceQuota, detect
+from splitdet.mobile_client.link import Link, LinkConfig
+from splitdet.mobile_client.pipeline import DeviceModel, Pipeline
+from splitdet.mobile_client.report import Report
+from splitdet.mobile_client.settings import Options, SetupError
+from splitdet.mobile_client.sources import Source, SourceError
+from splitdet.proto import splitdet_pb2 as pb
 
 DEFAULT_FPS = 30.0  # a video file that does not say its frame rate plays at this one with --live
 
@@ -58,15 +59,15 @@ def is_live(args: argparse.Namespace) -> bool:
 def load_model(args: argparse.Namespace) -> DeviceModel:
     runtime = getattr(args, "runtime", "torch")
     if runtime == "onnx":
-        from mobile_client.onnx_head import OnnxHead
+        from splitdet.mobile_client.onnx_head import OnnxHead
 
         model = OnnxHead.load(args.head, args.filter_threshold, args.threads)
         path = Path(args.head)
     else:
         import torch
 
-        from common.checkpoint import CheckpointError
-        from mobile_client.torch_head import ClientModel
+        from splitdet.common.checkpoint import CheckpointError
+        from splitdet.mobile_client.torch_head import ClientModel
 
         if args.threads is not None:
             torch.set_num_threads(args.threads)
@@ -162,7 +163,7 @@ def stream(pipeline: Pipeline, source: Source, out: TextIO, args: argparse.Names
     """Run every frame, write its line (and picture), print the summary; the exit status."""
     report = Report(out, args.mode)
     if args.save_vis:
-        from mobile_client import visualize  # draws with torchvision
+        from splitdet.mobile_client import visualize  # draws with torchvision
 
         skeleton = visualize.skeleton_for(keypoints)
     tty = sys.stderr.isatty()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from common.codec_settings import CodecSettings
-from mobile_client.background import DEFAULT_MAX_SKIPPED, DEFAULT_RATE
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.mobile_client.background import DEFAULT_MAX_SKIPPED, DEFAULT_RATE
 
 OFFLOAD_FORMATS = ("jpeg", "webp")
 OFFLOAD_RESIZE = ("model", "source")

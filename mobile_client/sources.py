@@ -139,7 +139,7 @@ def synthetic(
     """:class:`synthetic.SyntheticVideo`: moving objects with stretches of empty frames (``empty_ratio`` of them,
     the scene default when None, between runs of ``run_frames`` frames with objects) and ``static_ratio`` of the
     frames in static stretches (only the sensor noise changes)."""
-    from synthetic.video import SyntheticVideo  # only --synthetic needs the data generator
+    from splitdet.synthetic.video import SyntheticVideo  # only --synthetic needs the data generator
 
     if num_frames < 1:
         raise SourceError(f"--synthetic needs at least 1 frame, got {num_frames}")

@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from mobile_client.settings import DEFAULT_MAX_REUSED
+from splitdet.mobile_client.settings import DEFAULT_MAX_REUSED
 
 
 def change(reference: np.ndarray, current: np.ndarray) -> float:

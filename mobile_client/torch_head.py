@@ -1,4 +1,5 @@
-"""The device's head run by torch: a checkpoint's :class:`common.split.Head`, and its tail for ``local`` mode."""
+"""The device's head run by torch: a checkpoint's :class:`splitdet.common.split.Head`, and its tail for ``local``
+mode."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import Checkpoint, load_checkpoint
-from common.codec_settings import CodecSettings
-from common.entropy import EntropyTables
-from common.split import Head, Tail, image_tensor, split
-from common.timing import timed
-from common.wire import decode_detections, encode_detections
-from mobile_client.background import stem_cells
-from mobile_client.pipeline import HeadResult
-from mobile_client.settings import SetupError
+from splitdet.common.checkpoint import Checkpoint, load_checkpoint
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.entropy import EntropyTables
+from splitdet.common.split import Head, Tail, image_tensor, split
+from splitdet.common.timing import timed
+from splitdet.common.wire import decode_detections, encode_detections
+from splitdet.mobile_client.background import stem_cells
+from splitdet.mobile_client.pipeline import HeadResult
+from splitdet.mobile_client.settings import SetupError
 
 
 @dataclass

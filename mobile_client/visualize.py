@@ -7,10 +7,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.drawing import Drawable, draw
-from mobile_client.pipeline import FrameResult
-from synthetic import KEYPOINT_NAMES as SYNTHETIC_KEYPOINTS
-from synthetic import SKELETON as SYNTHETIC_SKELETON
+from splitdet.common.drawing import Drawable, draw
+from splitdet.mobile_client.pipeline import FrameResult
+from splitdet.synthetic import KEYPOINT_NAMES as SYNTHETIC_KEYPOINTS
+from splitdet.synthetic import SKELETON as SYNTHETIC_SKELETON
 
 COCO_KEYPOINTS = [
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",

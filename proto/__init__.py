@@ -1,1 +1,2 @@
-"""The wire format (splitdet.proto) and its generated Python code; regenerate with ``python -m proto.generate``."""
+"""The wire format (splitdet.proto) and its generated Python code; regenerate with ``python -m
+splitdet.proto.generate``."""

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import splitdet_pb2 as proto_dot_splitdet__pb2
+from splitdet.proto import splitdet_pb2 as splitdet_dot_proto_dot_splitdet__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/splitdet_pb2_grpc.py depends on'
+        + ' but the generated code in splitdet/proto/splitdet_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,33 +36,33 @@ class SplitDetectionStub:
         """
         self.GetModelInfo = channel.unary_unary(
                 '/splitdet.v1.SplitDetection/GetModelInfo',
-                request_serializer=proto_dot_splitdet__pb2.ModelInfoRequest.SerializeToString,
-                response_deserializer=proto_dot_splitdet__pb2.ModelInfo.FromString,
+                request_serializer=splitdet_dot_proto_dot_splitdet__pb2.ModelInfoRequest.SerializeToString,
+                response_deserializer=splitdet_dot_proto_dot_splitdet__pb2.ModelInfo.FromString,
                 _registered_method=True)
         self.Infer = channel.unary_unary(
                 '/splitdet.v1.SplitDetection/Infer',
-                request_serializer=proto_dot_splitdet__pb2.BottleneckFrame.SerializeToString,
-                response_deserializer=proto_dot_splitdet__pb2.InferResponse.FromString,
+                request_serializer=splitdet_dot_proto_dot_splitdet__pb2.BottleneckFrame.SerializeToString,
+                response_deserializer=splitdet_dot_proto_dot_splitdet__pb2.InferResponse.FromString,
                 _registered_method=True)
         self.InferStream = channel.stream_stream(
                 '/splitdet.v1.SplitDetection/InferStream',
-                request_serializer=proto_dot_splitdet__pb2.BottleneckFrame.SerializeToString,
-                response_deserializer=proto_dot_splitdet__pb2.InferResponse.FromString,
+                request_serializer=splitdet_dot_proto_dot_splitdet__pb2.BottleneckFrame.SerializeToString,
+                response_deserializer=splitdet_dot_proto_dot_splitdet__pb2.InferResponse.FromString,
                 _registered_method=True)
         self.InferImage = channel.unary_unary(
                 '/splitdet.v1.SplitDetection/InferImage',
-                request_serializer=proto_dot_splitdet__pb2.ImageFrame.SerializeToString,
-                response_deserializer=proto_dot_splitdet__pb2.InferResponse.FromString,
+                request_serializer=splitdet_dot_proto_dot_splitdet__pb2.ImageFrame.SerializeToString,
+                response_deserializer=splitdet_dot_proto_dot_splitdet__pb2.InferResponse.FromString,
                 _registered_method=True)
         self.InferImageStream = channel.stream_stream(
                 '/splitdet.v1.SplitDetection/InferImageStream',
-                request_serializer=proto_dot_splitdet__pb2.ImageFrame.SerializeToString,
-                response_deserializer=proto_dot_splitdet__pb2.InferResponse.FromString,
+                request_serializer=splitdet_dot_proto_dot_splitdet__pb2.ImageFrame.SerializeToString,
+                response_deserializer=splitdet_dot_proto_dot_splitdet__pb2.InferResponse.FromString,
                 _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/splitdet.v1.SplitDetection/GetStats',
-                request_serializer=proto_dot_splitdet__pb2.StatsRequest.SerializeToString,
-                response_deserializer=proto_dot_splitdet__pb2.Stats.FromString,
+                request_serializer=splitdet_dot_proto_dot_splitdet__pb2.StatsRequest.SerializeToString,
+                response_deserializer=splitdet_dot_proto_dot_splitdet__pb2.Stats.FromString,
                 _registered_method=True)
 
 
@@ -110,33 +110,33 @@ def add_SplitDetectionServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
-                    request_deserializer=proto_dot_splitdet__pb2.ModelInfoRequest.FromString,
-                    response_serializer=proto_dot_splitdet__pb2.ModelInfo.SerializeToString,
+                    request_deserializer=splitdet_dot_proto_dot_splitdet__pb2.ModelInfoRequest.FromString,
+                    response_serializer=splitdet_dot_proto_dot_splitdet__pb2.ModelInfo.SerializeToString,
             ),
             'Infer': grpc.unary_unary_rpc_method_handler(
                     servicer.Infer,
-                    request_deserializer=proto_dot_splitdet__pb2.BottleneckFrame.FromString,
-                    response_serializer=proto_dot_splitdet__pb2.InferResponse.SerializeToString,
+                    request_deserializer=splitdet_dot_proto_dot_splitdet__pb2.BottleneckFrame.FromString,
+                    response_serializer=splitdet_dot_proto_dot_splitdet__pb2.InferResponse.SerializeToString,
             ),
             'InferStream': grpc.stream_stream_rpc_method_handler(
                     servicer.InferStream,
-                    request_deserializer=proto_dot_splitdet__pb2.BottleneckFrame.FromString,
-                    response_serializer=proto_dot_splitdet__pb2.InferResponse.SerializeToString,
+                    request_deserializer=splitdet_dot_proto_dot_splitdet__pb2.BottleneckFrame.FromString,
+                    response_serializer=splitdet_dot_proto_dot_splitdet__pb2.InferResponse.SerializeToString,
             ),
             'InferImage': grpc.unary_unary_rpc_method_handler(
                     servicer.InferImage,
-                    request_deserializer=proto_dot_splitdet__pb2.ImageFrame.FromString,
-                    response_serializer=proto_dot_splitdet__pb2.InferResponse.SerializeToString,
+                    request_deserializer=splitdet_dot_proto_dot_splitdet__pb2.ImageFrame.FromString,
+                    response_serializer=splitdet_dot_proto_dot_splitdet__pb2.InferResponse.SerializeToString,
             ),
             'InferImageStream': grpc.stream_stream_rpc_method_handler(
                     servicer.InferImageStream,
-                    request_deserializer=proto_dot_splitdet__pb2.ImageFrame.FromString,
-                    response_serializer=proto_dot_splitdet__pb2.InferResponse.SerializeToString,
+                    request_deserializer=splitdet_dot_proto_dot_splitdet__pb2.ImageFrame.FromString,
+                    response_serializer=splitdet_dot_proto_dot_splitdet__pb2.InferResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
-                    request_deserializer=proto_dot_splitdet__pb2.StatsRequest.FromString,
-                    response_serializer=proto_dot_splitdet__pb2.Stats.SerializeToString,
+                    request_deserializer=splitdet_dot_proto_dot_splitdet__pb2.StatsRequest.FromString,
+                    response_serializer=splitdet_dot_proto_dot_splitdet__pb2.Stats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -164,8 +164,8 @@ class SplitDetection:
             request,
             target,
             '/splitdet.v1.SplitDetection/GetModelInfo',
-            proto_dot_splitdet__pb2.ModelInfoRequest.SerializeToString,
-            proto_dot_splitdet__pb2.ModelInfo.FromString,
+            splitdet_dot_proto_dot_splitdet__pb2.ModelInfoRequest.SerializeToString,
+            splitdet_dot_proto_dot_splitdet__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -191,8 +191,8 @@ class SplitDetection:
             request,
             target,
             '/splitdet.v1.SplitDetection/Infer',
-            proto_dot_splitdet__pb2.BottleneckFrame.SerializeToString,
-            proto_dot_splitdet__pb2.InferResponse.FromString,
+            splitdet_dot_proto_dot_splitdet__pb2.BottleneckFrame.SerializeToString,
+            splitdet_dot_proto_dot_splitdet__pb2.InferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -218,8 +218,8 @@ class SplitDetection:
             request_iterator,
             target,
             '/splitdet.v1.SplitDetection/InferStream',
-            proto_dot_splitdet__pb2.BottleneckFrame.SerializeToString,
-            proto_dot_splitdet__pb2.InferResponse.FromString,
+            splitdet_dot_proto_dot_splitdet__pb2.BottleneckFrame.SerializeToString,
+            splitdet_dot_proto_dot_splitdet__pb2.InferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -245,8 +245,8 @@ class SplitDetection:
             request,
             target,
             '/splitdet.v1.SplitDetection/InferImage',
-            proto_dot_splitdet__pb2.ImageFrame.SerializeToString,
-            proto_dot_splitdet__pb2.InferResponse.FromString,
+            splitdet_dot_proto_dot_splitdet__pb2.ImageFrame.SerializeToString,
+            splitdet_dot_proto_dot_splitdet__pb2.InferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -272,8 +272,8 @@ class SplitDetection:
             request_iterator,
             target,
             '/splitdet.v1.SplitDetection/InferImageStream',
-            proto_dot_splitdet__pb2.ImageFrame.SerializeToString,
-            proto_dot_splitdet__pb2.InferResponse.FromString,
+            splitdet_dot_proto_dot_splitdet__pb2.ImageFrame.SerializeToString,
+            splitdet_dot_proto_dot_splitdet__pb2.InferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -299,8 +299,8 @@ class SplitDetection:
             request,
             target,
             '/splitdet.v1.SplitDetection/GetStats',
-            proto_dot_splitdet__pb2.StatsRequest.SerializeToString,
-            proto_dot_splitdet__pb2.Stats.FromString,
+            splitdet_dot_proto_dot_splitdet__pb2.StatsRequest.SerializeToString,
+            splitdet_dot_proto_dot_splitdet__pb2.Stats.FromString,
             options,
             channel_credentials,
             insecure,

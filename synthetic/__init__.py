@@ -12,17 +12,19 @@ Everything is a pure function of an integer seed (``numpy.random.Generator(PCG64
 image of a dataset can be regenerated on its own: image ``i`` of a dataset seeded ``s`` uses
 :func:`image_seed` ``(s, i)``.
 
-CLI: ``python -m synthetic write OUT_DIR -n 500 --seed 0 --split val`` writes a COCO-2017
-style tree; ``python -m synthetic montage OUT.png`` draws a montage with annotations.
+CLI: ``python -m splitdet.synthetic write OUT_DIR -n 500 --seed 0 --split val`` writes a COCO-2017
+style tree; ``python -m splitdet.synthetic montage OUT.png`` draws a montage with annotations.
 
-Modules: :mod:`~synthetic.categories` (classes, keypoints, skeleton), :mod:`~synthetic.config` (SceneConfig,
-seeds), :mod:`~synthetic.raster` (low-level raster helpers), :mod:`~synthetic.geometry` (shapes, stick figure),
-:mod:`~synthetic.objects` (placed shapes, compositing, annotations), :mod:`~synthetic.background`,
-:mod:`~synthetic.scene` (still scenes), :mod:`~synthetic.coco` (COCO dicts and the on-disk writer),
-:mod:`~synthetic.video` (SyntheticVideo), :mod:`~synthetic.draw` (annotation overlays), :mod:`~synthetic.cli`.
+Modules: :mod:`~splitdet.synthetic.categories` (classes, keypoints, skeleton), :mod:`~splitdet.synthetic.config`
+(SceneConfig, seeds), :mod:`~splitdet.synthetic.raster` (low-level raster helpers), :mod:`~splitdet.synthetic.geometry`
+(shapes, stick figure),
+:mod:`~splitdet.synthetic.objects` (placed shapes, compositing, annotations), :mod:`~splitdet.synthetic.background`,
+:mod:`~splitdet.synthetic.scene` (still scenes), :mod:`~splitdet.synthetic.coco` (COCO dicts and the on-disk writer),
+:mod:`~splitdet.synthetic.video` (SyntheticVideo), :mod:`~splitdet.synthetic.draw` (annotation overlays),
+:mod:`~splitdet.synthetic.cli`.
 """
 
-from synthetic.categories import (
+from splitdet.synthetic.categories import (
     CATEGORIES,
     KEYPOINT_FLIP_INDEX,
     KEYPOINT_NAMES,
@@ -30,10 +32,10 @@ from synthetic.categories import (
     SHAPE_NAMES,
     SKELETON,
 )
-from synthetic.coco import build_coco_annotations, build_coco_dict, build_video_coco_dict, write_coco_dataset
-from synthetic.config import SceneConfig, image_seed
-from synthetic.scene import iter_scenes, render_scene
-from synthetic.video import SyntheticVideo
+from splitdet.synthetic.coco import build_coco_annotations, build_coco_dict, build_video_coco_dict, write_coco_dataset
+from splitdet.synthetic.config import SceneConfig, image_seed
+from splitdet.synthetic.scene import iter_scenes, render_scene
+from splitdet.synthetic.video import SyntheticVideo
 
 __all__ = [
     "CATEGORIES",

@@ -1,5 +1,5 @@
-"""``python -m synthetic``: see :mod:`synthetic.cli`."""
+"""``python -m splitdet.synthetic``: see :mod:`splitdet.synthetic.cli`."""
 
-from synthetic.cli import main
+from splitdet.synthetic.cli import main
 
 raise SystemExit(main())

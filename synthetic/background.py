@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-from synthetic.raster import cv_scalar, gray_to_rgb, ramp, random_color, smoothstep, stripes, value_noise
+from splitdet.synthetic.raster import cv_scalar, gray_to_rgb, ramp, random_color, smoothstep, stripes, value_noise
 
 
 def render_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

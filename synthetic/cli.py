@@ -1,20 +1,20 @@
-"""Command line of the synthetic data generator: ``python -m synthetic write OUT_DIR`` (COCO-2017 layout) or
-``python -m synthetic montage OUT.png``.
+"""Command line of the synthetic data generator: ``python -m splitdet.synthetic write OUT_DIR`` (COCO-2017 layout) or
+``python -m splitdet.synthetic montage OUT.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import synthetic
-from synthetic.coco import write_coco_dataset
-from synthetic.config import SceneConfig
-from synthetic.draw import montage
+from splitdet import synthetic
+from splitdet.synthetic.coco import write_coco_dataset
+from splitdet.synthetic.config import SceneConfig
+from splitdet.synthetic.draw import montage
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``write OUT_DIR`` (COCO-2017 layout) or ``montage OUT.png``."""
-    p = argparse.ArgumentParser(prog="python -m synthetic", description=synthetic.__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m splitdet.synthetic", description=synthetic.__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     pw = sub.add_parser("write", help="write a COCO-2017-layout synthetic dataset")
     pw.add_argument("out_dir")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from synthetic.categories import CATEGORIES, PERSON_CATEGORY_ID
-from synthetic.config import SceneConfig
-from synthetic.scene import iter_scenes
-from synthetic.video import SyntheticVideo
+from splitdet.synthetic.categories import CATEGORIES, PERSON_CATEGORY_ID
+from splitdet.synthetic.config import SceneConfig
+from splitdet.synthetic.scene import iter_scenes
+from splitdet.synthetic.video import SyntheticVideo
 
 
 def _coco_skeleton(config: SceneConfig, seed: int) -> dict:

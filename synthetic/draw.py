@@ -10,10 +10,10 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from common.drawing import Drawable, draw
-from synthetic.categories import CATEGORIES, SKELETON
-from synthetic.config import SceneConfig
-from synthetic.scene import iter_scenes
+from splitdet.common.drawing import Drawable, draw
+from splitdet.synthetic.categories import CATEGORIES, SKELETON
+from splitdet.synthetic.config import SceneConfig
+from splitdet.synthetic.scene import iter_scenes
 
 
 def draw_annotations(image: Image.Image | np.ndarray, annotations: list[dict], scale: int = 1) -> Image.Image:

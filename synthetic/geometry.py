@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from synthetic.categories import KEYPOINT_NAMES
+from splitdet.synthetic.categories import KEYPOINT_NAMES
 
 # Drawing ops: ("poly", pts(N,2), part) | ("line", pts(N,2), thickness_units, part) |
 #              ("circle", center(2,), radius_units, part); part 0 erases (holes).

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from common.masks import encode_rle
-from synthetic.config import SceneConfig
-from synthetic.geometry import Op, person_geometry, sample_pose, shape_ops
-from synthetic.raster import (
+from splitdet.common.masks import encode_rle
+from splitdet.synthetic.config import SceneConfig
+from splitdet.synthetic.geometry import Op, person_geometry, sample_pose, shape_ops
+from splitdet.synthetic.raster import (
     FIXED_ONE,
     FIXED_SHIFT,
     fixed_point,

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from synthetic.background import render_background
-from synthetic.categories import DISTRACTOR_KINDS, PERSON_CATEGORY_ID, SHAPE_CATEGORY_ID, SHAPE_NAMES
-from synthetic.config import SceneConfig, check_seed, image_seed
-from synthetic.objects import Layer, Spec, composite, local_mean, make_spec, paint, rasterize
+from splitdet.synthetic.background import render_background
+from splitdet.synthetic.categories import DISTRACTOR_KINDS, PERSON_CATEGORY_ID, SHAPE_CATEGORY_ID, SHAPE_NAMES
+from splitdet.synthetic.config import SceneConfig, check_seed, image_seed
+from splitdet.synthetic.objects import Layer, Spec, composite, local_mean, make_spec, paint, rasterize
 
 
 def distractor_layer(rng: np.random.Generator, img: np.ndarray, cfg: SceneConfig, max_frac: float) -> Layer:

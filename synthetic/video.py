@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from synthetic.background import render_background
-from synthetic.config import SceneConfig, check_seed, seeded_rng
-from synthetic.geometry import person_geometry
-from synthetic.objects import Spec, annotation, paint, rasterize, visible_annotations
-from synthetic.scene import apply_camera, distractor_layer, sample_camera, sample_object
+from splitdet.synthetic.background import render_background
+from splitdet.synthetic.config import SceneConfig, check_seed, seeded_rng
+from splitdet.synthetic.geometry import person_geometry
+from splitdet.synthetic.objects import Spec, annotation, paint, rasterize, visible_annotations
+from splitdet.synthetic.scene import apply_camera, distractor_layer, sample_camera, sample_object
 
 
 @dataclass

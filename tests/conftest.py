@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.checkpoint import save_checkpoint
-from common.models import build_student
+from splitdet.common.checkpoint import save_checkpoint
+from splitdet.common.models import build_student
 
 torch.set_num_threads(2)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench, bench_cli
-from benchmarks.bench_report import COLUMNS, accuracy_points
-from benchmarks.netem import NetemError, NetemLink, netem_args
-from common.checkpoint import save_checkpoint
-from mobile_client.pipeline import FrameResult
+from splitdet.benchmarks import bench, bench_cli
+from splitdet.benchmarks.bench_report import COLUMNS, accuracy_points
+from splitdet.benchmarks.netem import NetemError, NetemLink, netem_args
+from splitdet.common.checkpoint import save_checkpoint
+from splitdet.mobile_client.pipeline import FrameResult
 from tests.conftest import tiny_student
 
 NAMES = ["__background__", "disc", "ring", "star"]
@@ -221,7 +221,7 @@ def test_netem_works_or_fails_in_one_line_leaving_nothing_behind():
 
 
 def test_report_names_largest_overhead_in_ms_and_in_percent_and_the_real_input_size(tmp_path):
-    from benchmarks.bench_report import describe_input, targets
+    from splitdet.benchmarks.bench_report import describe_input, targets
 
     def run(link: str, rate: float, ms: float, pct: float) -> dict:
         return {
@@ -245,7 +245,7 @@ def test_report_names_largest_overhead_in_ms_and_in_percent_and_the_real_input_s
 
 
 def test_crossover_cells_and_their_targets():
-    from benchmarks.bench_report import crossover, targets
+    from splitdet.benchmarks.bench_report import crossover, targets
 
     def s(device, mode, link, rate, p50, **extra) -> dict:
         return {
@@ -281,14 +281,16 @@ def test_crossover_cells_and_their_targets():
     assert "auto's p50 is within 10 % or 10 ms of the best fixed mode in 1 of 2 cells" in text
 
 
-def test_report_paths_are_relative_to_the_repository(tmp_path):
-    from benchmarks.paths import REPO, shown_args, shown_path
+def test_report_paths_are_relative_to_the_repository(tmp_path, monkeypatch):
+    from splitdet.benchmarks.paths import shown_args, shown_path
 
+    REPO = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(REPO)
     assert shown_path(REPO / "common" / "assets" / "demo.pt") == "common/assets/demo.pt"
     assert shown_path("runs/x/final.pt") == "runs/x/final.pt"
     assert shown_path(Path("/elsewhere/on/some/machine/student.pt")) == "student.pt"
     assert shown_args(["--ckpt", str(REPO / "a.pt"), "--workers", "2"]) == ["--ckpt", "a.pt", "--workers", "2"]
-    for committed in (REPO / "benchmarks" / "results").rglob("*"):
+    for committed in [*(REPO / "benchmarks" / "results").rglob("*"), *(REPO / "studies" / "results").rglob("*")]:
         if committed.suffix in (".md", ".json", ".csv"):
             text = committed.read_text()
             assert not any(root in text for root in ("/work/", "/root/", "/tmp/", "/home/")), committed
@@ -297,7 +299,7 @@ def test_report_paths_are_relative_to_the_repository(tmp_path):
 def test_onnx_runtime_runs_the_exported_head_and_auto_never_goes_local(ckpt, tmp_path, capsys):
     """split-bench --runtime onnx --head FILE: the emulated device runs the torch-free client's head; local stays
     torch; auto chooses between split and offload."""
-    from common import model_cli
+    from splitdet.common import model_cli
 
     head = tmp_path / "head.onnx"
     assert model_cli.main(["export", str(ckpt), "--out", str(head), "--format", "onnx"]) == 0
@@ -317,7 +319,7 @@ def test_onnx_runtime_runs_the_exported_head_and_auto_never_goes_local(ckpt, tmp
 
 def test_two_onnx_heads_give_one_benchmark_each(ckpt, tmp_path, capsys):
     """split-bench --runtime onnx --head A B (a float32 and an int8 head, say): one report per head."""
-    from common import model_cli
+    from splitdet.common import model_cli
 
     heads = [tmp_path / "fp.onnx", tmp_path / "other.onnx"]
     assert model_cli.main(["export", str(ckpt), "--out", str(heads[0]), "--format", "onnx"]) == 0
@@ -347,7 +349,7 @@ def test_onnx_runtime_usage_errors(argv, message, ckpt, tmp_path, capsys):
 
 
 def test_could_split_win_weighs_saved_bytes_at_the_rate_against_device_time():
-    from benchmarks.bench_report import could_split_win
+    from splitdet.benchmarks.bench_report import could_split_win
 
     cell = {"rate_mbps": 1.0}
     # 5,000 B saved at 1 Mbps = 40 ms of link time

@@ -1,6 +1,6 @@
 """Capacity: open streams cost no thread, the limits on streams and frames refuse at once with a retry hint, and
 health, reflection and GetModelInfo answer whatever the load. In-process tiny-model servers; idle streams come from
-``benchmarks.fleet`` (grpc.aio, no thread per stream)."""
+``studies.fleet`` (grpc.aio, no thread per stream)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from benchmarks.fleet import IdleStreams, health_latencies_ms
-from edge_server.server import serve
-from mobile_client.link import Link, LinkConfig
-from mobile_client.pipeline import Pipeline
-from mobile_client.settings import Options
-from mobile_client.sources import Frame
-from mobile_client.torch_head import ClientModel
-from proto import splitdet_pb2 as pb
-from proto import splitdet_pb2_grpc
+from splitdet.edge_server.server import serve
+from splitdet.mobile_client.link import Link, LinkConfig
+from splitdet.mobile_client.pipeline import Pipeline
+from splitdet.mobile_client.settings import Options
+from splitdet.mobile_client.sources import Frame
+from splitdet.mobile_client.torch_head import ClientModel
+from splitdet.proto import splitdet_pb2 as pb
+from splitdet.proto import splitdet_pb2_grpc
+from studies.fleet import IdleStreams, health_latencies_ms
 from tests.conftest import TINY_NAMES, wait_until
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)

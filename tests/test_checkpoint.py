@@ -9,9 +9,9 @@ import re
 import pytest
 import torch
 
-from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from common.seed_import import import_seed
-from common.split import split
+from splitdet.common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from splitdet.common.seed_import import import_seed
+from splitdet.common.split import split
 from tests.conftest import tiny_student
 from tests.test_split import assert_same_detections
 

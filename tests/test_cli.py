@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.endpoint import DEFAULT_PORT, with_default_port
+from splitdet.common.endpoint import DEFAULT_PORT, with_default_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -92,6 +92,6 @@ def test_server_without_port_means_the_default_port():
 
 
 def test_checkpoint_directory_is_named(tmp_path):
-    code, err, _ = _run("mobile_client.cli", ["--ckpt", str(tmp_path), "--synthetic", "1", "--mode", "local"])
+    code, err, _ = _run("splitdet.mobile_client.cli", ["--ckpt", str(tmp_path), "--synthetic", "1", "--mode", "local"])
     assert code == 2
     assert err == f"mobile-client: error: {tmp_path} is a directory; give the checkpoint file inside it (a .pt file)"

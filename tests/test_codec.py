@@ -9,7 +9,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.codec import (
+from splitdet.common.codec import (
     CodecError,
     compress,
     decompress,

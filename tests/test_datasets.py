@@ -12,7 +12,7 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-from distill.datasets import (
+from splitdet.distill.datasets import (
     MIN_OBJECT_FRACTION,
     CocoDetection,
     SyntheticCoco,
@@ -21,7 +21,7 @@ from distill.datasets import (
     has_object_of_interest,
     objects_of_interest,
 )
-from synthetic import KEYPOINT_NAMES, PERSON_CATEGORY_ID, SceneConfig, write_coco_dataset
+from splitdet.synthetic import KEYPOINT_NAMES, PERSON_CATEGORY_ID, SceneConfig, write_coco_dataset
 
 CFG = SceneConfig(height=96, width=112, person_ratio=0.5, empty_ratio=0.25)
 N = 10
@@ -194,8 +194,8 @@ def test_synthetic_coco_remove_empty_for_training():
 
 def test_video_splits_are_frames_of_one_camera():
     """A ``type: video`` split is frames first_frame.. of one synthetic video, with that frame's annotations."""
-    from distill.dataset_config import build_dataset
-    from synthetic import SyntheticVideo
+    from splitdet.distill.dataset_config import build_dataset
+    from splitdet.synthetic import SyntheticVideo
 
     section = {
         "type": "video",

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from edge_server.cli import build_parser
+from splitdet.edge_server.cli import build_parser
 
 K8S = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30"  # native gRPC probes are GA from 1.27

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.device_client import make_device_venv
-from benchmarks.server_process import ServerProcess
-from common import model_cli
-from common.checkpoint import save_checkpoint
-from synthetic import SceneConfig, render_scene
+from splitdet.benchmarks.server_process import ServerProcess
+from splitdet.common import model_cli
+from splitdet.common.checkpoint import save_checkpoint
+from splitdet.synthetic import SceneConfig, render_scene
 from tests.conftest import TINY_NAMES, tiny_student
+from tests.device_venv import make_device_venv
 
 pytestmark = pytest.mark.device_install
 
@@ -52,7 +52,7 @@ def test_device_client_streams_without_torch(device_venv, tmp_path):
         argv = ["--runtime", "onnx", "--head", str(head), "--server", server.target, "--images", str(images)]
         argv += ["--score-threshold", "0", "--no-filter"]
         code = (
-            "import sys\nfrom mobile_client.cli import main\n"
+            "import sys\nfrom splitdet.mobile_client.cli import main\n"
             f"rc = main({argv!r})\n"
             "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n"
             "try:\n    import torch  # noqa: F401\n    print('TORCH_INSTALLED', file=sys.stderr)\n"

@@ -10,15 +10,15 @@ import torch
 import yaml
 from torchvision.models.detection.roi_heads import keypointrcnn_inference
 
-from common.checkpoint import load_checkpoint
-from common.models import build_student, build_teacher, init_student_from_teacher
-from distill.cli import main
-from distill.config import ConfigError, Term, load_config, parse_config
-from distill.datasets import SyntheticCoco
-from distill.filter_training import choose_threshold
-from distill.mimic import HeadMimic
-from distill.train import DetectionTraining, freeze_modules
-from synthetic import SceneConfig
+from splitdet.common.checkpoint import load_checkpoint
+from splitdet.common.models import build_student, build_teacher, init_student_from_teacher
+from splitdet.distill.cli import main
+from splitdet.distill.config import ConfigError, Term, load_config, parse_config
+from splitdet.distill.datasets import SyntheticCoco
+from splitdet.distill.filter_training import choose_threshold
+from splitdet.distill.mimic import HeadMimic
+from splitdet.distill.train import DetectionTraining, freeze_modules
+from splitdet.synthetic import SceneConfig
 
 SMALL = dict(min_size=64, max_size=64, fpn_channels=32, box_representation_size=32, anchor_sizes=(8, 16, 32, 64, 128))
 
@@ -146,7 +146,7 @@ def test_cli_config_errors_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: [unclosed\n")
     for args in (["--config", str(bad)], ["--config", str(tmp_path / "missing.yaml")]):
-        proc = subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "splitdet.distill.cli", *args], capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith("split-distill: error:")
 
@@ -170,7 +170,9 @@ def test_cli_misspelled_keys_exit_2_with_one_line(tmp_path, edit, message):
     edit(raw)
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "distill.cli", "--config", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "splitdet.distill.cli", "--config", str(path)], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr == f"split-distill: error: {path}: {message}\n"
 
@@ -244,19 +246,21 @@ def test_base_and_override_errors_are_one_line(tmp_path, child, overrides, messa
 
 
 def test_cli_set_overrides_reach_the_run(tmp_path, monkeypatch):
-    import distill.train
+    import splitdet.distill.train
 
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base_config(tmp_path)))
     seen = {}
-    monkeypatch.setattr(distill.train, "run", lambda config, resume: seen.setdefault("config", config) and "x.pt")
-    from distill.cli import main
+    monkeypatch.setattr(
+        splitdet.distill.train, "run", lambda config, resume: seen.setdefault("config", config) and "x.pt"
+    )
+    from splitdet.distill.cli import main
 
     assert main(["--config", str(tmp_path / "base.yaml"), "--set", "train.epochs=5", "--set", "train.seed=3"]) == 0
     assert (seen["config"].epochs, seen["config"].seed) == (5, 3)
 
 
 def test_misspelled_scene_key_is_one_line(tmp_path):
-    from distill.dataset_config import build_dataset
+    from splitdet.distill.dataset_config import build_dataset
 
     raw = base_config(tmp_path)
     raw["dataset"]["scene"]["heigth"] = 64
@@ -268,8 +272,8 @@ def test_misspelled_scene_key_is_one_line(tmp_path):
 def test_config_key_lists_match_the_model_config():
     from dataclasses import fields
 
-    from common.models import ModelConfig
-    from distill.config import MODEL_KEYS
+    from splitdet.common.models import ModelConfig
+    from splitdet.distill.config import MODEL_KEYS
 
     overridden = {"bottleneck_channels", "num_classes", "num_keypoints", "with_filter", "filter_arch"}
     assert set(MODEL_KEYS) == {f.name for f in fields(ModelConfig)} - overridden
@@ -368,11 +372,11 @@ def test_filter_learns_above_chance_and_its_threshold_comes_from_held_out_frames
     chosen on the calibration split (not train, not val) and its metrics are measured on the val split."""
     import numpy as np
 
-    from common.checkpoint import save_checkpoint
-    from common.split import Head
-    from distill.config import parse_config
-    from distill.dataset_config import build_dataset
-    from distill.filter_training import frame_probabilities, run, skip_rates
+    from splitdet.common.checkpoint import save_checkpoint
+    from splitdet.common.split import Head
+    from splitdet.distill.config import parse_config
+    from splitdet.distill.dataset_config import build_dataset
+    from splitdet.distill.filter_training import frame_probabilities, run, skip_rates
 
     torch.manual_seed(0)
     student = build_student("faster_rcnn", "resnet18", 3, num_classes=7, **SMALL).eval()
@@ -396,7 +400,7 @@ def test_filter_learns_above_chance_and_its_threshold_comes_from_held_out_frames
 def test_presence_targets_mark_centres_of_objects_of_interest_only():
     """The centre cell of an object of interest is positive, the rest of its box and a small object are not scored,
     the background is negative; the frame label follows the object-of-interest rule."""
-    from distill.filter_training import presence_targets
+    from splitdet.distill.filter_training import presence_targets
 
     target = {
         "boxes": torch.tensor([[64.0, 64.0, 128.0, 128.0], [8.0, 8.0, 14.0, 14.0]]),
@@ -416,8 +420,8 @@ def test_presence_targets_mark_centres_of_objects_of_interest_only():
 
 def test_warm_start_copies_matching_weights_and_freezes(tmp_path):
     """A Mask R-CNN teacher warm-started from a Faster R-CNN one: shared weights copied, frozen ones never move."""
-    from common.checkpoint import save_checkpoint
-    from distill.train import DetectionTraining, warm_start
+    from splitdet.common.checkpoint import save_checkpoint
+    from splitdet.distill.train import DetectionTraining, warm_start
 
     torch.manual_seed(0)
     faster = build_teacher("faster_rcnn", "resnet18", num_classes=3, norm_layer="bn", **SMALL)
@@ -449,7 +453,7 @@ def test_warm_start_copies_matching_weights_and_freezes(tmp_path):
 
 def test_freeze_patterns_freeze_batchnorm_but_train_convs(tmp_path):
     """``init.freeze`` takes shell-style patterns: BatchNorms frozen (and in eval mode), their convs still train."""
-    from distill.train import DetectionTraining, frozen_modules
+    from splitdet.distill.train import DetectionTraining, frozen_modules
 
     torch.manual_seed(0)
     model = build_teacher("faster_rcnn", "resnet18", num_classes=3, norm_layer="bn", **SMALL)
@@ -466,11 +470,11 @@ def test_freeze_patterns_freeze_batchnorm_but_train_convs(tmp_path):
 def test_a_teacher_layer1_is_rebuilt_from_a_student(tmp_path):
     """init.layer1_steps: every weight but layer1 comes from the student, layer1 learns to reproduce the student's
     decoder output, and the warm start's freezing holds afterwards."""
-    from common.checkpoint import save_checkpoint
-    from distill.datasets import SyntheticCoco
-    from distill.layer1_recovery import recover_layer1
-    from distill.train import warm_start
-    from synthetic import SceneConfig
+    from splitdet.common.checkpoint import save_checkpoint
+    from splitdet.distill.datasets import SyntheticCoco
+    from splitdet.distill.layer1_recovery import recover_layer1
+    from splitdet.distill.train import warm_start
+    from splitdet.synthetic import SceneConfig
 
     student, _ = pair(seed=3)
     save_checkpoint(student, tmp_path / "student.pt", ["__background__", "a", "b"])
@@ -492,8 +496,8 @@ def test_a_teacher_layer1_is_rebuilt_from_a_student(tmp_path):
 
 
 def test_student_bottleneck_starts_from_another_student(tmp_path):
-    from common.checkpoint import save_checkpoint
-    from distill.train import init_bottleneck
+    from splitdet.common.checkpoint import save_checkpoint
+    from splitdet.distill.train import init_bottleneck
 
     trained, _ = pair(seed=1)
     save_checkpoint(trained, tmp_path / "s.pt", ["__background__", "a", "b"])
@@ -513,8 +517,8 @@ def test_torchrun_two_ranks_train_in_sync_and_write_one_checkpoint(tmp_path):
     import os
     import re
 
-    from common.checkpoint import save_checkpoint
-    from distill.train import state_digest
+    from splitdet.common.checkpoint import save_checkpoint
+    from splitdet.distill.train import state_digest
 
     torch.manual_seed(0)
     teacher = build_teacher("faster_rcnn", "resnet18", num_classes=3, norm_layer="bn", **SMALL)
@@ -525,7 +529,7 @@ def test_torchrun_two_ranks_train_in_sync_and_write_one_checkpoint(tmp_path):
     (tmp_path / "ghnd.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "distill.cli", "--config", str(tmp_path / "ghnd.yaml")]
+    command += ["-m", "splitdet.distill.cli", "--config", str(tmp_path / "ghnd.yaml")]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     digests = dict(
@@ -542,7 +546,7 @@ def test_torchrun_two_ranks_train_in_sync_and_write_one_checkpoint(tmp_path):
 
 
 def test_filter_without_a_calibration_split_is_one_line_exit_2(tmp_path, capsys):
-    from common.checkpoint import save_checkpoint
+    from splitdet.common.checkpoint import save_checkpoint
 
     student = build_student("faster_rcnn", "resnet18", 3, num_classes=7, **SMALL).eval()
     save_checkpoint(student, tmp_path / "student.pt", ["__background__", *"abcdef"])

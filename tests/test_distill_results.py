@@ -1,10 +1,10 @@
-"""benchmarks.distill_results: the combined table from split-eval reports."""
+"""studies.distill_results: the combined table from split-eval reports."""
 
 from __future__ import annotations
 
 import json
 
-from benchmarks.distill_results import EVALUATIONS, write_summary
+from studies.distill_results import EVALUATIONS, write_summary
 
 
 def _run(mode, quantization, ap, zstd=None, fidelity=None):

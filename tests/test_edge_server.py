@@ -27,18 +27,18 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from common import demo
-from common.checkpoint import load_checkpoint, save_checkpoint
-from common.codec_settings import CodecSettings
-from common.split import split
-from common.wire import decode_detections, encode_detections, encode_frame
-from edge_server import cli, healthcheck
-from edge_server.batching import Batcher, Closed, Expired, QueueFull
-from edge_server.engine import BatchKey, ImageError, decode_image
-from edge_server.server import ServerError, serve
-from mobile_client import cli as mobile_cli
-from proto import splitdet_pb2 as pb
-from proto import splitdet_pb2_grpc
+from splitdet.common import demo
+from splitdet.common.checkpoint import load_checkpoint, save_checkpoint
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.split import split
+from splitdet.common.wire import decode_detections, encode_detections, encode_frame
+from splitdet.edge_server import cli, healthcheck
+from splitdet.edge_server.batching import Batcher, Closed, Expired, QueueFull
+from splitdet.edge_server.engine import BatchKey, ImageError, decode_image
+from splitdet.edge_server.server import ServerError, serve
+from splitdet.mobile_client import cli as mobile_cli
+from splitdet.proto import splitdet_pb2 as pb
+from splitdet.proto import splitdet_pb2_grpc
 from tests.conftest import TINY_NAMES, self_signed_cert, tiny_student
 
 REPO = Path(__file__).resolve().parents[1]
@@ -481,7 +481,7 @@ def test_tls(ckpt, tmp_path):
 
 def test_cli_serves_until_sigterm(ckpt):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_server", "--ckpt", str(ckpt), "--port", "0", "--workers", "2"],
+        [sys.executable, "-m", "splitdet.edge_server", "--ckpt", str(ckpt), "--port", "0", "--workers", "2"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -535,7 +535,7 @@ def test_demo_checkpoint(monkeypatch, tmp_path):
     assert demo.DEMO_CHECKPOINT == REPO / "common" / "assets" / "demo-ghnd-faster_rcnn-resnet18-b3ch.pt"
     missing = tmp_path / "demo.pt"
     monkeypatch.setattr(demo, "DEMO_CHECKPOINT", missing)
-    command = "`python -m distill.make_demo` (see README)"
+    command = "`python -m splitdet.distill.make_demo` (see README)"
     with pytest.raises(FileNotFoundError, match=re.escape(command)):
         demo.demo_checkpoint()
     missing.write_bytes(b"x")
@@ -546,7 +546,13 @@ def test_compose_files():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
     server, client = services["edge-server"], services["mobile-client"]
-    assert server["healthcheck"]["test"] == ["CMD", "python", "-m", "edge_server.healthcheck", "127.0.0.1:50051"]
+    assert server["healthcheck"]["test"] == [
+        "CMD",
+        "python",
+        "-m",
+        "splitdet.edge_server.healthcheck",
+        "127.0.0.1:50051",
+    ]
     assert client["entrypoint"] == ["mobile-client"]
     assert client["command"] == ["--server", "dns:///edge-server:50051", "--synthetic", "200", "--mode", "split"]
     assert client["depends_on"]["edge-server"]["condition"] == "service_healthy"

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from common import entropy
-from common.checkpoint import load_checkpoint, save_checkpoint
-from common.codec_settings import CodecSettings
-from common.entropy import EntropyError, EntropyTables
-from common.split import BatchMeta, bottleneck_shape
-from common.wire import FrameError, FrameLimits, RetiredCodecError, decode_frame, encode_frame
-from proto import splitdet_pb2 as pb
+from splitdet.common import entropy
+from splitdet.common.checkpoint import load_checkpoint, save_checkpoint
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.entropy import EntropyError, EntropyTables
+from splitdet.common.split import BatchMeta, bottleneck_shape
+from splitdet.common.wire import FrameError, FrameLimits, RetiredCodecError, decode_frame, encode_frame
+from splitdet.proto import splitdet_pb2 as pb
 from tests.conftest import TINY_NAMES, tiny_student
 
 ENTROPY = CodecSettings(quantization="entropy")
@@ -31,7 +31,7 @@ def tables(channels: int = 3, init_scale: float = 10.0, fit_std: float | None = 
     """Tables of a CompressAI EntropyBottleneck, fitted a little to Gaussian latents of ``fit_std``."""
     from compressai.entropy_models import EntropyBottleneck
 
-    from distill.entropic import tables_of
+    from splitdet.distill.entropic import tables_of
 
     torch.manual_seed(0)
     eb = EntropyBottleneck(channels, init_scale=init_scale)
@@ -111,7 +111,7 @@ def test_golden_bitstream():
     that alters the stream fails here (and would break old clients against new servers, or the reverse).
 
     ``tests/data/entropy_tables.npz`` holds the bundled entropic demo's tables, written by
-    ``python -c "import numpy as np; from common.checkpoint import load_checkpoint; np.savez('tests/data/
+    ``python -c "import numpy as np; from splitdet.common.checkpoint import load_checkpoint; np.savez('tests/data/
     entropy_tables.npz', **load_checkpoint('common/assets/demo-entropic-faster_rcnn-resnet18-b3ch.pt').entropy
     .state())"``; ``tests/data/entropy_golden.bin`` by ``python -c "from common import entropy; from
     tests.test_entropy import golden_latent, golden_tables; open('tests/data/entropy_golden.bin', 'wb')
@@ -274,11 +274,11 @@ sys.modules["torch"] = None  # any import of torch (or of something that needs i
 sys.modules["compressai"] = None
 import numpy as np
 from pathlib import Path
-from common.entropy import EntropyTables
-from common.codec_settings import CodecSettings
-from common.shapes import BatchMeta
-from common.wire import FrameLimits, decode_bottleneck, encode_frame
-from proto import splitdet_pb2 as pb
+from splitdet.common.entropy import EntropyTables
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.shapes import BatchMeta
+from splitdet.common.wire import FrameLimits, decode_bottleneck, encode_frame
+from splitdet.proto import splitdet_pb2 as pb
 tab = EntropyTables.from_json(Path({str(tmp_path / "tables.json")!r}).read_text())
 x = np.load({str(tmp_path / "x.npy")!r})
 meta = BatchMeta([(96, 128)] * 2, [(96, 128)] * 2, (96, 128))
@@ -302,11 +302,11 @@ def test_server_decode_path_does_not_load_compressai(tmp_path):
     code = f"""
 import sys
 import numpy as np
-import edge_server.server
-from common.checkpoint import load_checkpoint
-from common.codec_settings import CodecSettings
-from common.shapes import BatchMeta
-from common.wire import FrameLimits, decode_frame, encode_frame
+import splitdet.edge_server.server
+from splitdet.common.checkpoint import load_checkpoint
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.shapes import BatchMeta
+from splitdet.common.wire import FrameLimits, decode_frame, encode_frame
 ckpt = load_checkpoint({str(tmp_path / "e.pt")!r})
 x = np.random.default_rng(0).standard_normal((1, 3, 28, 36)).astype(np.float32)
 meta = BatchMeta([(96, 128)], [(96, 128)], (96, 128))
@@ -344,8 +344,8 @@ def test_checkpoint_keeps_tables_and_fingerprint_covers_them(tmp_path):
 def test_client_and_server_run_the_entropy_codec_and_refuse_other_tables(tmp_path, capsys):
     import json
 
-    from edge_server.server import serve
-    from mobile_client import cli
+    from splitdet.edge_server.server import serve
+    from splitdet.mobile_client import cli
 
     tab, _ = tables()
     other, _ = tables(init_scale=4.0, fit_std=0.5)
@@ -368,9 +368,9 @@ def test_client_and_server_run_the_entropy_codec_and_refuse_other_tables(tmp_pat
 
 
 def test_client_refuses_a_server_that_decodes_only_compressai_rans(tmp_path, capsys, monkeypatch):
-    from edge_server import servicer
-    from edge_server.server import serve
-    from mobile_client import cli
+    from splitdet.edge_server import servicer
+    from splitdet.edge_server.server import serve
+    from splitdet.mobile_client import cli
 
     entropic_checkpoint(tmp_path / "a.pt", tables()[0])
     old = ([pb.NONE, pb.PER_TENSOR, pb.PER_CHANNEL, pb.HALF, pb.ENTROPY], [pb.RAW, pb.ZSTD, pb.RANS])
@@ -386,8 +386,8 @@ def test_client_refuses_a_server_that_decodes_only_compressai_rans(tmp_path, cap
 
 
 def test_a_tiny_entropic_step_lowers_its_loss():
-    from distill.config import Term
-    from distill.entropic import EntropicMimic
+    from splitdet.distill.config import Term
+    from splitdet.distill.entropic import EntropicMimic
     from tests.test_distill import pair
 
     student, teacher = pair()
@@ -413,7 +413,7 @@ def test_a_tiny_entropic_step_lowers_its_loss():
 
 
 def test_split_model_info_names_the_codec(tmp_path, capsys):
-    from common import model_cli
+    from splitdet.common import model_cli
 
     tab, _ = tables()
     entropic_checkpoint(tmp_path / "e.pt", tab)
@@ -428,7 +428,7 @@ def test_split_model_info_names_the_codec(tmp_path, capsys):
 
 
 def test_client_refuses_entropy_codec_without_tables(tmp_path, capsys):
-    from mobile_client import cli
+    from splitdet.mobile_client import cli
 
     entropic_checkpoint(tmp_path / "p.pt", None)
     code = cli.main(
@@ -441,7 +441,7 @@ def test_client_refuses_entropy_codec_without_tables(tmp_path, capsys):
 def test_entropic_config_needs_beta_and_beta_needs_entropic():
     from pathlib import Path
 
-    from distill.config import ConfigError, parse_config, read_raw
+    from splitdet.distill.config import ConfigError, parse_config, read_raw
 
     raw = read_raw(Path("configs/entropic/synthetic-faster_rcnn-resnet18-b3ch-beta8.yaml"))
     assert parse_config(raw).beta == 8.0

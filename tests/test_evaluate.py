@@ -1,14 +1,14 @@
-"""distill.evaluate / split-eval: COCOeval end to end on tiny models and a tiny synthetic set."""
+"""splitdet.distill.evaluate / split-eval: COCOeval end to end on tiny models and a tiny synthetic set."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from common.checkpoint import save_checkpoint
-from distill import eval_cli
-from distill.datasets import SyntheticCoco
-from distill.evaluate import (
+from splitdet.common.checkpoint import save_checkpoint
+from splitdet.distill import eval_cli
+from splitdet.distill.datasets import SyntheticCoco
+from splitdet.distill.evaluate import (
     coco_eval,
     evaluate,
     format_markdown,
@@ -18,7 +18,7 @@ from distill.evaluate import (
     teacher_as_ground_truth,
     with_jpeg_quality,
 )
-from synthetic import SceneConfig
+from splitdet.synthetic import SceneConfig
 from tests.conftest import tiny_student
 
 SCENE = SceneConfig(height=64, width=64)
@@ -142,7 +142,7 @@ def test_cli_missing_checkpoint(tmp_path, capsys):
 
 def test_onnx_head_is_scored_like_the_torch_head(tmp_path):
     """split-eval --head: the exported head on the device side gives the torch head's scores and bytes."""
-    from common import model_cli
+    from splitdet.common import model_cli
 
     dataset = _dataset("faster_rcnn")
     path, head = tmp_path / "student.pt", tmp_path / "head.onnx"

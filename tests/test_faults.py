@@ -21,16 +21,16 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks import load
-from benchmarks.server_process import ServerProcess
-from edge_server.server import serve
-from mobile_client import cli, runner
-from mobile_client.pipeline import FrameResult, Pipeline
-from mobile_client.settings import Options
-from mobile_client.sources import Frame
-from mobile_client.torch_head import ClientModel
-from proto import splitdet_pb2 as pb
-from proto import splitdet_pb2_grpc
+from splitdet.benchmarks.server_process import ServerProcess
+from splitdet.edge_server.server import serve
+from splitdet.mobile_client import cli, runner
+from splitdet.mobile_client.pipeline import FrameResult, Pipeline
+from splitdet.mobile_client.settings import Options
+from splitdet.mobile_client.sources import Frame
+from splitdet.mobile_client.torch_head import ClientModel
+from splitdet.proto import splitdet_pb2 as pb
+from splitdet.proto import splitdet_pb2_grpc
+from studies import load
 from tests.conftest import TINY_NAMES, wait_until
 
 NAMES = TINY_NAMES

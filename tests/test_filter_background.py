@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.filter_background import choose, replay
-from edge_server.server import serve
-from mobile_client import cli, runner
-from mobile_client.background import BackgroundFilter, background_score, stem_cells
-from mobile_client.sources import Frame
-from mobile_client.torch_head import ClientModel
+from splitdet.edge_server.server import serve
+from splitdet.mobile_client import cli, runner
+from splitdet.mobile_client.background import BackgroundFilter, background_score, stem_cells
+from splitdet.mobile_client.sources import Frame
+from splitdet.mobile_client.torch_head import ClientModel
+from studies.filter_background import choose, replay
 
 _rng = np.random.default_rng(0)
 SCENE = _rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
@@ -134,7 +134,7 @@ def test_background_frames_are_skipped_end_to_end(server, ckpt, window):
 
 def test_background_filter_on_the_onnx_head_end_to_end(server, ckpt, tmp_path):
     """mobile-client --runtime onnx --background-filter T: the ONNX head's stem cells skip the same frames."""
-    from common import model_cli
+    from splitdet.common import model_cli
 
     head = tmp_path / "head.onnx"
     assert model_cli.main(["export", str(ckpt), "--out", str(head), "--format", "onnx"]) == 0
@@ -188,8 +188,8 @@ def test_bad_background_options_exit_2(extra, message, capsys):
 def test_frames_the_static_gate_reuses_leave_nothing_pending(ckpt):
     """With --skip-static too, a frame the background filter let through but the static gate reused is never sent:
     no answer will come for it, so the filter does not keep it (a camera runs for days)."""
-    from mobile_client.pipeline import Pipeline
-    from mobile_client.settings import Options
+    from splitdet.mobile_client.pipeline import Pipeline
+    from splitdet.mobile_client.settings import Options
     from tests.conftest import TINY_NAMES
 
     options = Options(mode="split", skip_static=0.05, background_filter=1e-9)

@@ -7,13 +7,13 @@ import pytest
 import torch
 import yaml
 
-from common.checkpoint import load_checkpoint, save_checkpoint
-from common.codec_settings import CodecSettings
-from common.models import build_student
-from common.split import split
-from common.wire import encode_frame
-from distill.cli import main
-from distill.config import ConfigError, parse_config
+from splitdet.common.checkpoint import load_checkpoint, save_checkpoint
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.models import build_student
+from splitdet.common.split import split
+from splitdet.common.wire import encode_frame
+from splitdet.distill.cli import main
+from splitdet.distill.config import ConfigError, parse_config
 from tests.test_distill import SMALL, base_config
 from tests.test_entropy import tables
 
@@ -30,7 +30,7 @@ def entropic_student(path):
 
 
 def test_a_tiny_finetune_step_lowers_the_detection_loss_and_moves_only_the_tail(tmp_path):
-    from distill.finetune import TailFinetune
+    from splitdet.distill.finetune import TailFinetune
 
     ckpt = entropic_student(tmp_path / "e.pt")
     model = ckpt.build_model()

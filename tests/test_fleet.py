@@ -11,13 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from benchmarks.server_process import ServerProcess
-from common.checkpoint import save_checkpoint
-from common.endpoint import with_default_port
-from edge_server import healthcheck
-from mobile_client.link import ROUND_ROBIN, channel_options
-from proto import splitdet_pb2 as pb
-from proto import splitdet_pb2_grpc
+from splitdet.benchmarks.server_process import ServerProcess
+from splitdet.common.checkpoint import save_checkpoint
+from splitdet.common.endpoint import with_default_port
+from splitdet.edge_server import healthcheck
+from splitdet.mobile_client.link import ROUND_ROBIN, channel_options
+from splitdet.proto import splitdet_pb2 as pb
+from splitdet.proto import splitdet_pb2_grpc
 from tests.conftest import TINY_NAMES, tiny_student, wait_until
 from tests.test_faults import TINY_SERVER, WAIT, client_pipeline, error_code, run_steps
 

@@ -1,5 +1,5 @@
 """Hostile input: a short hypothesis fuzz of every gRPC method of an ``edge-server`` child process (tiny model),
-plus one regression test per bug the fuzzer found. The long run is ``python -m benchmarks.fuzz_server``."""
+plus one regression test per bug the fuzzer found. The long run is ``python -m studies.fuzz_server``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.fuzz_server import (
+from splitdet.benchmarks.server_process import ServerProcess
+from splitdet.edge_server.servicer import MAX_DETAILS
+from splitdet.proto import splitdet_pb2 as pb
+from studies.fuzz_server import (
     METHODS,
     Case,
     execute,
@@ -19,9 +22,6 @@ from benchmarks.fuzz_server import (
     make_seeds,
     still_serving,
 )
-from benchmarks.server_process import ServerProcess
-from edge_server.servicer import MAX_DETAILS
-from proto import splitdet_pb2 as pb
 from tests.conftest import TINY_NAMES
 
 NAMES = TINY_NAMES

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.checkpoint import save_checkpoint
-from common.codec_settings import CodecSettings
-from distill import evaluate
-from distill.datasets import SyntheticCoco
-from mobile_client.pipeline import Pipeline
-from mobile_client.settings import Options
-from mobile_client.sources import Frame
-from mobile_client.torch_head import ClientModel
-from synthetic import SceneConfig
+from splitdet.common.checkpoint import save_checkpoint
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.distill import evaluate
+from splitdet.distill.datasets import SyntheticCoco
+from splitdet.mobile_client.pipeline import Pipeline
+from splitdet.mobile_client.settings import Options
+from splitdet.mobile_client.sources import Frame
+from splitdet.mobile_client.torch_head import ClientModel
+from splitdet.synthetic import SceneConfig
 from tests.conftest import TINY_NAMES, tiny_student
 
 

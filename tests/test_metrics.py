@@ -21,12 +21,12 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_server import cli
-from edge_server.server import ServerError, serve
-from edge_server.servicer import SERVICE
-from edge_server.stats import SERVER_STAGES
-from proto import splitdet_pb2 as pb
-from proto import splitdet_pb2_grpc
+from splitdet.edge_server import cli
+from splitdet.edge_server.server import ServerError, serve
+from splitdet.edge_server.servicer import SERVICE
+from splitdet.edge_server.stats import SERVER_STAGES
+from splitdet.proto import splitdet_pb2 as pb
+from splitdet.proto import splitdet_pb2_grpc
 from tests.test_edge_server import Client, rand_images, status_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_metrics_port_errors(ckpt, server, capsys):
 def test_cli_reports_and_serves_metrics(ckpt):
     port = free_port()
     argv = ["--ckpt", str(ckpt), "--port", "0", "--workers", "1", "--metrics-port", str(port)]
-    command = [sys.executable, "-m", "edge_server", *argv]
+    command = [sys.executable, "-m", "splitdet.edge_server", *argv]
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with selectors.DefaultSelector() as sel:

@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.checkpoint import save_checkpoint
-from common.codec_settings import CodecSettings
-from common.drawing import color_for
-from edge_server.server import serve
-from mobile_client import cli, demo, runner, sources, visualize
-from mobile_client.auto import AutoPolicy, link_estimate
-from mobile_client.link import LinkConfig, StreamLink, channel_options
-from mobile_client.pipeline import FrameResult
-from mobile_client.sources import Frame, Source
-from proto import splitdet_pb2 as pb
-from proto import splitdet_pb2_grpc
+from splitdet.common.checkpoint import save_checkpoint
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.drawing import color_for
+from splitdet.edge_server.server import serve
+from splitdet.mobile_client import cli, demo, runner, sources, visualize
+from splitdet.mobile_client.auto import AutoPolicy, link_estimate
+from splitdet.mobile_client.link import LinkConfig, StreamLink, channel_options
+from splitdet.mobile_client.pipeline import FrameResult
+from splitdet.mobile_client.sources import Frame, Source
+from splitdet.proto import splitdet_pb2 as pb
+from splitdet.proto import splitdet_pb2_grpc
 from tests.conftest import self_signed_cert, tiny_student
 
 NAMES = ["__background__", "disc", "ring", "star"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from common.model_cli import main
+from splitdet.common.model_cli import main
 
 
 def test_init_and_info_resnet50_prints_the_bottleneck_shape(tmp_path, capsys):
@@ -54,7 +54,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         ["info", str(garbage)],
         ["import-seed", str(garbage), "--out", str(tmp_path / "o.pt")],
     ):
-        proc = subprocess.run([sys.executable, "-m", "common.model_cli", *args], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "splitdet.common.model_cli", *args], capture_output=True, text=True
+        )
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("split-model: error:")
 
@@ -73,7 +75,7 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
 
 
 def test_export_half_drops_training_state(tmp_path, capsys):
-    from common.checkpoint import load_checkpoint, save_checkpoint
+    from splitdet.common.checkpoint import load_checkpoint, save_checkpoint
     from tests.conftest import tiny_student
 
     src = tmp_path / "src.pt"

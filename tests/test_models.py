@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.models import ModelConfig, build_model, build_student, build_teacher, init_student_from_teacher
+from splitdet.common.models import ModelConfig, build_model, build_student, build_teacher, init_student_from_teacher
 
 
 @pytest.mark.parametrize(("backbone", "layer1_channels"), [("resnet18", 64), ("resnet34", 64), ("resnet50", 256)])
@@ -68,7 +68,7 @@ def test_bad_config_is_refused(changes, message):
 
 
 def test_lighter_roi_heads_change_only_the_heads():
-    from common.models import build_model
+    from splitdet.common.models import build_model
 
     mask = build_model(ModelConfig("mask_rcnn", "resnet18", None, 3, mask_head_layers=(32, 16)))
     assert [m.out_channels for m in mask.roi_heads.mask_head.modules() if isinstance(m, torch.nn.Conv2d)] == [32, 16]

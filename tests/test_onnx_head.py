@@ -15,23 +15,23 @@ import torch
 from PIL import Image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from benchmarks.server_process import ServerProcess
-from common import model_cli, onnx_export
-from common.checkpoint import load_checkpoint, save_checkpoint
-from common.codec import quantize
-from common.codec_settings import CodecSettings
-from common.onnx_export import WindowMeanPool2d
-from common.shapes import padded_size, resized_size
-from common.wire import encode_frame
-from mobile_client import sources
-from mobile_client.background import BackgroundFilter, background_score
-from mobile_client.cli import build_parser, check_args
-from mobile_client.onnx_head import OnnxHead
-from mobile_client.pipeline import Pipeline
-from mobile_client.settings import Options, SetupError
-from mobile_client.sources import Frame
-from mobile_client.torch_head import ClientModel
-from synthetic import SceneConfig, render_scene
+from splitdet.benchmarks.server_process import ServerProcess
+from splitdet.common import model_cli, onnx_export
+from splitdet.common.checkpoint import load_checkpoint, save_checkpoint
+from splitdet.common.codec import quantize
+from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.onnx_export import WindowMeanPool2d
+from splitdet.common.shapes import padded_size, resized_size
+from splitdet.common.wire import encode_frame
+from splitdet.mobile_client import sources
+from splitdet.mobile_client.background import BackgroundFilter, background_score
+from splitdet.mobile_client.cli import build_parser, check_args
+from splitdet.mobile_client.onnx_head import OnnxHead
+from splitdet.mobile_client.pipeline import Pipeline
+from splitdet.mobile_client.settings import Options, SetupError
+from splitdet.mobile_client.sources import Frame
+from splitdet.mobile_client.torch_head import ClientModel
+from splitdet.synthetic import SceneConfig, render_scene
 from tests.conftest import TINY_NAMES, tiny_student
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,7 +297,7 @@ def test_load_refuses_bad_files_in_one_line(tmp_path, head_file):
 def _client(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``mobile-client ARGV`` in a fresh interpreter that reports whether torch was ever imported."""
     code = (
-        "import sys\nfrom mobile_client.cli import main\n"
+        "import sys\nfrom splitdet.mobile_client.cli import main\n"
         f"rc = main({argv!r})\n"
         "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\nsys.exit(rc)\n"
     )
@@ -349,8 +349,8 @@ def test_entropic_head_codes_frames_that_decode_like_the_torch_head_s(tmp_path):
     """An entropic checkpoint exports with its tables in the metadata; the ONNX head's entropy frames decode on the
     server to the torch head's latent (a value next to a rounding boundary may land on the neighbouring symbol),
     and the ONNX client sends them to a server without importing torch."""
-    from common.wire import FrameLimits, decode_frame
-    from proto import splitdet_pb2 as pb
+    from splitdet.common.wire import FrameLimits, decode_frame
+    from splitdet.proto import splitdet_pb2 as pb
     from tests.test_entropy import entropic_checkpoint, tables
 
     path, out = tmp_path / "entropic.pt", tmp_path / "entropic.onnx"

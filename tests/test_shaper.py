@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.shaper import LinkShaper, Trace
+from splitdet.benchmarks.shaper import LinkShaper, Trace
 
 
 class Peer:

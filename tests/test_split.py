@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.codec import dequantize, quantize
-from common.models import ARCHS, build_teacher
-from common.split import bottleneck_shape, split
+from splitdet.common.codec import dequantize, quantize
+from splitdet.common.models import ARCHS, build_teacher
+from splitdet.common.split import bottleneck_shape, split
 from tests.conftest import tiny_student
 
 

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import skip_static
-from edge_server.server import serve
-from mobile_client import cli, runner
-from mobile_client.auto import AutoPolicy
-from mobile_client.pipeline import FrameResult, HeadResult, Pipeline
-from mobile_client.report import Report, result_json
-from mobile_client.settings import Options
-from mobile_client.sources import Frame
-from mobile_client.static import StaticGate, change
-from mobile_client.torch_head import ClientModel
+from splitdet.edge_server.server import serve
+from splitdet.mobile_client import cli, runner
+from splitdet.mobile_client.auto import AutoPolicy
+from splitdet.mobile_client.pipeline import FrameResult, HeadResult, Pipeline
+from splitdet.mobile_client.report import Report, result_json
+from splitdet.mobile_client.settings import Options
+from splitdet.mobile_client.sources import Frame
+from splitdet.mobile_client.static import StaticGate, change
+from splitdet.mobile_client.torch_head import ClientModel
+from studies import skip_static
 from tests.conftest import TINY_NAMES
 
 _rng = np.random.default_rng(0)
@@ -201,4 +201,4 @@ def test_benchmark_writes_its_table(ckpt, tmp_path):
     assert on["sent"] + on["reused"] + on["skipped"] == 6 and on["reused"] > 0
     assert on["saved"] == pytest.approx(1 - on["bytes_total"] / off["bytes_total"])
     text = (tmp_path / "s.md").read_text()
-    assert "python -m benchmarks.skip_static --ckpt" in text and "machine:" in text and "| 0.5 |" in text
+    assert "python -m studies.skip_static --ckpt" in text and "machine:" in text and "| 0.5 |" in text

@@ -18,15 +18,15 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_server import cli as server_cli
-from edge_server.batching import Batcher
-from edge_server.memory import Trimmer, malloc_trim
-from edge_server.server import serve
-from mobile_client import cli, runner
-from mobile_client.flow import Window
-from mobile_client.pipeline import FrameResult, Pipeline
-from mobile_client.report import Report
-from mobile_client.sources import Frame, Source, live
+from splitdet.edge_server import cli as server_cli
+from splitdet.edge_server.batching import Batcher
+from splitdet.edge_server.memory import Trimmer, malloc_trim
+from splitdet.edge_server.server import serve
+from splitdet.mobile_client import cli, runner
+from splitdet.mobile_client.flow import Window
+from splitdet.mobile_client.pipeline import FrameResult, Pipeline
+from splitdet.mobile_client.report import Report
+from splitdet.mobile_client.sources import Frame, Source, live
 from tests.conftest import certificate_authority, client_cert, self_signed_cert, wait_until
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from synthetic import (
+from splitdet.synthetic import (
     CATEGORIES,
     KEYPOINT_FLIP_INDEX,
     KEYPOINT_NAMES,

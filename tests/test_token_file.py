@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.token_file import TokenFileError, read_token
+from splitdet.common.token_file import TokenFileError, read_token
 
 
 def test_token_is_stripped(tmp_path):

@@ -16,19 +16,19 @@ import torch
 from PIL import Image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from benchmarks import bench, bench_cli
-from benchmarks.shaper import RateSchedule, Trace, trace_delivery
-from common.wire import encode_detections
-from mobile_client import cli as client_cli
-from mobile_client import device_cpu
-from mobile_client.auto import AutoPolicy, fitted_rtt
-from mobile_client.link import Reply
-from mobile_client.offload import encode_image, model_input_size, to_frame_coordinates
-from mobile_client.pipeline import FrameResult, Pipeline
-from mobile_client.settings import Options, SetupError
-from mobile_client.sources import Frame
-from proto import splitdet_pb2 as pb
-from synthetic.video import SyntheticVideo
+from splitdet.benchmarks import bench, bench_cli
+from splitdet.benchmarks.shaper import RateSchedule, Trace, trace_delivery
+from splitdet.common.wire import encode_detections
+from splitdet.mobile_client import cli as client_cli
+from splitdet.mobile_client import device_cpu
+from splitdet.mobile_client.auto import AutoPolicy, fitted_rtt
+from splitdet.mobile_client.link import Reply
+from splitdet.mobile_client.offload import encode_image, model_input_size, to_frame_coordinates
+from splitdet.mobile_client.pipeline import FrameResult, Pipeline
+from splitdet.mobile_client.settings import Options, SetupError
+from splitdet.mobile_client.sources import Frame
+from splitdet.proto import splitdet_pb2 as pb
+from splitdet.synthetic.video import SyntheticVideo
 
 # ---- CPU quota: detection, one-line refusal, the quota itself ----
 
@@ -302,7 +302,7 @@ def test_schedule_floor_uses_the_rate_at_the_send_time():
 
 
 def test_accuracy_points_include_webp(tmp_path):
-    from benchmarks.bench_report import accuracy_points
+    from splitdet.benchmarks.bench_report import accuracy_points
 
     path = tmp_path / "offload_eval.json"
     path.write_text(

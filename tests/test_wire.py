@@ -8,9 +8,9 @@ import torch
 import zstandard
 from pycocotools import mask as mask_utils
 
-from common.codec_settings import QUANTIZATIONS, CodecSettings
-from common.split import BatchMeta
-from common.wire import (
+from splitdet.common.codec_settings import QUANTIZATIONS, CodecSettings
+from splitdet.common.split import BatchMeta
+from splitdet.common.wire import (
     QUANTIZATION_TO_PB,
     FrameError,
     FrameLimits,
