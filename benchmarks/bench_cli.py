@@ -129,9 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="link emulator; auto uses netem where it works (default: %(default)s)",
     )
     p.add_argument("--eval-json", nargs="+", metavar="PATH", help=f"split-eval results (default: {EVAL_GLOB})")
-    p.add_argument(
-        "--out", default="bench-results", metavar="DIR", help="output folder (default: %(default)s)"
-    )
+    p.add_argument("--out", default="bench-results", metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument(
         "--threads", type=int, default=1, metavar="N", help="client torch or onnxruntime threads (default: %(default)s)"
     )

@@ -535,7 +535,7 @@ def test_demo_checkpoint(monkeypatch, tmp_path):
     assert demo.DEMO_CHECKPOINT == REPO / "common" / "assets" / "demo-ghnd-faster_rcnn-resnet18-b3ch.pt"
     missing = tmp_path / "demo.pt"
     monkeypatch.setattr(demo, "DEMO_CHECKPOINT", missing)
-    command = "`python -m splitdet.distill.make_demo` (see README)"
+    command = "SPLITDET_ASSETS to the folder holding it, or make it with `python -m splitdet.distill.make_demo`"
     with pytest.raises(FileNotFoundError, match=re.escape(command)):
         demo.demo_checkpoint()
     missing.write_bytes(b"x")
