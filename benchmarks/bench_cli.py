@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+from splitdet.common.extras import require
 from splitdet.mobile_client.device_cpu import add_quota_argument, check_quota
 from splitdet.mobile_client.settings import SetupError, add_offload_arguments
 
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         check_args(args)
+        require("torch", "full", "split-bench")
     except SystemExit as e:
         return int(e.code or 0)
     except SetupError as e:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from splitdet.common.architectures import ARCHS, BACKBONES
+from splitdet.common.extras import require
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    require("torch", "full", "split-model")  # every subcommand reads or writes a torch checkpoint
     if args.command == "export":
         problem = None
         if args.format == "onnx" and args.half:

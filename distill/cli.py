@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from splitdet.common.extras import require
 from splitdet.distill.config import ConfigError, load_config
 
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    require("torch", "full", "split-distill")
     try:
         config = load_config(args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as e:

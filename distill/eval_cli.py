@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from splitdet.common.codec_settings import QUANTIZATIONS
+from splitdet.common.extras import require
 from splitdet.distill.config import ConfigError, load_config
 
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    require("torch", "full", "split-eval")
     try:
         for q in args.quantization:
             if q not in QUANTIZATIONS:

@@ -1,21 +1,23 @@
 """``edge-server``: serve a checkpoint's tail (split) and whole model (offload) over gRPC.
 
-The command line is checked before torch is imported, so ``--help`` and usage errors answer at once.
+The command line is checked before torch is imported, so ``--help`` and usage errors answer at once: the flags are
+mapped onto :class:`~splitdet.edge_server.options.ServerOptions`, which checks them; nothing past this module sees
+the parsed command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from typing import Any
 
-from splitdet.common.endpoint import DEFAULT_PORT
+from splitdet.common.extras import require
+from splitdet.common.token_file import TokenFileError, read_token
+from splitdet.edge_server.options import DEFAULTS, LOG_LEVELS, SCHEDULING, OptionsError, ServerOptions
 
-MAX_STREAMS = 1024  # default limit of open streams (InferStream, InferImageStream)
-MAX_QUEUED_FRAMES = 32  # default limit of frames in progress (decoding, queued, running, encoding)
-INSECURE_TOKEN = (
-    "--token-file needs TLS (--tls-cert and --tls-key): the token would travel in plaintext; "
-    "--allow-insecure-token allows it (loopback tests)"
-)
+# --token-file carries the token option (a flag per field otherwise: --max-batch for max_batch)
+FLAGS = {"token": "--token-file"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,28 +26,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the tail (bottleneck frames) and the whole model (images) of a split checkpoint.",
     )
     p.add_argument("--ckpt", metavar="PATH", help="student checkpoint (default: the bundled demo checkpoint)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for all (default: %(default)s)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port; 0 picks a free one (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--host", default=DEFAULTS.host, help="address to listen on; 0.0.0.0 for all (default: %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULTS.port, help="port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument(
         "--workers",
         type=int,
-        default=4,
+        default=DEFAULTS.workers,
         metavar="N",
         help="threads that decode frames and encode answers; streams hold none (default: %(default)s)",
     )
-    p.add_argument("--max-batch", type=int, default=1, metavar="N", help="frames per model call (default: %(default)s)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULTS.max_batch,
+        metavar="N",
+        help="frames per model call (default: %(default)s)",
+    )
     p.add_argument(
         "--max-batch-delay-ms",
         type=float,
-        default=5.0,
+        default=DEFAULTS.max_batch_delay_ms,
         metavar="T",
         help="longest wait for a batch to fill (default: %(default)s)",
     )
     p.add_argument(
         "--scheduling",
-        choices=["fair", "fifo"],
-        default="fair",
+        choices=SCHEDULING,
+        default=DEFAULTS.scheduling,
         help="order of queued frames: round-robin over client connections, so a greedy client cannot starve the "
         "others, or first come, first served (default: %(default)s)",
     )
@@ -69,12 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept --token-file without TLS, the token in plaintext; for loopback tests (default: %(default)s)",
     )
     p.add_argument(
-        "--max-message-mb", type=float, default=16, metavar="M", help="largest message in MB (default: %(default)s)"
+        "--max-message-mb",
+        type=float,
+        default=DEFAULTS.max_message_mb,
+        metavar="M",
+        help="largest message in MB (default: %(default)s)",
     )
     p.add_argument(
         "--max-streams",
         type=int,
-        default=MAX_STREAMS,
+        default=DEFAULTS.max_streams,
         metavar="N",
         help="open streams at most (an idle one costs memory only, see the README); more are refused at once with "
         "RESOURCE_EXHAUSTED and a retry hint (default: %(default)s)",
@@ -82,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-queued-frames",
         type=int,
-        default=MAX_QUEUED_FRAMES,
+        default=DEFAULTS.max_queued_frames,
         metavar="N",
         help="frames in progress at most (decoding, queued for the model, running, encoding); more are refused at "
         "once with RESOURCE_EXHAUSTED and a retry hint, grpc-retry-pushback-ms (default: %(default)s)",
@@ -90,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keepalive-s",
         type=float,
-        default=30.0,
+        default=DEFAULTS.keepalive_s,
         metavar="T",
         help="ping every connection each T s and drop it when a ping goes unanswered for T s, freeing the streams "
         "of vanished clients (default: %(default)s)",
@@ -112,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trim-idle-s",
         type=float,
-        default=1.0,
+        default=DEFAULTS.trim_idle_s,
         metavar="T",
         help="give freed heap memory back to the OS (malloc_trim) once idle for T s after work; 0: never "
         "(default: %(default)s)",
@@ -120,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--malloc-arenas",
         type=int,
-        default=2,
+        default=DEFAULTS.malloc_arenas,
         metavar="N",
         help="glibc malloc arenas at most (M_ARENA_MAX), so freed memory can go back to the OS; 0: glibc's "
         "default, 8 per core (default: %(default)s)",
@@ -128,37 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace-s",
         type=float,
-        default=5.0,
+        default=DEFAULTS.grace_s,
         help="on SIGTERM/SIGINT: NOT_SERVING and new streams refused at once, then up to this many seconds to "
         "finish the frames in progress (default: %(default)s)",
     )
-    p.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)"
-    )
+    p.add_argument("--log-level", default=DEFAULTS.log_level, choices=LOG_LEVELS, help="(default: %(default)s)")
     return p
 
 
-def check_args(args: argparse.Namespace) -> str | None:
-    """The first option value that cannot work, as a one-line message; None when all can."""
-    checks = [
-        (0 <= args.port <= 65535, "--port must be in 0..65535"),
-        (0 <= args.metrics_port <= 65535, "--metrics-port must be in 0..65535"),
-        (args.workers >= 1, "--workers must be >= 1"),
-        (args.max_batch >= 1, "--max-batch must be >= 1"),
-        (args.max_batch_delay_ms >= 0, "--max-batch-delay-ms must be >= 0"),
-        (args.max_message_mb > 0, "--max-message-mb must be positive"),
-        (args.max_streams >= 1, "--max-streams must be >= 1"),
-        (args.max_queued_frames >= 1, "--max-queued-frames must be >= 1"),
-        (args.keepalive_s > 0, "--keepalive-s must be positive"),
-        (args.torch_threads is None or args.torch_threads >= 1, "--torch-threads must be >= 1"),
-        (args.grace_s >= 0, "--grace-s must be >= 0"),
-        (args.trim_idle_s >= 0, "--trim-idle-s must be >= 0"),
-        (args.malloc_arenas >= 0, "--malloc-arenas must be >= 0"),
-        ((args.tls_cert is None) == (args.tls_key is None), "TLS needs both --tls-cert and --tls-key"),
-        (args.tls_client_ca is None or args.tls_cert is not None, "--tls-client-ca needs --tls-cert and --tls-key"),
-        (args.token_file is None or args.tls_cert is not None or args.allow_insecure_token, INSECURE_TOKEN),
-    ]
-    return next((message for ok, message in checks if not ok), None)
+def flag(name: str) -> str:
+    """The flag that sets the option ``name`` (a field of ServerOptions)."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def to_options(args: argparse.Namespace, token: str | None = None) -> ServerOptions:
+    """The options the command line asks for, ``token`` being the token file's; raises OptionsError."""
+    values: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in ServerOptions.__dataclass_fields__
+        if name not in ("token", "metrics_port")
+    }
+    return ServerOptions(**values, token=token, metrics_port=args.metrics_port or None)  # --metrics-port 0: not served
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,14 +168,22 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    problem = check_args(args)
-    if problem is not None:
-        print(f"edge-server: error: {problem}", file=sys.stderr)
+    require("torch", "full", "edge-server")
+    try:
+        # every option is checked before the token file is read, with a stand-in for its token
+        options = to_options(args, "<token file>" if args.token_file else None)
+        if args.token_file:
+            options = dataclasses.replace(options, token=read_token(args.token_file))
+    except TokenFileError as e:
+        print(f"edge-server: error: {e}", file=sys.stderr)
         return 2
-    if args.malloc_arenas:
+    except OptionsError as e:
+        print(f"edge-server: error: {flag(e.field)}: {e.message}", file=sys.stderr)
+        return 2
+    if options.malloc_arenas:
         from splitdet.edge_server.memory import limit_arenas  # ctypes only: before torch and gRPC start their threads
 
-        limit_arenas(args.malloc_arenas)
+        limit_arenas(options.malloc_arenas)
     from splitdet.edge_server import runner  # torch and the model load only once the command line is known to be good
 
-    return runner.run(args)
+    return runner.run(args.ckpt, options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import ssl
 import threading
@@ -26,10 +27,10 @@ from grpc_reflection.v1alpha import reflection
 from splitdet.edge_server.admission import Admission
 from splitdet.edge_server.auth import TokenInterceptor
 from splitdet.edge_server.batching import Batcher
-from splitdet.edge_server.cli import INSECURE_TOKEN, MAX_QUEUED_FRAMES, MAX_STREAMS
 from splitdet.edge_server.engine import DeviceError, Engine
 from splitdet.edge_server.memory import Trimmer
 from splitdet.edge_server.metrics import MetricsServer
+from splitdet.edge_server.options import ServerOptions
 from splitdet.edge_server.servicer import SERVICE_NAME, Servicer, method_handlers
 from splitdet.edge_server.stats import Stats
 
@@ -40,7 +41,8 @@ _loop_lock = threading.Lock()
 
 
 class ServerError(RuntimeError):
-    """The server cannot start (bad option, TLS files, device, address); the message is one line."""
+    """The server cannot start (TLS files, device, address); the message is one line. Impossible option values
+    are refused earlier, by :class:`~splitdet.edge_server.options.ServerOptions` (OptionsError)."""
 
 
 def event_loop() -> asyncio.AbstractEventLoop:
@@ -124,13 +126,10 @@ class RunningServer:
 def _tls_credentials(
     cert: str | Path | None, key: str | Path | None, client_ca: str | Path | None = None
 ) -> grpc.ServerCredentials | None:
-    """Server TLS credentials; with ``client_ca``, mutual TLS: clients must present a certificate signed by it."""
-    if cert is None and key is None:
-        if client_ca is not None:
-            raise ServerError("--tls-client-ca needs TLS (--tls-cert and --tls-key)")
-        return None
+    """Server TLS credentials (None without a certificate); with ``client_ca``, mutual TLS: clients must present a
+    certificate signed by it. ServerOptions has checked that the certificate and key come together."""
     if cert is None or key is None:
-        raise ServerError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
+        return None
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
         if client_ca is not None:
@@ -151,28 +150,10 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def serve(
-    ckpt_path: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    device: str = "auto",
-    workers: int = 4,
-    max_batch: int = 1,
-    max_batch_delay_ms: float = 5.0,
-    tls_cert: str | Path | None = None,
-    tls_key: str | Path | None = None,
-    token: str | None = None,
-    max_message_mb: float = 16,
-    max_streams: int = MAX_STREAMS,
-    max_queued_frames: int = MAX_QUEUED_FRAMES,
-    keepalive_s: float = 30.0,
-    metrics_port: int | None = None,
-    tls_client_ca: str | Path | None = None,
-    allow_insecure_token: bool = False,
-    trim_idle_s: float = 1.0,
-    fair: bool = True,
-) -> RunningServer:
-    """Load the checkpoint and start serving; raises CheckpointError or :class:`ServerError`.
+def serve(ckpt_path: str | Path, options: ServerOptions | None = None, **overrides: Any) -> RunningServer:
+    """Load the checkpoint and start serving with ``options`` (default: ServerOptions()), any keyword in
+    ``overrides`` replacing that option (``serve(ckpt, port=0, workers=2)``, checked as ServerOptions checks);
+    raises CheckpointError, :class:`ServerError`, or OptionsError for an impossible override.
 
     At most ``max_streams`` streams are open and ``max_queued_frames`` frames in progress at once; beyond, a stream
     or frame is refused at once with RESOURCE_EXHAUSTED and a retry hint (:mod:`splitdet.edge_server.admission`), so
@@ -186,43 +167,35 @@ def serve(
     A ``token`` needs TLS (it would travel in plaintext) unless ``allow_insecure_token`` (loopback tests);
     ``tls_client_ca`` requires client certificates signed by that CA (mutual TLS). After each burst of work, once
     the server has been idle for ``trim_idle_s`` seconds (0: never), freed heap memory goes back to the OS. With
-    ``fair`` the batcher serves client connections round-robin (else first come, first served).
+    ``scheduling`` "fair" the batcher serves client connections round-robin (else first come, first served).
+    The process-wide options (``torch_threads``, ``malloc_arenas``, ``grace_s``, ``log_level``) are the caller's to
+    apply, as :func:`splitdet.edge_server.runner.run` does.
     """
-    if workers < 1 or max_batch < 1 or max_batch_delay_ms < 0 or max_message_mb <= 0:
-        raise ServerError("need workers >= 1, max_batch >= 1, max_batch_delay_ms >= 0 and max_message_mb > 0")
-    if max_streams < 1 or max_queued_frames < 1 or keepalive_s <= 0:
-        raise ServerError("need max_streams >= 1, max_queued_frames >= 1 and keepalive_s > 0")
-    if metrics_port is not None and not 0 <= metrics_port <= 65535:
-        raise ServerError(f"the metrics port must be in 0..65535, not {metrics_port}")
-    if token is not None and not token:
-        raise ServerError("the token is empty")
-    if trim_idle_s < 0:
-        raise ServerError("trim_idle_s must be >= 0")
-    credentials = _tls_credentials(tls_cert, tls_key, tls_client_ca)
-    if token is not None and credentials is None and not allow_insecure_token:
-        raise ServerError(INSECURE_TOKEN)
+    o = dataclasses.replace(options or ServerOptions(), **overrides)
+    host, port, token, metrics_port = o.host, o.port, o.token, o.metrics_port
+    credentials = _tls_credentials(o.tls_cert, o.tls_key, o.tls_client_ca)
     try:
-        engine = Engine.load(ckpt_path, device)
+        engine = Engine.load(ckpt_path, o.device)
     except DeviceError as e:
         raise ServerError(str(e)) from None
     stats = Stats()
     batcher = Batcher(
         engine.run_batch,
-        max_batch,
-        max_batch_delay_ms / 1000,
-        max_queue=max_queued_frames,
+        o.max_batch,
+        o.max_batch_delay_ms / 1000,
+        max_queue=o.max_queued_frames,
         on_batch=stats.batch,
-        fair=fair,
+        fair=o.fair,
     )
-    admission = Admission(max_streams, max_queued_frames)
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-codec")
-    max_bytes = int(max_message_mb * 1024 * 1024)
-    options = _options(max_bytes, int(keepalive_s * 1000))
+    admission = Admission(o.max_streams, o.max_queued_frames)
+    executor = ThreadPoolExecutor(max_workers=o.workers, thread_name_prefix="edge-codec")
+    max_bytes = int(o.max_message_mb * 1024 * 1024)
+    grpc_options = _options(max_bytes, int(o.keepalive_s * 1000))
     interceptors = [TokenInterceptor(token, stats)] if token else None
     address = _address(host, port)
 
     async def start() -> tuple[grpc.aio.Server, int, health.aio.HealthServicer | None]:
-        server = grpc.aio.server(interceptors=interceptors, options=options)
+        server = grpc.aio.server(interceptors=interceptors, options=grpc_options)
         try:
             bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         except RuntimeError:
@@ -258,7 +231,7 @@ def serve(
             discard()
             metrics_address = _address(host, metrics_port)
             raise ServerError(f"cannot serve metrics on {metrics_address}: {e.strerror or e}") from None
-    trimmer = Trimmer(lambda: stats.activity, trim_idle_s) if trim_idle_s > 0 else None
+    trimmer = Trimmer(lambda: stats.activity, o.trim_idle_s) if o.trim_idle_s > 0 else None
     return RunningServer(
         server, bound, engine, batcher, stats, admission, health_servicer, executor, metrics_server, trimmer
     )

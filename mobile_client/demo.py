@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from splitdet.common.demo import demo_checkpoint
+from splitdet.common.extras import require
 from splitdet.mobile_client import cli
 
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    require("torch", "full", "split-demo")
     if args.frames < 1 or args.window < 1:
         print("split-demo: error: --frames and --window must be >= 1", file=sys.stderr)
         return 2

@@ -52,6 +52,15 @@ def test_help_answers_without_torch(script):
         ("split-eval", ["--ckpt", "missing.pt", "--config", "x.yaml"], "checkpoint not found"),
         ("split-distill", ["--config", "missing.yaml"], "missing.yaml"),
         ("edge-server", ["--port", "-1"], "--port"),
+        ("edge-server", ["--workers", "0"], "edge-server: error: --workers: must be >= 1, got 0"),
+        ("edge-server", ["--metrics-port", "-1"], "edge-server: error: --metrics-port: must be in 0..65535, got -1"),
+        ("edge-server", ["--tls-key", "k.pem"], "edge-server: error: --tls-cert: is required with tls_key"),
+        ("edge-server", ["--tls-client-ca", "ca.pem"], "edge-server: error: --tls-client-ca: needs TLS"),
+        (
+            "edge-server",
+            ["--token-file", "missing-token", "--allow-insecure-token"],
+            "edge-server: error: cannot read the token file",
+        ),
     ],
 )
 def test_usage_errors_are_one_line_before_torch(script, argv, message):
@@ -59,6 +68,41 @@ def test_usage_errors_are_one_line_before_torch(script, argv, message):
     assert code == 2
     assert len(err.splitlines()) == 1 and message in err
     assert "torch" not in imported
+
+
+def test_server_token_file_without_tls_names_the_flag(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret-value\n")
+    code, err, imported = _run("splitdet.edge_server.cli", ["--token-file", str(token)])
+    assert code == 2 and "torch" not in imported
+    assert err == (
+        "edge-server: error: --token-file: needs TLS (a certificate and its key): the token would travel in "
+        "plaintext; allow_insecure_token allows it on loopback"
+    )
+
+
+TORCH_COMMANDS = {
+    "edge-server": [],
+    "split-model": ["info", "x.pt"],
+    "split-distill": ["--config", "x.yaml"],
+    "split-eval": ["--ckpt", "x.pt", "--config", "x.yaml"],
+    "split-demo": [],
+    "split-bench": [],
+}
+
+
+@pytest.mark.parametrize("script", sorted(TORCH_COMMANDS))
+def test_commands_that_need_torch_say_so_without_it(script):
+    """A torch-free install (the device extra) has every console script; those that need torch say so in one line."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as if torch were not installed\n"
+        f"import {PARSERS[script]} as m\n"
+        f"sys.exit(m.main({TORCH_COMMANDS[script]!r}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"{script}: error: {script} needs torch: pip install 'splitdet[full]'"]
 
 
 def _actions(parser: argparse.ArgumentParser):

@@ -35,6 +35,7 @@ from splitdet.common.wire import decode_detections, encode_detections, encode_fr
 from splitdet.edge_server import cli, healthcheck
 from splitdet.edge_server.batching import Batcher, Closed, Expired, QueueFull
 from splitdet.edge_server.engine import BatchKey, ImageError, decode_image
+from splitdet.edge_server.options import OptionsError, ServerOptions
 from splitdet.edge_server.server import ServerError, serve
 from splitdet.mobile_client import cli as mobile_cli
 from splitdet.proto import splitdet_pb2 as pb
@@ -297,9 +298,9 @@ def test_unexpected_error_is_internal(stub, client, server, monkeypatch):
 
 
 def test_token_required_except_health(ckpt, client):
-    with pytest.raises(ServerError, match="needs TLS"):  # a token in plaintext needs an explicit opt-in
+    with pytest.raises(OptionsError, match="token needs TLS"):  # a token in plaintext needs an explicit opt-in
         serve(ckpt, port=0, workers=2, token="s3cret")
-    running = serve(ckpt, port=0, workers=2, token="s3cret", allow_insecure_token=True)
+    running = serve(ckpt, ServerOptions(port=0, workers=2, token="s3cret", allow_insecure_token=True))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = splitdet_pb2_grpc.SplitDetectionStub(channel)
@@ -524,7 +525,7 @@ def test_cli_errors_exit_2_with_one_line(ckpt, tmp_path, capsys, server):
     assert "--tls-key" in _cli_error(capsys, "--ckpt", ckpt, "--tls-cert", tmp_path / "c.pem")
     empty = tmp_path / "token"
     empty.write_text("\n")
-    assert "--token-file needs TLS" in _cli_error(capsys, "--ckpt", ckpt, "--token-file", empty)
+    assert "--token-file: needs TLS" in _cli_error(capsys, "--ckpt", ckpt, "--token-file", empty)
     assert "is empty" in _cli_error(capsys, "--ckpt", ckpt, "--token-file", empty, "--allow-insecure-token")
     assert "port is in use" in _cli_error(capsys, "--ckpt", ckpt, "--port", server.port)
     if not torch.cuda.is_available():

@@ -118,7 +118,10 @@ def test_servers_have_their_own_registries_and_stop_their_endpoint(ckpt, server)
 def test_metrics_port_errors(ckpt, server, capsys):
     with pytest.raises(ServerError, match=rf"cannot serve metrics on 127\.0\.0\.1:{server.metrics_port}: "):
         serve(ckpt, port=0, metrics_port=server.metrics_port)
-    for port, message in ((server.metrics_port, "cannot serve metrics"), (-1, "--metrics-port must be in 0..65535")):
+    for port, message in (
+        (server.metrics_port, "cannot serve metrics"),
+        (-1, "--metrics-port: must be in 0..65535, got -1"),
+    ):
         assert cli.main(["--ckpt", str(ckpt), "--port", "0", "--metrics-port", str(port)]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("edge-server: error: ") and message in line

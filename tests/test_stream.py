@@ -253,7 +253,7 @@ def test_token_travels_as_call_credentials_over_tls_only(ckpt, tmp_path, capsys)
     token_argv = ["--ckpt", ckpt, "--port", 0, "--token-file", good]
     assert server_cli.main([str(a) for a in token_argv]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("edge-server: error: --token-file needs TLS (--tls-cert and --tls-key)")
+    assert line.startswith("edge-server: error: --token-file: needs TLS (a certificate and its key)")
 
 
 @needs_openssl
@@ -273,7 +273,9 @@ def test_mutual_tls_refuses_clients_without_a_certificate_of_its_ca(ckpt, tmp_pa
             (line,) = capsys.readouterr().err.strip().splitlines()
             assert line.startswith("mobile-client: error: handshake with the edge server") and "UNAVAILABLE" in line
     assert server_cli.main([str(a) for a in ["--ckpt", ckpt, "--tls-client-ca", ca[0]]]) == 2
-    assert capsys.readouterr().err.strip() == "edge-server: error: --tls-client-ca needs --tls-cert and --tls-key"
+    assert capsys.readouterr().err.strip() == (
+        "edge-server: error: --tls-client-ca: needs TLS (a certificate and its key) to check client certificates"
+    )
     assert cli.main(["--server", "x", "--synthetic", "1", "--tls-cert", str(good[0])]) == 2
     assert "needs both --tls-cert and --tls-key" in capsys.readouterr().err
 
