@@ -148,7 +148,6 @@ class BenchOptions:
             rates = _rates(self.rates)
             _require(rates is not None, "rates", f"must be a comma list of numbers, got {self.rates!r}")
             _require(all(r > 0 for r in rates), "rates", f"must be positive, got {self.rates!r}")
-            _require(bool(rates) or bool(self.trace), "rates", "names no rate and there is no trace: no links to run")
         _require(
             self.trace is None or 1 <= len(self.trace) <= 2,
             "trace",
@@ -161,3 +160,9 @@ class BenchOptions:
                 "modes",
                 f"must list distinct modes out of {', '.join(BENCH_MODES)}, got {self.modes!r}",
             )
+        only_local = self.modes is not None and {m.strip() for m in self.modes.split(",") if m.strip()} == {"local"}
+        _require(
+            bool(self.schedule) or bool(self.up_rates) or bool(self.trace) or only_local,
+            "rates",
+            "names no rate and there is no trace: no links to run",
+        )

@@ -141,9 +141,7 @@ def test_background_filter_on_the_onnx_head_end_to_end(server, ckpt, tmp_path):
     argv = ["--server", f"127.0.0.1:{server.port}", "--runtime", "onnx", "--head", str(head), "--synthetic", "1"]
     argv += ["--no-filter", "--score-threshold", "1", "--window", "1", "--background-filter", str(_threshold(ckpt))]
     argv += ["--background-rate", "1"]
-    args = cli.parse(argv)
-    cli.check_args(args)
-    pipeline, _, _ = runner.build_pipeline(args)
+    pipeline, _, _ = runner.build_pipeline(cli.parse(argv))
     changed = with_object(SCENE)
     images = [SCENE, SCENE, noisy(SCENE, 1), noisy(SCENE, 2), changed, *(noisy(changed, i) for i in range(4))]
     try:
