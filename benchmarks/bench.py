@@ -32,7 +32,6 @@ setup errors (one line).
 
 from __future__ import annotations
 
-import argparse
 import glob
 import itertools
 import os
@@ -42,13 +41,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from splitdet.benchmarks.bench_cli import BENCH_MODES, EVAL_GLOB
+from splitdet.benchmarks.bench_options import BENCH_MODES, EVAL_GLOB, BenchOptions
 from splitdet.benchmarks.bench_report import (
     REPORT_STAGES,
     accuracy_points,
@@ -305,36 +304,22 @@ def _result(data: dict) -> FrameResult:
 # ---- command line ----
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SetupError(f"--rates must be a comma list of numbers, got {text!r}") from None
-
-
-def parse_links(args: argparse.Namespace) -> list[LinkSpec]:
-    """The links to run: one per ``--rates`` entry, plus the trace link; or only the ``--schedule`` link."""
-    if args.schedule:
-        try:
-            schedule = RateSchedule.parse(args.schedule)
-        except ValueError as e:
-            raise SetupError(str(e)) from None
-        return [LinkSpec(None, None, args.rtt_ms, args.jitter_ms, args.loss, schedule=schedule)]
+def parse_links(opts: BenchOptions) -> list[LinkSpec]:
+    """The links to run: one per fixed uplink rate, plus the trace link; or only the rate schedule's link."""
+    schedule = opts.rate_schedule
+    if schedule is not None:
+        return [LinkSpec(None, None, opts.rtt_ms, opts.jitter_ms, opts.loss, schedule=schedule)]
     links = []
-    for rate in _floats(args.rates):
-        if rate <= 0:
-            raise SetupError("--rates must be positive")
-        down = args.down_mbps if args.down_mbps is not None else rate
-        links.append(LinkSpec(rate, down, args.rtt_ms, args.jitter_ms, args.loss))
-    if args.trace:
-        if len(args.trace) > 2:
-            raise SetupError("--trace takes an uplink trace and optionally a downlink trace")
+    for rate in opts.up_rates:
+        down = opts.down_mbps if opts.down_mbps is not None else rate
+        links.append(LinkSpec(rate, down, opts.rtt_ms, opts.jitter_ms, opts.loss))
+    if opts.trace:
         try:
-            up = Trace.load(args.trace[0])
-            down = Trace.load(args.trace[-1])
+            up = Trace.load(opts.trace[0])
+            down = Trace.load(opts.trace[-1])
         except ValueError as e:
             raise SetupError(str(e)) from None
-        links.append(LinkSpec(None, None, args.rtt_ms, args.jitter_ms, args.loss, up, down))
+        links.append(LinkSpec(None, None, opts.rtt_ms, opts.jitter_ms, opts.loss, up, down))
     return links
 
 
@@ -345,10 +330,7 @@ def parse_modes(text: str | None, has_filter: bool, ckpt: Path) -> list[str]:
         if not has_filter:
             _log(f"{ckpt} has no neural filter and --background-filter is off: split+filter left out")
         return [m for m in BENCH_MODES if has_filter or m != "split+filter"]
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in BENCH_MODES]
-    if unknown or not modes or len(set(modes)) != len(modes):
-        raise SetupError(f"--modes must list distinct modes out of {', '.join(BENCH_MODES)}")
+    modes = [m.strip() for m in text.split(",") if m.strip()]  # known and distinct: BenchOptions checked them
     if "split+filter" in modes and not has_filter:
         raise SetupError(
             f"split+filter needs a checkpoint with a neural filter or --background-filter T; {ckpt} has no filter"
@@ -479,50 +461,50 @@ def onnx_head(path: str, checkpoint: Checkpoint) -> OnnxHead:
     return head
 
 
-def _quota_speeds(args: argparse.Namespace) -> tuple[list[float | None], str | None]:
-    if not args.device_cpu:
+def _quota_speeds(opts: BenchOptions) -> tuple[list[float | None], str | None]:
+    if not opts.device_cpu:
         return [None], None
-    return parse_cores(args.device_cpu), detect(args.device_quota)
+    return parse_cores(opts.device_cpu), detect(opts.device_quota)
 
 
-def bench(args: argparse.Namespace, command: str) -> dict:
+def bench(opts: BenchOptions, command: str) -> dict:
     """Every run; the report that :func:`write_outputs` writes."""
     started = time.monotonic()
     load_start = list(os.getloadavg())
-    links = parse_links(args)
-    speeds, mechanism = _quota_speeds(args)
-    ckpt = Path(args.ckpt) if args.ckpt else demo_checkpoint()
+    links = parse_links(opts)
+    speeds, mechanism = _quota_speeds(opts)
+    ckpt = Path(opts.ckpt) if opts.ckpt else demo_checkpoint()
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     checkpoint = load_checkpoint(ckpt)
-    head = onnx_head(args.head[0], checkpoint) if args.runtime == "onnx" else None
-    has_filter = checkpoint.config.with_filter or args.background_filter > 0
-    modes = parse_modes(args.modes, has_filter, ckpt)
+    head = onnx_head(opts.head[0], checkpoint) if opts.runtime == "onnx" else None
+    has_filter = checkpoint.config.with_filter or opts.background_filter > 0
+    modes = parse_modes(opts.modes, has_filter, ckpt)
     remote = [m for m in modes if m != "local"]
     if remote and not links:
         raise SetupError("no links to run: give --rates or --trace")
-    if args.schedule and "local" in modes:
+    if opts.schedule and "local" in modes:
         modes, remote = [m for m in modes if m != "local"], remote
         _log("--schedule: local mode does not use the link; left out")
     spec = DeviceSpec(
         ckpt=str(ckpt),
-        threads=args.threads,
-        frames=args.frames,
-        images=args.images,
-        synthetic=args.synthetic,
-        seed=args.seed,
-        empty_ratio=None if args.images else args.empty_ratio,
-        run_frames=(args.empty_runs, 2 * args.empty_runs),
-        jpeg_quality=args.jpeg_quality,
-        offload_format=args.offload_format,
-        offload_resize=args.offload_resize,
-        timeout_s=args.timeout_s,
-        background_filter=args.background_filter,
-        runtime=args.runtime,
-        head=args.head[0] if head is not None else None,
+        threads=opts.threads,
+        frames=opts.frames,
+        images=opts.images,
+        synthetic=opts.synthetic,
+        seed=opts.seed,
+        empty_ratio=None if opts.images else opts.empty_ratio,
+        run_frames=(opts.empty_runs, 2 * opts.empty_runs),
+        jpeg_quality=opts.jpeg_quality,
+        offload_format=opts.offload_format,
+        offload_resize=opts.offload_resize,
+        timeout_s=opts.timeout_s,
+        background_filter=opts.background_filter,
+        runtime=opts.runtime,
+        head=opts.head[0] if head is not None else None,
     )
     frames = load_frames(spec)
-    windows = (1, args.window) if args.stream else (1,)
+    windows = (1, opts.window) if opts.stream else (1,)
     plan = [("local", None, w) for w in windows if "local" in modes]
     for link in links:
         fixed = link.up_trace is None and link.schedule is None
@@ -534,15 +516,15 @@ def bench(args: argparse.Namespace, command: str) -> dict:
     with ExitStack() as stack:
         if remote:
             scheduled = any(s.up_trace or s.schedule for s in links)
-            emulator, netem_reason = open_emulator(args.emulator, stack, scheduled)
-            server_args = ["--ckpt", str(ckpt), "--host", emulator.host, "--device", args.server_device]
-            server_args += ["--torch-threads", str(args.server_threads), "--workers", "8", "--log-level", "WARNING"]
-            server_args += ["--max-batch", str(args.server_max_batch)]
-            server = ServerProcess(server_args, SERVER_START_S, args.server_threads, emulator.wrap)
+            emulator, netem_reason = open_emulator(opts.emulator, stack, scheduled)
+            server_args = ["--ckpt", str(ckpt), "--host", emulator.host, "--device", opts.server_device]
+            server_args += ["--torch-threads", str(opts.server_threads), "--workers", "8", "--log-level", "WARNING"]
+            server_args += ["--max-batch", str(opts.server_max_batch)]
+            server = ServerProcess(server_args, SERVER_START_S, opts.server_threads, emulator.wrap)
             port = stack.enter_context(server).port
-            device = server_device(f"{emulator.host}:{port}", args.timeout_s)
+            device = server_device(f"{emulator.host}:{port}", opts.timeout_s)
             _log(f"edge-server on {emulator.host}:{port} ({device}); emulator: {emulator.name}")
-        settings = RunSettings(args.warmup, emulator.name if emulator else "none", args.trace_window_s, len(frames))
+        settings = RunSettings(opts.warmup, emulator.name if emulator else "none", opts.trace_window_s, len(frames))
         total = len(plan) * len(speeds)
         for i, cores in enumerate(speeds):
             with ExitStack() as on_device:
@@ -556,22 +538,22 @@ def bench(args: argparse.Namespace, command: str) -> dict:
                 more_rows, more_runs = run_plan(plan, worker, cores, emulator, port, settings, i * len(plan), total)
             rows += more_rows
             runs += more_runs
-    machine = machine_info(args.server_threads, device)
+    machine = machine_info(opts.server_threads, device)
     machine["load_average"] = load_start
     machine["load_average_end"] = list(os.getloadavg())
     machine["wall_s"] = round(time.monotonic() - started, 1)
-    machine["client_threads"] = args.threads
-    evals = [Path(p) for p in args.eval_json or sorted(glob.glob(EVAL_GLOB))]
+    machine["client_threads"] = opts.threads
+    evals = [Path(p) for p in opts.eval_json or sorted(glob.glob(EVAL_GLOB))]
     accuracy, notes = accuracy_points(evals, checkpoint.config.arch)
-    summary = summarize(rows, runs, args.window)
+    summary = summarize(rows, runs, opts.window)
     first = frames[0].image
     config = checkpoint.config
     skipped_empty = None
-    if not args.images:
+    if not opts.images:
         from splitdet.synthetic.video import SyntheticVideo
 
-        video = SyntheticVideo(args.synthetic or args.frames, args.seed, empty_ratio=args.empty_ratio,
-                               run_frames=(args.empty_runs, 2 * args.empty_runs))  # fmt: skip
+        video = SyntheticVideo(opts.synthetic or opts.frames, opts.seed, empty_ratio=opts.empty_ratio,
+                               run_frames=(opts.empty_runs, 2 * opts.empty_runs))  # fmt: skip
         skipped_empty = [i for i in video.empty_frames if i < len(frames)]
     return {
         "command": command,
@@ -587,31 +569,31 @@ def bench(args: argparse.Namespace, command: str) -> dict:
             "modes": modes,
             "links": [s.label for s in links],
             "device_cpu": [c for c in speeds if c is not None],
-            "rtt_ms": args.rtt_ms,
-            "jitter_ms": args.jitter_ms,
-            "loss": args.loss,
+            "rtt_ms": opts.rtt_ms,
+            "jitter_ms": opts.jitter_ms,
+            "loss": opts.loss,
             "frames": len(frames),
             "empty_frames": skipped_empty,
-            "background_filter": args.background_filter,
+            "background_filter": opts.background_filter,
             "neural_filter": checkpoint.config.with_filter,
-            "runtime": "torch" if head is None else f"onnx ({shown_path(Path(args.head[0]))}, {head.weights} weights)",
-            "warmup": args.warmup,
-            "window": args.window,
-            "stream": args.stream,
-            "jpeg_quality": args.jpeg_quality,
-            "offload": f"{args.offload_format} q{args.jpeg_quality}, resized to the "
-            + ("model's input size" if args.offload_resize == "model" else "source size (not resized)"),
-            "source": "images" if args.images else f"the synthetic video (seed {args.seed})",
+            "runtime": "torch" if head is None else f"onnx ({shown_path(Path(opts.head[0]))}, {head.weights} weights)",
+            "warmup": opts.warmup,
+            "window": opts.window,
+            "stream": opts.stream,
+            "jpeg_quality": opts.jpeg_quality,
+            "offload": f"{opts.offload_format} q{opts.jpeg_quality}, resized to the "
+            + ("model's input size" if opts.offload_resize == "model" else "source size (not resized)"),
+            "source": "images" if opts.images else f"the synthetic video (seed {opts.seed})",
             "frame_size": "-" if first is None else f"{first.shape[0]}x{first.shape[1]}",
             "input_size": None if first is None else describe_input(*first.shape[:2], config.min_size, config.max_size),
-            "link_note": f"RTT {args.rtt_ms:g} ms, loss {args.loss:g}, {settings.emulator} emulator",
-            "trace_window_s": args.trace_window_s,
-            "schedule": args.schedule,
+            "link_note": f"RTT {opts.rtt_ms:g} ms, loss {opts.loss:g}, {settings.emulator} emulator",
+            "trace_window_s": opts.trace_window_s,
+            "schedule": opts.schedule,
         },
         "summary": summary,
         "map": crossover(summary),
         "bytes": bytes_by_mode(summary),
-        "offload_sizes": offload_sizes(frames, config.min_size, config.max_size, args.jpeg_quality),
+        "offload_sizes": offload_sizes(frames, config.min_size, config.max_size, opts.jpeg_quality),
         "runs": runs,
         "accuracy": accuracy,
         "accuracy_notes": notes,
@@ -619,21 +601,21 @@ def bench(args: argparse.Namespace, command: str) -> dict:
     }
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run the benchmark the checked ``args`` describe and write its outputs; the exit status. With several
+def run(opts: BenchOptions, argv: list[str]) -> int:
+    """Run the benchmark ``opts`` describes and write its outputs; the exit status. With several
     ``--head`` files, one benchmark per head into ``--out``/<head file name>; the worst exit status."""
-    if args.head is not None and len(args.head) > 1:
+    if opts.head is not None and len(opts.head) > 1:
         codes = []
-        for head in args.head:
-            one = argparse.Namespace(**{**vars(args), "head": [head], "out": str(Path(args.out) / Path(head).stem)})
+        for head in opts.head:
+            one = replace(opts, head=(head,), out=str(Path(opts.out) / Path(head).stem))
             codes.append(run(one, argv))
             if codes[-1] == 130:  # interrupted
                 break
         return max(codes)
     threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(opts.threads)
     try:
-        report = bench(args, shlex.join(["split-bench", *shown_args(argv)]))
+        report = bench(opts, shlex.join(["split-bench", *shown_args(argv)]))
     except (
         SetupError, SourceError, CheckpointError, FileNotFoundError, NetemError, ServerStartError, DeviceError
     ) as e:  # fmt: skip
@@ -645,11 +627,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     finally:
         torch.set_num_threads(threads)
     try:
-        write_outputs(report, Path(args.out))
+        write_outputs(report, Path(opts.out))
     except OSError as e:
-        _log(f"error: cannot write {e.filename or args.out}: {e.strerror}")
+        _log(f"error: cannot write {e.filename or opts.out}: {e.strerror}")
         return 2
     print(markdown(report), end="")
-    _log(f"wrote {args.out}/bench.md, bench.csv, bench.json and {len(report['plots'])} plots")
+    _log(f"wrote {opts.out}/bench.md, bench.csv, bench.json and {len(report['plots'])} plots")
     ok = [r for r in report["rows"] if r["error"] is None]
     return 0 if ok else 1

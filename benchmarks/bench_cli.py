@@ -1,20 +1,15 @@
-"""``split-bench`` command line: parsed and checked before torch is imported; :mod:`splitdet.benchmarks.bench` runs
-it."""
+"""``split-bench`` command line: parsed onto :class:`splitdet.benchmarks.bench_options.BenchOptions` (which checks its
+values) before torch is imported; :mod:`splitdet.benchmarks.bench` runs it."""
 
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import sys
-from pathlib import Path
 
+from splitdet.benchmarks.bench_options import BENCH_MODES, DEFAULT_RATES, EMULATORS, EVAL_GLOB, BenchOptions
 from splitdet.common.extras import require
 from splitdet.mobile_client.device_cpu import add_quota_argument, check_quota
-from splitdet.mobile_client.settings import SetupError, add_offload_arguments
-
-BENCH_MODES = ("local", "offload", "split", "split+filter", "auto")
-EVAL_GLOB = "studies/results/*eval*.json"  #: split-eval results, relative to the working directory
+from splitdet.mobile_client.settings import OptionsError, SetupError, add_offload_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rates",
-        default="0.5,1,2,5,10,50",
+        default=DEFAULT_RATES,
         metavar="LIST",
         help="uplink rates in Mbit/s, comma list (default: %(default)s)",
     )
@@ -125,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--emulator",
-        choices=("auto", "userspace", "netem"),
+        choices=EMULATORS,
         default="auto",
         help="link emulator; auto uses netem where it works (default: %(default)s)",
     )
@@ -153,54 +148,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse option values that cannot work, with a one-line :class:`SetupError`."""
-    checks = [
-        (args.rtt_ms >= 0 and args.jitter_ms >= 0, "--rtt-ms and --jitter-ms must be >= 0"),
-        (0.0 <= args.loss < 1.0, "--loss must be in [0, 1)"),
-        (args.down_mbps is None or args.down_mbps > 0, "--down-mbps must be positive"),
-        (args.frames >= 1 and args.warmup >= 0, "--frames must be >= 1 and --warmup >= 0"),
-        (1 <= args.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
-        (args.window >= 2, "--window must be >= 2 (window 1 is the latency run)"),
-        (args.threads >= 1 and args.server_threads >= 1, "--threads and --server-threads must be >= 1"),
-        (args.timeout_s > 0, "--timeout-s must be positive"),
-        (0.0 <= args.empty_ratio < 1.0, "--empty-ratio must be in [0, 1)"),
-        (args.empty_runs >= 1, "--empty-runs must be >= 1"),
-        (
-            math.isfinite(args.background_filter) and args.background_filter >= 0.0,
-            "--background-filter must be a number >= 0",
-        ),
-        (args.trace_window_s is None or args.trace_window_s > 0, "--trace-window-s must be positive"),
-        (not (args.schedule and args.trace), "--schedule and --trace are separate runs"),
-        (args.server_max_batch >= 1, "--server-max-batch must be >= 1"),
-        (args.runtime != "onnx" or args.head is not None, "--runtime onnx needs --head FILE"),
-        (args.head is None or args.runtime == "onnx", "--head is for --runtime onnx"),
-        (
-            args.head is None or len({Path(h).stem for h in args.head}) == len(args.head),
-            "--head files must have distinct names (each names its output folder)",
-        ),
-        (
-            re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.server_device) is not None,
-            f"--server-device must be auto, cpu, cuda or cuda:N, got {args.server_device!r}",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise SetupError(message)
-    check_quota(args.device_cpu, args.device_quota)
+TUPLES = ("head", "trace", "eval_json")  #: nargs="+" flags: lists in argparse, tuples in the frozen options
+
+
+def bench_options(args: argparse.Namespace) -> BenchOptions:
+    """The benchmark the parsed command line describes (each flag's dest is a :class:`BenchOptions` field); raises
+    :class:`OptionsError` for values that cannot work."""
+    values = vars(args)
+    return BenchOptions(**{k: tuple(v) if k in TUPLES and v is not None else v for k, v in values.items()})
+
+
+def parse(argv: list[str] | None = None) -> BenchOptions:
+    """Parse and check a command line (argparse exits on a usage error; bad values raise :class:`OptionsError`)."""
+    return bench_options(build_parser().parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
-        args = build_parser().parse_args(argv)
-        check_args(args)
+        options = parse(argv)
+        check_quota(options.device_cpu, options.device_quota)  # this machine can enforce the quota
         require("torch", "full", "split-bench")
     except SystemExit as e:
         return int(e.code or 0)
+    except OptionsError as e:
+        print(f"split-bench: error: --{e.field.replace('_', '-')}: {e.message}", file=sys.stderr)
+        return 2
     except SetupError as e:
         print(f"split-bench: error: {e}", file=sys.stderr)
         return 2
     from splitdet.benchmarks import bench  # torch loads only once the command line is known to be good
 
-    return bench.run(args, argv)
+    return bench.run(options, argv)

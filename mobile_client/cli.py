@@ -12,19 +12,21 @@ needs ``--runtime torch``; auto mode chooses between split and offload there.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import math
 import sys
 
 from splitdet.common.codec_settings import QUANTIZATIONS
 from splitdet.common.endpoint import DEFAULT_PORT
-from splitdet.common.onnx_format import ONNX_QUANTIZATIONS
 from splitdet.mobile_client.background import DEFAULT_MAX_SKIPPED, DEFAULT_RATE
 from splitdet.mobile_client.device_cpu import add_quota_argument, check_quota
 from splitdet.mobile_client.settings import (
     CLIENT_MODES,
+    DEFAULT_ATTEMPTS,
     DEFAULT_MAX_REUSED,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_WINDOW,
     RUNTIMES,
+    OptionsError,
+    RunOptions,
     SetupError,
     add_offload_arguments,
 )
@@ -144,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--window",
         type=int,
-        default=4,
+        default=DEFAULT_WINDOW,
         metavar="N",
         help="most frames in flight for file sources (fewer when the server is slow, so that each frame can be "
         "answered within --timeout-s); 1 = unary calls (default: %(default)s)",
@@ -169,10 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="send --token-file's token without TLS, in plaintext; for loopback tests (default: %(default)s)",
     )
     p.add_argument(
-        "--timeout-s", type=float, default=10.0, metavar="T", help="per-frame deadline (default: %(default)s)"
+        "--timeout-s",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="T",
+        help="per-frame deadline (default: %(default)s)",
     )
     p.add_argument(
-        "--attempts", type=int, default=5, metavar="N", help="tries per frame on a broken call (default: %(default)s)"
+        "--attempts",
+        type=int,
+        default=DEFAULT_ATTEMPTS,
+        metavar="N",
+        help="tries per frame on a broken call (default: %(default)s)",
     )
     p.add_argument(
         "--auto-every",
@@ -197,84 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse option values that cannot work, with a one-line :class:`SetupError`."""
-    checks = [
-        (args.mode == "local" or args.server, f"--server HOST[:PORT] is required in {args.mode} mode"),
-        (args.filter_threshold is None or 0.0 <= args.filter_threshold <= 1.0, "--filter-threshold must be in [0, 1]"),
-        (1 <= args.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
-        (0.0 <= args.score_threshold <= 1.0, "--score-threshold must be in [0, 1]"),
-        (args.max_frames is None or args.max_frames >= 1, "--max-frames must be >= 1"),
-        (0.0 <= args.static_ratio <= 1.0, "--static-ratio must be in [0, 1]"),
-        (args.static_ratio == 0.0 or args.synthetic is not None, "--static-ratio is for the --synthetic video"),
-        (math.isfinite(args.skip_static) and args.skip_static >= 0.0, "--skip-static must be a number >= 0"),
-        (args.skip_static_max >= 1, "--skip-static-max must be >= 1"),
-        (
-            args.skip_static == 0.0 or args.mode in ("split", "auto"),
-            f"--skip-static compares the bottlenecks sent to the server: split or auto mode, not {args.mode}",
-        ),
-        (
-            args.skip_static == 0.0 or args.images is None,
-            "--skip-static is for video sources (--video, --camera, --synthetic), not --images",
-        ),
-        (
-            math.isfinite(args.background_filter) and args.background_filter >= 0.0,
-            "--background-filter must be a number >= 0",
-        ),
-        (0.0 < args.background_rate <= 1.0, "--background-rate must be in (0, 1]"),
-        (args.background_max_skipped >= 1, "--background-max-skipped must be >= 1"),
-        (
-            args.background_filter == 0.0 or args.mode in ("split", "auto"),
-            f"--background-filter learns from the server's answers to split frames: split or auto mode, not "
-            f"{args.mode}",
-        ),
-        (
-            args.background_filter == 0.0 or args.images is None,
-            "--background-filter is for a fixed camera's frames (--video, --camera, --synthetic), not --images",
-        ),
-        (args.window >= 1, "--window must be >= 1"),
-        (not args.live or args.video is not None, "--live needs --video (a camera is always live)"),
-        (args.timeout_s > 0, "--timeout-s must be positive"),
-        (args.attempts >= 1, "--attempts must be >= 1"),
-        (args.auto_every >= 1, "--auto-every must be >= 1"),
-        (args.threads is None or args.threads >= 1, "--threads must be >= 1"),
-        (not (args.mode == "offload" and args.filter), "--filter needs the head on the device (not offload mode)"),
-        ((args.tls_cert is None) == (args.tls_key is None), "mutual TLS needs both --tls-cert and --tls-key"),
-        (
-            args.token_file is None
-            or args.tls_ca is not None
-            or args.tls_cert is not None
-            or args.allow_insecure_token,
-            "--token-file needs TLS (--tls-ca): the token would travel in plaintext; "
-            "--allow-insecure-token allows it (loopback tests)",
-        ),
-    ]
-    if args.runtime == "onnx":
-        checks += [
-            (
-                args.head is not None or args.mode == "offload",
-                "--runtime onnx needs --head FILE (from `split-model export CKPT --format onnx`)",
-            ),
-            (args.ckpt is None, "--ckpt is for --runtime torch; --runtime onnx reads --head FILE"),
-            (
-                args.mode != "local",
-                "--mode local runs the tail on the device, which needs torch: use --runtime torch",
-            ),
-            (
-                args.quantization is None or args.quantization in ONNX_QUANTIZATIONS,
-                f"--runtime onnx encodes {', '.join(ONNX_QUANTIZATIONS)} bottlenecks, not {args.quantization}",
-            ),
-            (
-                not args.save_vis or importlib.util.find_spec("torch") is not None,
-                "--save-vis draws with torchvision, which this install lacks; drop --save-vis",
-            ),
-        ]
-    elif args.head is not None:
-        checks.append((False, "--head is for --runtime onnx; --runtime torch reads --ckpt"))
-    for ok, message in checks:
-        if not ok:
-            raise SetupError(message)
-    check_quota(args.device_cpu, args.device_quota)
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The run the parsed command line describes (each flag's dest is a :class:`RunOptions` field); raises
+    :class:`OptionsError` for values that cannot work."""
+    return RunOptions(**vars(args))
+
+
+def parse(argv: list[str] | None = None) -> RunOptions:
+    """Parse and check a command line (argparse exits on a usage error; bad values raise :class:`OptionsError`)."""
+    return run_options(build_parser().parse_args(argv))
+
+
+def flag_message(e: OptionsError) -> str:
+    """The error's one line with its flag: ``--`` + the field with ``-``."""
+    return f"--{e.field.replace('_', '-')}: {e.message}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,10 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     try:
-        check_args(args)
+        options = run_options(args)
+        check_quota(options.device_cpu, options.device_quota)  # this machine can enforce the quota
+    except OptionsError as e:
+        print(f"mobile-client: error: {flag_message(e)}", file=sys.stderr)
+        return 2
     except SetupError as e:
         print(f"mobile-client: error: {e}", file=sys.stderr)
         return 2
     from splitdet.mobile_client import runner  # torch and the model load only once the command line is known to be good
 
-    return runner.run(args)
+    return runner.run(options)

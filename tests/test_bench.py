@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from splitdet.benchmarks import bench, bench_cli
+from splitdet.benchmarks.bench_options import BenchOptions
 from splitdet.benchmarks.bench_report import COLUMNS, accuracy_points
 from splitdet.benchmarks.netem import NetemError, NetemLink, netem_args
 from splitdet.common.checkpoint import save_checkpoint
 from splitdet.mobile_client.pipeline import FrameResult
+from splitdet.mobile_client.settings import OptionsError
 from tests.conftest import tiny_student
 
 NAMES = ["__background__", "disc", "ring", "star"]
@@ -158,10 +160,10 @@ def test_accuracy_points_of_a_teacher_and_unreadable_files(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--rates", "1,x"], "--rates must be a comma list of numbers"),
-        (["--modes", "split,teleport"], "--modes must list distinct modes"),
-        (["--loss", "1.5"], "--loss must be in [0, 1)"),
-        (["--window", "1"], "--window must be >= 2"),
+        (["--rates", "1,x"], "--rates: must be a comma list of numbers"),
+        (["--modes", "split,teleport"], "--modes: must list distinct modes"),
+        (["--loss", "1.5"], "--loss: must be in [0, 1), got 1.5"),
+        (["--window", "1"], "--window: must be >= 2"),
         (["--emulator", "netem"], "netem needs root"),
     ],
 )
@@ -179,7 +181,7 @@ def test_split_filter_needs_a_filter(tmp_path, capsys):
     code = bench_cli.main(["--ckpt", path, "--modes", "split+filter", "--frames", 1, "--out", tmp_path / "out"])
     assert code == 2 and "has no filter" in capsys.readouterr().err
     assert bench_cli.main(["--ckpt", path, "--background-filter", "-1", "--out", tmp_path / "out"]) == 2
-    assert "--background-filter must be a number >= 0" in capsys.readouterr().err
+    assert "--background-filter: must be a finite number >= 0" in capsys.readouterr().err
 
 
 def test_split_filter_runs_the_background_filter(tmp_path, capsys):
@@ -337,8 +339,8 @@ def test_two_onnx_heads_give_one_benchmark_each(ckpt, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--runtime", "onnx"], "--runtime onnx needs --head FILE"),
-        (["--head", "h.onnx"], "--head is for --runtime onnx"),
+        (["--runtime", "onnx"], "--head: runtime onnx needs a head file"),
+        (["--head", "h.onnx"], "--head: is for runtime onnx"),
         (["--runtime", "onnx", "--head", "missing.onnx"], "ONNX head not found"),
     ],
 )
@@ -357,3 +359,23 @@ def test_could_split_win_weighs_saved_bytes_at_the_rate_against_device_time():
     verdict = could_split_win(cell, device_ms=60.0, offload_device_ms=2.0, saved_bytes=5000)
     assert verdict.startswith("no split could win") and "40.0 ms" in verdict and "58.0 ms" in verdict
     assert "no fixed rate" in could_split_win({"rate_mbps": None}, 1.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "message"),
+    [
+        ({"window": 1}, "window", "must be >= 2 (window 1 is the latency run), got 1"),
+        ({"loss": 1.0}, "loss", "must be in [0, 1), got 1"),
+        ({"rates": "1,x"}, "rates", "must be a comma list of numbers, got '1,x'"),
+        ({"modes": "split,split"}, "modes", "must list distinct modes"),
+        ({"schedule": "20:20", "trace": ("up",)}, "schedule", "and trace are separate runs"),
+        ({"runtime": "onnx"}, "head", "runtime onnx needs a head file"),
+    ],
+)
+def test_bench_options_refuse_bad_values(kwargs, field, message):
+    with pytest.raises(OptionsError) as e:
+        BenchOptions(**kwargs)
+    assert isinstance(e.value, ValueError) and e.value.field == field and message in e.value.message
+    assert bench_cli.parse(["--rates", "1,2", "--head", "a.onnx", "--runtime", "onnx"]) == BenchOptions(
+        rates="1,2", head=("a.onnx",), runtime="onnx"
+    )

@@ -45,9 +45,9 @@ def test_help_answers_without_torch(script):
 @pytest.mark.parametrize(
     ("script", "argv", "message"),
     [
-        ("mobile-client", ["--synthetic", "2", "--window", "0"], "--server HOST[:PORT] is required"),
-        ("mobile-client", ["--synthetic", "2", "--mode", "local", "--window", "0"], "--window must be >= 1"),
-        ("split-bench", ["--loss", "2"], "--loss must be in [0, 1)"),
+        ("mobile-client", ["--synthetic", "2", "--window", "0"], "--server: a HOST[:PORT] target is required"),
+        ("mobile-client", ["--synthetic", "2", "--mode", "local", "--window", "0"], "--window: must be >= 1, got 0"),
+        ("split-bench", ["--loss", "2"], "--loss: must be in [0, 1), got 2"),
         ("split-demo", ["--frames", "0"], "--frames and --window must be >= 1"),
         ("split-eval", ["--ckpt", "missing.pt", "--config", "x.yaml"], "checkpoint not found"),
         ("split-distill", ["--config", "missing.yaml"], "missing.yaml"),

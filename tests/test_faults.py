@@ -97,9 +97,7 @@ class Proxy:
 
 def client_pipeline(target: str, ckpt: Path, timeout_s: float, window: int) -> Pipeline:
     argv = ["--server", target, "--ckpt", str(ckpt), "--synthetic", "1", "--no-filter", "--score-threshold", "0"]
-    pipeline, _, _ = runner.build_pipeline(
-        cli.build_parser().parse_args([*argv, "--timeout-s", str(timeout_s), "--window", str(window)])
-    )
+    pipeline, _, _ = runner.build_pipeline(cli.parse([*argv, "--timeout-s", str(timeout_s), "--window", str(window)]))
     return pipeline
 
 

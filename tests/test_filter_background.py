@@ -115,7 +115,7 @@ def test_background_frames_are_skipped_end_to_end(server, ckpt, window):
     argv = ["--server", f"127.0.0.1:{server.port}", "--ckpt", str(ckpt), "--synthetic", "1", "--no-filter"]
     argv += ["--score-threshold", "1", "--window", str(window), "--background-filter", str(_threshold(ckpt))]
     argv += ["--background-rate", "1"]
-    pipeline, _, _ = runner.build_pipeline(cli.build_parser().parse_args(argv))
+    pipeline, _, _ = runner.build_pipeline(cli.parse(argv))
     changed = with_object(SCENE)
     images = [SCENE, SCENE, noisy(SCENE, 1), noisy(SCENE, 2), changed, *(noisy(changed, i) for i in range(4))]
     try:
@@ -141,9 +141,7 @@ def test_background_filter_on_the_onnx_head_end_to_end(server, ckpt, tmp_path):
     argv = ["--server", f"127.0.0.1:{server.port}", "--runtime", "onnx", "--head", str(head), "--synthetic", "1"]
     argv += ["--no-filter", "--score-threshold", "1", "--window", "1", "--background-filter", str(_threshold(ckpt))]
     argv += ["--background-rate", "1"]
-    args = cli.build_parser().parse_args(argv)
-    cli.check_args(args)
-    pipeline, _, _ = runner.build_pipeline(args)
+    pipeline, _, _ = runner.build_pipeline(cli.parse(argv))
     changed = with_object(SCENE)
     images = [SCENE, SCENE, noisy(SCENE, 1), noisy(SCENE, 2), changed, *(noisy(changed, i) for i in range(4))]
     try:
@@ -158,7 +156,7 @@ def test_answers_with_objects_teach_nothing(server, ckpt):
     """The tiny model answers every frame with large boxes at --score-threshold 0: no frame is ever skipped."""
     argv = ["--server", f"127.0.0.1:{server.port}", "--ckpt", str(ckpt), "--synthetic", "1", "--no-filter"]
     argv += ["--score-threshold", "0", "--window", "1", "--background-filter", "1000"]
-    pipeline, _, _ = runner.build_pipeline(cli.build_parser().parse_args(argv))
+    pipeline, _, _ = runner.build_pipeline(cli.parse(argv))
     try:
         results = list(pipeline.run(Frame(i, "cam", SCENE) for i in range(4)))
     finally:
@@ -170,12 +168,15 @@ def test_answers_with_objects_teach_nothing(server, ckpt):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--background-filter", "-1"], "--background-filter must be a number >= 0"),
-        (["--background-filter", "nan"], "--background-filter must be a number >= 0"),
-        (["--background-filter", "0.1", "--background-rate", "0"], "--background-rate must be in (0, 1]"),
-        (["--background-filter", "0.1", "--background-max-skipped", "0"], "--background-max-skipped must be >= 1"),
-        (["--background-filter", "0.1", "--mode", "offload"], "split or auto mode, not offload"),
-        (["--background-filter", "0.1", "--images", "x/*.jpg"], "not --images"),
+        (["--background-filter", "-1"], "--background-filter: must be a finite number >= 0, got -1.0"),
+        (["--background-filter", "nan"], "--background-filter: must be a finite number >= 0, got nan"),
+        (["--background-filter", "0.1", "--background-rate", "0"], "--background-rate: must be in (0, 1], got 0"),
+        (
+            ["--background-filter", "0.1", "--background-max-skipped", "0"],
+            "--background-max-skipped: must be >= 1, got 0",
+        ),
+        (["--background-filter", "0.1", "--mode", "offload"], "needs mode split or auto, not offload"),
+        (["--background-filter", "0.1", "--images", "x/*.jpg"], "--background-filter: is for a fixed camera's frames"),
     ],
 )
 def test_bad_background_options_exit_2(extra, message, capsys):

@@ -23,6 +23,7 @@ from splitdet.mobile_client import cli, demo, runner, sources, visualize
 from splitdet.mobile_client.auto import AutoPolicy, link_estimate
 from splitdet.mobile_client.link import LinkConfig, StreamLink, channel_options
 from splitdet.mobile_client.pipeline import FrameResult
+from splitdet.mobile_client.settings import Options, OptionsError, RunOptions
 from splitdet.mobile_client.sources import Frame, Source
 from splitdet.proto import splitdet_pb2 as pb
 from splitdet.proto import splitdet_pb2_grpc
@@ -164,7 +165,7 @@ def test_server_restart_fails_frames_then_resumes(ckpts, window):
     port = server.port
     argv = ["--server", f"127.0.0.1:{port}", "--ckpt", str(ckpts["q8"]), "--synthetic", "1", "--no-filter"]
     argv += ["--timeout-s", "1.5", "--window", str(window)]
-    pipeline, _, _ = runner.build_pipeline(cli.build_parser().parse_args(argv))
+    pipeline, _, _ = runner.build_pipeline(cli.parse(argv))
     image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
     results: list[FrameResult] = []
 
@@ -241,8 +242,12 @@ def test_wrong_fingerprint_refused(ckpts, capsys):
     ("argv", "message"),
     [
         (["--server", "127.0.0.1:1", "--camera", "99"], "cannot open camera 99"),
-        (["--synthetic", "2"], "--server HOST[:PORT] is required in split mode"),
-        (["--mode", "local", "--synthetic", "2", "--filter-threshold", "1.5"], "--filter-threshold must be in [0, 1]"),
+        (["--synthetic", "2"], "--server: a HOST[:PORT] target is required in split mode"),
+        (
+            ["--mode", "local", "--synthetic", "2", "--filter-threshold", "1.5"],
+            "--filter-threshold: must be in [0, 1], got 1.5",
+        ),
+        (["--server", "x", "--synthetic", "2", "--window", "0"], "--window: must be >= 1, got 0"),
         (["--mode", "local", "--images", "/nonexistent/*.png"], "no images match /nonexistent/*.png"),
     ],
 )
@@ -454,3 +459,47 @@ def test_split_demo_without_checkpoint_exits_2(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         f"split-demo: error: checkpoint not found: {tmp_path / 'missing.pt'}"
     ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "message"),
+    [
+        ({"window": 0}, "window", "must be >= 1, got 0"),
+        ({"mode": "teleport"}, "mode", "got 'teleport'"),
+        ({"jpeg_quality": 101}, "jpeg_quality", "must be in 1..100, got 101"),
+        ({"score_threshold": 1.5}, "score_threshold", "must be in [0, 1], got 1.5"),
+        ({"skip_static": float("nan")}, "skip_static", "must be a finite number >= 0, got nan"),
+        ({"skip_static": 0.1, "mode": "offload"}, "skip_static", "needs mode split or auto, not offload"),
+        ({"background_rate": 0.0}, "background_rate", "must be in (0, 1], got 0"),
+        ({"background_max_skipped": 0}, "background_max_skipped", "must be >= 1, got 0"),
+        ({"offload_format": "gif"}, "offload_format", "got 'gif'"),
+    ],
+)
+def test_options_refuse_bad_values(kwargs, field, message):
+    with pytest.raises(OptionsError) as e:
+        Options(**kwargs)
+    assert isinstance(e.value, ValueError) and e.value.field == field and message in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "message"),
+    [
+        ({"synthetic": 2}, "server", "required in split mode"),
+        ({"synthetic": 2, "server": "x", "window": 0}, "window", "must be >= 1, got 0"),
+        ({"images": "x/*.jpg", "server": "x", "skip_static": 0.1}, "skip_static", "not images"),
+        ({"synthetic": 2, "server": "x", "tls_cert": "c.pem"}, "tls_key", "needs both tls_cert and tls_key"),
+        ({"synthetic": 2, "server": "x", "token_file": "t"}, "token_file", "needs TLS"),
+        ({"synthetic": 2, "server": "x", "runtime": "onnx"}, "head", "runtime onnx needs a head file"),
+        ({"synthetic": 2, "video": "v.mp4", "server": "x"}, "source", "exactly one"),
+    ],
+)
+def test_run_options_refuse_bad_values(kwargs, field, message):
+    with pytest.raises(OptionsError) as e:
+        RunOptions(**kwargs)
+    assert e.value.field == field and message in e.value.message
+    assert RunOptions(synthetic=2, mode="local").source == "synthetic"
+
+
+def test_the_cli_maps_every_flag_onto_run_options():
+    options = cli.parse(["--server", "x", "--video", "v.mp4", "--live", "--window", "2"])
+    assert options == RunOptions(server="x", video="v.mp4", live=True, window=2) and options.is_live

@@ -25,7 +25,7 @@ from splitdet.common.shapes import padded_size, resized_size
 from splitdet.common.wire import encode_frame
 from splitdet.mobile_client import sources
 from splitdet.mobile_client.background import BackgroundFilter, background_score
-from splitdet.mobile_client.cli import build_parser, check_args
+from splitdet.mobile_client.cli import parse
 from splitdet.mobile_client.onnx_head import OnnxHead
 from splitdet.mobile_client.pipeline import Pipeline
 from splitdet.mobile_client.settings import Options, SetupError
@@ -201,7 +201,7 @@ def test_background_filter_decides_alike(filter_ckpt, head_file):
 
 def test_client_accepts_the_background_filter_on_the_onnx_runtime():
     argv = ["--runtime", "onnx", "--head", "h.onnx", "--server", "x", "--synthetic", "2", "--background-filter", "0.1"]
-    check_args(build_parser().parse_args(argv))
+    parse(argv)
 
 
 def test_an_old_format_head_is_refused_in_one_line(tmp_path, head_file):
@@ -308,10 +308,10 @@ def _client(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--runtime", "onnx", "--server", "x", "--synthetic", "1"], "--runtime onnx needs --head FILE"),
+        (["--runtime", "onnx", "--server", "x", "--synthetic", "1"], "--head: runtime onnx needs a head file"),
         (["--runtime", "onnx", "--head", "h.onnx", "--mode", "local", "--synthetic", "1"], "needs torch"),
         (["--runtime", "onnx", "--head", "h.onnx", "--ckpt", "c.pt", "--server", "x", "--synthetic", "1"], "--ckpt"),
-        (["--head", "h.onnx", "--server", "x", "--synthetic", "1"], "--head is for --runtime onnx"),
+        (["--head", "h.onnx", "--server", "x", "--synthetic", "1"], "--head: is for runtime onnx"),
         (["--runtime", "onnx", "--head", "missing.onnx", "--server", "x", "--synthetic", "1"], "ONNX head not found"),
     ],
 )

@@ -66,7 +66,7 @@ def server(ckpt):
 def test_static_frames_reuse_the_last_answer(server, ckpt, window):
     argv = ["--server", f"127.0.0.1:{server.port}", "--ckpt", str(ckpt), "--synthetic", "1", "--no-filter"]
     argv += ["--score-threshold", "0", "--window", str(window), "--skip-static", "0.05", "--skip-static-max", "2"]
-    pipeline, _, _ = runner.build_pipeline(cli.build_parser().parse_args(argv))
+    pipeline, _, _ = runner.build_pipeline(cli.parse(argv))
     images = [SCENE, noisy(SCENE, 1), noisy(SCENE, 2), noisy(SCENE, 3), OTHER, noisy(OTHER, 4)]
     try:
         results = list(pipeline.run(Frame(i, "cam", image) for i, image in enumerate(images)))
@@ -137,7 +137,7 @@ def test_frames_reusing_a_frame_that_failed_fail_with_it(ckpt):
     server.engine.infer_bottlenecks = stall_fourth
     argv = ["--server", f"127.0.0.1:{server.port}", "--ckpt", str(ckpt), "--synthetic", "1", "--no-filter"]
     argv += ["--window", "3", "--timeout-s", "1", "--skip-static", "0.05"]
-    pipeline, _, _ = runner.build_pipeline(cli.build_parser().parse_args(argv))
+    pipeline, _, _ = runner.build_pipeline(cli.parse(argv))
     scenes = [_rng.integers(0, 255, SCENE.shape, dtype=np.uint8) for _ in range(3)]  # answered: the window opens
     images = [*scenes, SCENE, noisy(SCENE, 1), noisy(SCENE, 2), noisy(SCENE, 3)]
     try:
@@ -162,19 +162,22 @@ def test_auto_mode_learns_only_the_head_cost_from_a_reused_frame():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--skip-static", "-0.1"], "--skip-static must be a number >= 0"),
-        (["--skip-static", "nan"], "--skip-static must be a number >= 0"),
-        (["--skip-static", "0.05", "--skip-static-max", "0"], "--skip-static-max must be >= 1"),
+        (["--skip-static", "-0.1"], "--skip-static: must be a finite number >= 0, got -0.1"),
+        (["--skip-static", "nan"], "--skip-static: must be a finite number >= 0, got nan"),
+        (["--skip-static", "0.05", "--skip-static-max", "0"], "--skip-static-max: must be >= 1, got 0"),
         (
             ["--skip-static", "0.05", "--mode", "offload"],
-            "--skip-static compares the bottlenecks sent to the server: split or auto mode, not offload",
+            "--skip-static: compares the bottlenecks sent to the server: needs mode split or auto, not offload",
         ),
         (
             ["--skip-static", "0.05", "--images", "photos/*.jpg"],
-            "--skip-static is for video sources (--video, --camera, --synthetic), not --images",
+            "--skip-static: is for video sources (video, camera, synthetic), not images",
         ),
-        (["--static-ratio", "1.5"], "--static-ratio must be in [0, 1]"),
-        (["--static-ratio", "0.5", "--video", "clip.mp4"], "--static-ratio is for the --synthetic video"),
+        (["--static-ratio", "1.5"], "--static-ratio: must be in [0, 1], got 1.5"),
+        (
+            ["--static-ratio", "0.5", "--video", "clip.mp4"],
+            "--static-ratio: is for the synthetic video, not a video source",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):

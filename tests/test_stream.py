@@ -52,7 +52,7 @@ def slow_server(ckpt: Path, seconds_per_frame: float, **options):
 
 def pipeline_for(target: str, ckpt: Path, *options: str) -> Pipeline:
     argv = ["--server", target, "--ckpt", str(ckpt), "--synthetic", "1", "--no-filter", *options]
-    pipeline, _, _ = runner.build_pipeline(cli.build_parser().parse_args(argv))
+    pipeline, _, _ = runner.build_pipeline(cli.parse(argv))
     return pipeline
 
 
@@ -157,7 +157,10 @@ def test_report_counts_dropped_frames_apart_from_failed():
 
 def test_live_needs_a_video(capsys):
     assert cli.main(["--server", "x", "--images", "a.png", "--live"]) == 2
-    assert capsys.readouterr().err.strip() == "mobile-client: error: --live needs --video (a camera is always live)"
+    assert (
+        capsys.readouterr().err.strip()
+        == "mobile-client: error: --live: needs a video source (a camera is always live)"
+    )
 
 
 # ---- fairness on the server ----
@@ -247,7 +250,7 @@ def test_token_travels_as_call_credentials_over_tls_only(ckpt, tmp_path, capsys)
     with slow_server(ckpt, 0, token="s3cret", allow_insecure_token=True) as server:  # loopback opt-in
         plain = ["--server", f"127.0.0.1:{server.port}", "--ckpt", ckpt, "--synthetic", 1, "--token-file", good]
         assert cli.main([str(a) for a in plain]) == 2
-        assert "--token-file needs TLS" in capsys.readouterr().err
+        assert "--token-file: needs TLS" in capsys.readouterr().err
         assert cli.main([str(a) for a in [*plain, "--allow-insecure-token"]]) == 0
         capsys.readouterr()
     token_argv = ["--ckpt", ckpt, "--port", 0, "--token-file", good]
@@ -277,7 +280,7 @@ def test_mutual_tls_refuses_clients_without_a_certificate_of_its_ca(ckpt, tmp_pa
         "edge-server: error: --tls-client-ca: needs TLS (a certificate and its key) to check client certificates"
     )
     assert cli.main(["--server", "x", "--synthetic", "1", "--tls-cert", str(good[0])]) == 2
-    assert "needs both --tls-cert and --tls-key" in capsys.readouterr().err
+    assert "--tls-key: mutual TLS needs both tls_cert and tls_key" in capsys.readouterr().err
 
 
 # ---- memory after bursts ----

@@ -25,7 +25,7 @@ from splitdet.mobile_client.auto import AutoPolicy, fitted_rtt
 from splitdet.mobile_client.link import Reply
 from splitdet.mobile_client.offload import encode_image, model_input_size, to_frame_coordinates
 from splitdet.mobile_client.pipeline import FrameResult, Pipeline
-from splitdet.mobile_client.settings import Options, SetupError
+from splitdet.mobile_client.settings import Options, OptionsError, SetupError
 from splitdet.mobile_client.sources import Frame
 from splitdet.proto import splitdet_pb2 as pb
 from splitdet.synthetic.video import SyntheticVideo
@@ -285,11 +285,15 @@ def test_bench_video_has_empty_runs():
 
 
 def test_gpu_options_are_checked_before_torch():
-    args = bench_cli.build_parser().parse_args(["--server-device", "cuda:1", "--server-max-batch", "8"])
-    bench_cli.check_args(args)
-    for bad in (["--server-device", "tpu"], ["--server-max-batch", "0"]):
-        with pytest.raises(SetupError):
-            bench_cli.check_args(bench_cli.build_parser().parse_args(bad))
+    options = bench_cli.parse(["--server-device", "cuda:1", "--server-max-batch", "8"])
+    assert options.server_device == "cuda:1" and options.server_max_batch == 8
+    for bad, field in (
+        (["--server-device", "tpu"], "server_device"),
+        (["--server-max-batch", "0"], "server_max_batch"),
+    ):
+        with pytest.raises(OptionsError) as e:
+            bench_cli.parse(bad)
+        assert e.value.field == field
 
 
 def test_schedule_floor_uses_the_rate_at_the_send_time():
