@@ -608,7 +608,7 @@ def test_tls_and_token_refuse_every_method(ckpt, client, tmp_path, capsys):
         argv = [str(a) for a in [*argv, "--timeout-s", 3, "--attempts", 1]]
         assert mobile_cli.main(argv) == 2  # the token would go in plaintext: refused before connecting
         (line,) = capsys.readouterr().err.strip().splitlines()
-        assert line.startswith("mobile-client: error: --token-file needs TLS (--tls-ca)")
+        assert line.startswith("mobile-client: error: --token-file: needs TLS (tls_ca)")
         assert mobile_cli.main([*argv, "--allow-insecure-token"]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith(f"mobile-client: error: handshake with the edge server at localhost:{running.port}")
