@@ -457,22 +457,11 @@ def evaluate(
     add_run(predict(model, dataset, "whole", batch_size=batch_size, device=device, progress=progress))
     if ckpt.config.is_student:
         with_filter = use_filter and ckpt.config.with_filter
-        for q in quantizations:
-            preds = predict(
-                model,
-                dataset,
-                "split",
-                quantization=q,
-                use_filter=with_filter,
-                batch_size=batch_size,
-                device=device,
-                filter_threshold=ckpt.filter_threshold,
-                progress=progress,
-                entropy_tables=ckpt.entropy,
-            )
-            add_run(preds, {"runtime": "torch"})
+        heads: list[tuple[OnnxHead | None, dict[str, str]]] = [(None, {"runtime": "torch"})]
         for path in onnx_heads:
             onnx_head = load_onnx_head(path, ckpt)
+            heads.append((onnx_head, {"runtime": "onnx", "path": str(path), "weights": onnx_head.weights}))
+        for onnx_head, head in heads:
             for q in quantizations:
                 preds = predict(
                     model,
@@ -480,12 +469,14 @@ def evaluate(
                     "split",
                     quantization=q,
                     use_filter=with_filter,
+                    batch_size=batch_size,
+                    device=device,
                     filter_threshold=ckpt.filter_threshold,
                     progress=progress,
                     entropy_tables=ckpt.entropy,
                     onnx_head=onnx_head,
                 )
-                add_run(preds, {"runtime": "onnx", "path": str(path), "weights": onnx_head.weights})
+                add_run(preds, head)
     for quality in jpeg_qualities:
         sizes = jpeg_bytes(dataset, quality)
         report["jpeg"][str(quality)] = float(np.mean(sizes)) if sizes else 0.0
