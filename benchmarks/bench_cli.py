@@ -8,8 +8,9 @@ import sys
 
 from splitdet.benchmarks.bench_options import BENCH_MODES, DEFAULT_RATES, EMULATORS, EVAL_GLOB, BenchOptions
 from splitdet.common.extras import require
+from splitdet.common.options import OptionsError, flag_message
 from splitdet.mobile_client.device_cpu import add_quota_argument, check_quota
-from splitdet.mobile_client.settings import OptionsError, SetupError, add_offload_arguments
+from splitdet.mobile_client.settings import SetupError, add_offload_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     except OptionsError as e:
-        print(f"split-bench: error: --{e.field.replace('_', '-')}: {e.message}", file=sys.stderr)
+        print(f"split-bench: error: {flag_message(e)}", file=sys.stderr)
         return 2
     except SetupError as e:
         print(f"split-bench: error: {e}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """What ``split-bench`` runs, checked where it is defined (no torch, so a command line is checked before torch
 loads): :class:`BenchOptions` refuses values that cannot work with an
-:class:`splitdet.mobile_client.settings.OptionsError` naming the field; ``split-bench`` maps its flags onto the
+:class:`splitdet.common.options.OptionsError` naming the field; ``split-bench`` maps its flags onto the
 fields (``--`` + the field with ``-``) and adds the flag to the message."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitdet.benchmarks.shaper import RateSchedule
-from splitdet.mobile_client.settings import OFFLOAD_FORMATS, OFFLOAD_RESIZE, QUOTA_MECHANISMS, RUNTIMES, OptionsError
+from splitdet.common.options import OptionsError
+from splitdet.mobile_client.settings import OFFLOAD_FORMATS, OFFLOAD_RESIZE, QUOTA_MECHANISMS, RUNTIMES
 
 BENCH_MODES = ("local", "offload", "split", "split+filter", "auto")
 EVAL_GLOB = "studies/results/*eval*.json"  #: split-eval results, relative to the working directory

@@ -13,8 +13,9 @@ import sys
 from typing import Any
 
 from splitdet.common.extras import require
+from splitdet.common.options import OptionsError, flag_message
 from splitdet.common.token_file import TokenFileError, read_token
-from splitdet.edge_server.options import DEFAULTS, LOG_LEVELS, SCHEDULING, OptionsError, ServerOptions
+from splitdet.edge_server.options import DEFAULTS, LOG_LEVELS, SCHEDULING, ServerOptions
 
 # --token-file carries the token option (a flag per field otherwise: --max-batch for max_batch)
 FLAGS = {"token": "--token-file"}
@@ -148,11 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def flag(name: str) -> str:
-    """The flag that sets the option ``name`` (a field of ServerOptions)."""
-    return FLAGS.get(name, "--" + name.replace("_", "-"))
-
-
 def to_options(args: argparse.Namespace, token: str | None = None) -> ServerOptions:
     """The options the command line asks for, ``token`` being the token file's; raises OptionsError."""
     values: dict[str, Any] = {
@@ -178,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-server: error: {e}", file=sys.stderr)
         return 2
     except OptionsError as e:
-        print(f"edge-server: error: {flag(e.field)}: {e.message}", file=sys.stderr)
+        print(f"edge-server: error: {flag_message(e, FLAGS)}", file=sys.stderr)
         return 2
     if options.malloc_arenas:
         from splitdet.edge_server.memory import limit_arenas  # ctypes only: before torch and gRPC start their threads

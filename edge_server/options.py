@@ -11,21 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitdet.common.endpoint import DEFAULT_PORT
+from splitdet.common.options import OptionsError
 
 MAX_STREAMS = 1024  #: default limit of open streams (InferStream, InferImageStream)
 MAX_QUEUED_FRAMES = 32  #: default limit of frames in progress (decoding, queued, running, encoding)
 SCHEDULING = ("fair", "fifo")  #: round-robin over client connections, or first come, first served
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class OptionsError(ValueError):
-    """An option value that cannot work: ``field`` names the option, ``message`` describes the value
-    (``str(error)`` is ``"<field> <message>"``, e.g. "workers must be >= 1, got 0")."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field} {message}")
-        self.field = field
-        self.message = message
 
 
 def _in_range(value: int, low: int, high: int) -> str | None:

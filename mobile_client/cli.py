@@ -16,6 +16,7 @@ import sys
 
 from splitdet.common.codec_settings import QUANTIZATIONS
 from splitdet.common.endpoint import DEFAULT_PORT
+from splitdet.common.options import OptionsError, flag_message
 from splitdet.mobile_client.background import DEFAULT_MAX_SKIPPED, DEFAULT_RATE
 from splitdet.mobile_client.device_cpu import add_quota_argument, check_quota
 from splitdet.mobile_client.settings import (
@@ -25,7 +26,6 @@ from splitdet.mobile_client.settings import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_WINDOW,
     RUNTIMES,
-    OptionsError,
     RunOptions,
     SetupError,
     add_offload_arguments,
@@ -216,11 +216,6 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 def parse(argv: list[str] | None = None) -> RunOptions:
     """Parse and check a command line (argparse exits on a usage error; bad values raise :class:`OptionsError`)."""
     return run_options(build_parser().parse_args(argv))
-
-
-def flag_message(e: OptionsError) -> str:
-    """The error's one line with its flag: ``--`` + the field with ``-``."""
-    return f"--{e.field.replace('_', '-')}: {e.message}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from splitdet.common.codec_settings import QUANTIZATIONS, CodecSettings
 from splitdet.common.onnx_format import ONNX_QUANTIZATIONS
+from splitdet.common.options import OptionsError
 from splitdet.mobile_client.background import DEFAULT_MAX_SKIPPED, DEFAULT_RATE
 
 OFFLOAD_FORMATS = ("jpeg", "webp")
@@ -30,18 +31,6 @@ DEFAULT_ATTEMPTS = 5
 
 class SetupError(RuntimeError):
     """The client cannot start; the message is one line for the user."""
-
-
-class OptionsError(ValueError):
-    """An option value that cannot work: ``field`` names the option, the message describes the value."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
 
 
 def _require(ok: bool, name: str, message: str) -> None:

@@ -16,8 +16,8 @@ from splitdet.benchmarks.bench_options import BenchOptions
 from splitdet.benchmarks.bench_report import COLUMNS, accuracy_points
 from splitdet.benchmarks.netem import NetemError, NetemLink, netem_args
 from splitdet.common.checkpoint import save_checkpoint
+from splitdet.common.options import OptionsError
 from splitdet.mobile_client.pipeline import FrameResult
-from splitdet.mobile_client.settings import OptionsError
 from tests.conftest import tiny_student
 
 NAMES = ["__background__", "disc", "ring", "star"]

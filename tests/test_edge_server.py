@@ -30,12 +30,13 @@ from PIL import Image
 from splitdet.common import demo
 from splitdet.common.checkpoint import load_checkpoint, save_checkpoint
 from splitdet.common.codec_settings import CodecSettings
+from splitdet.common.options import OptionsError
 from splitdet.common.split import split
 from splitdet.common.wire import decode_detections, encode_detections, encode_frame
 from splitdet.edge_server import cli, healthcheck
 from splitdet.edge_server.batching import Batcher, Closed, Expired, QueueFull
 from splitdet.edge_server.engine import BatchKey, ImageError, decode_image
-from splitdet.edge_server.options import OptionsError, ServerOptions
+from splitdet.edge_server.options import ServerOptions
 from splitdet.edge_server.server import ServerError, serve
 from splitdet.mobile_client import cli as mobile_cli
 from splitdet.proto import splitdet_pb2 as pb

@@ -18,12 +18,13 @@ from PIL import Image
 from splitdet.common.checkpoint import save_checkpoint
 from splitdet.common.codec_settings import CodecSettings
 from splitdet.common.drawing import color_for
+from splitdet.common.options import OptionsError
 from splitdet.edge_server.server import serve
 from splitdet.mobile_client import cli, demo, runner, sources, visualize
 from splitdet.mobile_client.auto import AutoPolicy, link_estimate
 from splitdet.mobile_client.link import LinkConfig, StreamLink, channel_options
 from splitdet.mobile_client.pipeline import FrameResult
-from splitdet.mobile_client.settings import Options, OptionsError, RunOptions
+from splitdet.mobile_client.settings import Options, RunOptions
 from splitdet.mobile_client.sources import Frame, Source
 from splitdet.proto import splitdet_pb2 as pb
 from splitdet.proto import splitdet_pb2_grpc

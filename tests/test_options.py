@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from splitdet.edge_server.options import DEFAULTS, MAX_QUEUED_FRAMES, MAX_STREAMS, OptionsError, ServerOptions
+from splitdet.common.options import OptionsError
+from splitdet.edge_server.options import DEFAULTS, MAX_QUEUED_FRAMES, MAX_STREAMS, ServerOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 TLS = {"tls_cert": "cert.pem", "tls_key": "key.pem"}

@@ -18,6 +18,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from splitdet.benchmarks import bench, bench_cli
 from splitdet.benchmarks.shaper import RateSchedule, Trace, trace_delivery
+from splitdet.common.options import OptionsError
 from splitdet.common.wire import encode_detections
 from splitdet.mobile_client import cli as client_cli
 from splitdet.mobile_client import device_cpu
@@ -25,7 +26,7 @@ from splitdet.mobile_client.auto import AutoPolicy, fitted_rtt
 from splitdet.mobile_client.link import Reply
 from splitdet.mobile_client.offload import encode_image, model_input_size, to_frame_coordinates
 from splitdet.mobile_client.pipeline import FrameResult, Pipeline
-from splitdet.mobile_client.settings import Options, OptionsError, SetupError
+from splitdet.mobile_client.settings import Options, SetupError
 from splitdet.mobile_client.sources import Frame
 from splitdet.proto import splitdet_pb2 as pb
 from splitdet.synthetic.video import SyntheticVideo
