@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from splitdet.common.checkpoint import CheckpointError
 
     try:
-        model_commands.COMMANDS[args.command](args)
+        model_commands.COMMANDS[args.command](**{k: v for k, v in vars(args).items() if k != "command"})
     except (CheckpointError, ValueError, FileNotFoundError, OSError) as e:
         print(f"split-model: error: {e}", file=sys.stderr)
         return 2

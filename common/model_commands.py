@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -24,21 +24,34 @@ def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def cmd_init(args: argparse.Namespace) -> None:
+def cmd_init(
+    *,
+    arch: str,
+    backbone: str,
+    channels: int,
+    num_classes: int,
+    num_keypoints: int,
+    min_size: int,
+    max_size: int,
+    with_filter: bool,
+    half: bool,
+    out: Path,
+) -> None:
+    """``split-model init``: a randomly initialised student checkpoint at ``out``."""
     model = build_student(
-        args.arch,
-        args.backbone,
-        args.channels,
-        num_classes=args.num_classes,
-        num_keypoints=args.num_keypoints,
-        min_size=args.min_size,
-        max_size=args.max_size,
-        with_filter=args.with_filter,
+        arch,
+        backbone,
+        channels,
+        num_classes=num_classes,
+        num_keypoints=num_keypoints,
+        min_size=min_size,
+        max_size=max_size,
+        with_filter=with_filter,
     )
-    names = ["__background__"] + [f"class_{i}" for i in range(1, args.num_classes)]
-    keypoints = [f"kp_{i}" for i in range(args.num_keypoints)] if args.arch == "keypoint_rcnn" else []
-    ckpt = save_checkpoint(model.eval(), args.out, class_names=names, keypoint_names=keypoints, half=args.half)
-    print(f"wrote {args.out} ({args.arch}, {args.backbone}, {args.channels} channels, fingerprint {ckpt.fingerprint})")
+    names = ["__background__"] + [f"class_{i}" for i in range(1, num_classes)]
+    keypoints = [f"kp_{i}" for i in range(num_keypoints)] if arch == "keypoint_rcnn" else []
+    ckpt = save_checkpoint(model.eval(), out, class_names=names, keypoint_names=keypoints, half=half)
+    print(f"wrote {out} ({arch}, {backbone}, {channels} channels, fingerprint {ckpt.fingerprint})")
 
 
 def codec_description(ckpt) -> str:
@@ -58,10 +71,11 @@ def codec_description(ckpt) -> str:
     )
 
 
-def cmd_info(args: argparse.Namespace) -> None:
-    ckpt = load_checkpoint(args.path)
+def cmd_info(*, path: Path, input_size: tuple[int, int] | None) -> None:
+    """``split-model info``: describe the checkpoint at ``path`` (bottleneck, bytes and MACs at ``input_size``)."""
+    ckpt = load_checkpoint(path)
     cfg = ckpt.config
-    print(f"checkpoint     {args.path}")
+    print(f"checkpoint     {path}")
     print(
         f"model          {cfg.arch} {cfg.backbone}, {cfg.num_classes} classes"
         + (f", {cfg.num_keypoints} keypoints" if cfg.arch == "keypoint_rcnn" else "")
@@ -85,8 +99,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         else f"head params    {head_params / 1e6:.3f} M"
     )
     print(f"tail params    {_params(tail) / 1e6:.3f} M")
-    if args.input_size:
-        h, w = args.input_size
+    if input_size:
+        h, w = input_size
         image = torch.rand(3, h, w)
         x, meta = head.preprocess([image])
         c, bh, bw = bottleneck_shape(cfg.bottleneck_channels, meta.batch_shape)
@@ -102,41 +116,52 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"tail MACs      {tail_macs / 1e9:.3f} G")
 
 
-def cmd_export(args: argparse.Namespace) -> None:
-    if args.format == "onnx":
+def cmd_export(
+    *,
+    path: Path,
+    out: Path,
+    format: str,
+    int8: bool,
+    calibration: int,
+    calibration_config: Path | None,
+    calibration_images: Path | None,
+    half: bool,
+) -> None:
+    """``split-model export``: a deployment copy of the checkpoint, or its head as ONNX (``format`` "onnx")."""
+    if format == "onnx":
         from splitdet.common.onnx_export import export_onnx_head
         from splitdet.common.onnx_int8 import calibration_frames
 
         frames = None
-        if args.int8:
-            frames = calibration_frames(args.calibration, args.calibration_config, args.calibration_images)
-        meta = export_onnx_head(args.path, args.out, calibration=frames)
-        size = args.out.stat().st_size / 1e6
+        if int8:
+            frames = calibration_frames(calibration, calibration_config, calibration_images)
+        meta = export_onnx_head(path, out, calibration=frames)
+        size = out.stat().st_size / 1e6
         weights = f"int8, calibrated on {len(frames)} frames" if frames else "float32"
         print(
-            f"wrote {args.out} ({size:.1f} MB ONNX head, {weights}, {meta['quantization']} codec, filter "
+            f"wrote {out} ({size:.1f} MB ONNX head, {weights}, {meta['quantization']} codec, filter "
             f"{meta['filter']}, fingerprint {meta['fingerprint']})"
         )
         return
-    ckpt = load_checkpoint(args.path)
+    ckpt = load_checkpoint(path)
     exported = save_checkpoint(
         ckpt.build_model(),
-        args.out,
-        half=args.half,
-        training={"exported_from": str(args.path), "epoch": ckpt.training.get("epoch")},
+        out,
+        half=half,
+        training={"exported_from": str(path), "epoch": ckpt.training.get("epoch")},
         metrics=ckpt.metrics,
         **ckpt.save_options(),
     )
-    size = args.out.stat().st_size / 1e6
-    print(f"wrote {args.out} ({size:.1f} MB{', float16' if args.half else ''}, fingerprint {exported.fingerprint})")
+    size = out.stat().st_size / 1e6
+    print(f"wrote {out} ({size:.1f} MB{', float16' if half else ''}, fingerprint {exported.fingerprint})")
 
 
-def cmd_import_seed(args: argparse.Namespace) -> None:
-    ckpt = import_seed(args.seed, args.out)
+def cmd_import_seed(*, seed: Path, out: Path) -> None:
+    """``split-model import-seed``: the seed's published checkpoint ``seed`` as one of ours at ``out``."""
+    ckpt = import_seed(seed, out)
     cfg = ckpt.config
     print(
-        f"wrote {args.out} ({cfg.arch}, {cfg.backbone}, {cfg.bottleneck_channels} channels, "
-        f"fingerprint {ckpt.fingerprint})"
+        f"wrote {out} ({cfg.arch}, {cfg.backbone}, {cfg.bottleneck_channels} channels, fingerprint {ckpt.fingerprint})"
     )
 
 
