@@ -1,6 +1,6 @@
 """Evaluate every synthetic-set checkpoint the configs train and write one results table.
 
-    python -m studies.distill_results [--runs runs] [--out benchmarks/results] [--only NAME ...] [--force]
+    python -m studies.distill_results [--runs runs] [--out studies/results] [--only NAME ...] [--force]
 
 For each entry of :data:`EVALUATIONS` whose checkpoint exists, runs ``split-eval`` (writing
 ``OUT/eval-NAME.json`` and ``.md``; existing JSON files are reused unless ``--force``), then combines them into
@@ -247,7 +247,7 @@ def write_summary(reports: dict[str, dict], out: Path, command: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.distill_results", description=__doc__)
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="directory holding the run directories")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--out", type=Path, default=Path("studies/results"))
     parser.add_argument("--only", nargs="*", help="evaluate only these names (the rest is read from OUT)")
     parser.add_argument("--force", action="store_true", help="re-run evaluations whose JSON already exists")
     args = parser.parse_args(argv)

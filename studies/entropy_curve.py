@@ -1,7 +1,7 @@
 """bbox AP against bytes per frame on the synthetic validation set: entropic students, GHND at 8/6/4 bits + zstd,
 JPEG and WebP of the model input; encode and decode times per frame; the fallback on noise and photos.
 
-    python -m studies.entropy_curve [--images 300] [--runs runs] [--out benchmarks/results/entropy_curve]
+    python -m studies.entropy_curve [--images 300] [--runs runs] [--out studies/results/entropy_curve]
 
 Every row is measured on the same images (``configs/ghnd/synthetic-demo.yaml``'s val set, 160x160, the model's
 input size) with :func:`splitdet.distill.evaluate.predict`, i.e. the codec in ``common/`` that client and server run;
@@ -58,7 +58,7 @@ ENTROPIC = (
 )
 FINETUNED = "-finetuned"  #: stage two (``method: finetune``): the tail trained on the decoded bottleneck
 GHND_FINETUNED_RUN = "finetune-ghnd-synthetic-faster_rcnn-resnet18-b3ch"  #: the same stage two for the GHND student
-RESULTS = Path("benchmarks/results")
+RESULTS = Path("studies/results")
 JPEG_QUALITIES = (95, 75, 50, 25, 10)
 WEBP_QUALITIES = (75, 50, 25)
 GHND_BITS = (8, 6, 4)

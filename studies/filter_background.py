@@ -2,7 +2,7 @@
 frames with objects lost, its threshold chosen on a calibration clip, checked end to end on a held-out clip.
 
     python -m studies.filter_background [--config configs/filter/synthetic-camera.yaml] [--ckpt CKPT] \\
-        [--rate 0.5] [--max-skipped 30] [--window 4] [--out benchmarks/results/filter_background]
+        [--rate 0.5] [--max-skipped 30] [--window 4] [--out studies/results/filter_background]
 
 The clips are the config's ``calibration`` and ``val`` splits of its synthetic camera video (frames 200..1199 and
 0..199 of the bench's fixed camera). A frame *holds an object* when one of its objects is of interest
@@ -41,7 +41,7 @@ import numpy as np
 
 from splitdet.benchmarks.paths import shown_args, shown_path, write_report
 
-RESULTS = Path("benchmarks/results")
+RESULTS = Path("studies/results")
 SCORE = 0.5  #: the client's default --score-threshold: what counts as a detection in an answer
 MAX_LOST = 0.01  #: the goal: at most this share of the frames with objects skipped
 GRID = np.geomspace(1e-3, 10.0, 121)

@@ -37,7 +37,7 @@ from splitdet.distill.evaluate import object_labels
 from splitdet.distill.filter_training import choose_threshold, frame_probabilities, skip_rates
 
 CONFIG = "configs/filter/synthetic-demo.yaml"
-RESULTS = Path("benchmarks/results")
+RESULTS = Path("studies/results")
 DEFAULT_CKPTS = ("runs/filter-synthetic-faster_rcnn-resnet18-b3ch/final.pt", str(DEMO_CHECKPOINT))
 SIZE_BINS = (0.0, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 1.01)  #: sqrt(visible area) / shorter side
 

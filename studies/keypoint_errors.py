@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ckpt", type=Path, required=True, help="a Keypoint R-CNN checkpoint")
     p.add_argument("--config", default="configs/teacher/synthetic-keypoint_rcnn-resnet18.yaml")
     p.add_argument("--images", type=int, default=300, help="val scenes (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/keypoint_errors"))
+    p.add_argument("--out", type=Path, default=Path("studies/results/keypoint_errors"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     checkpoint = load_checkpoint(args.ckpt)

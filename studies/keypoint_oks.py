@@ -1,6 +1,6 @@
 """How strict keypoint AP is on the synthetic persons: ground-truth keypoints with pixel noise, scored by COCOeval.
 
-    python -m studies.keypoint_oks [--images 300] [--config CONFIG] [--out benchmarks/results/keypoint_oks]
+    python -m studies.keypoint_oks [--images 300] [--config CONFIG] [--out studies/results/keypoint_oks]
 
 Each ground-truth person of the Keypoint R-CNN validation set (the scenes of ``--config``, by default
 ``configs/teacher/synthetic-keypoint_rcnn-resnet18.yaml``) becomes a detection with its own keypoints moved by
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=300, help="validation scenes (default: %(default)s)")
     p.add_argument("--config", type=Path, default=Path("configs/teacher/synthetic-keypoint_rcnn-resnet18.yaml"))
     p.add_argument("--scene-defaults", action="store_true", help="default persons (x1.25), not the config's scene")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/keypoint_oks"), help="output prefix")
+    p.add_argument("--out", type=Path, default=Path("studies/results/keypoint_oks"), help="output prefix")
     args = p.parse_args(argv)
     scene = scene_config(load_config(args.config).dataset.get("scene") or {})
     if args.scene_defaults:

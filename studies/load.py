@@ -1,7 +1,7 @@
 """Load benchmark: N concurrent streaming clients against one edge server on loopback for T minutes.
 
-    python -m studies.load --clients 8 --minutes 5 [--ckpt PATH] [--out benchmarks/results/load]
-    python -m studies.load --scenario fairness --clients 8 --minutes 1 --out benchmarks/results/fairness
+    python -m studies.load --clients 8 --minutes 5 [--ckpt PATH] [--out studies/results/load]
+    python -m studies.load --scenario fairness --clients 8 --minutes 1 --out studies/results/fairness
 
 The fairness scenario: ``clients - 1`` paced clients (one frame every 1/``--paced-fps`` s each, like cameras) alone,
 then with one greedy client that streams as fast as it can (``--greedy-streams`` streams of ``--window`` frames in
@@ -17,8 +17,8 @@ and 2x that capacity, then 1x against two replicas (``ipv4:A,B``, round robin) o
 phase ``--minutes`` long. It reports answered frames/s, goodput, p50/p99 latency, errors by code, retried
 refusals, duplicates and health-check latency (``OUT.md``).
 
-    python -m studies.load --scenario idle --out benchmarks/results/idle_streams
-    python -m studies.load --scenario fleet --streams 256 --minutes 0.5 --out benchmarks/results/fleet
+    python -m studies.load --scenario idle --out studies/results/idle_streams
+    python -m studies.load --scenario fleet --streams 256 --minutes 0.5 --out studies/results/fleet
 
 The server is an ``edge-server`` child process (the bundled demo checkpoint unless ``--ckpt``), so its RSS can be
 sampled from ``/proc``. Each client is a thread running the mobile client's own link (one
@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=4, help="the server's --max-batch (default 4)")
     p.add_argument("--server-threads", type=int, default=1, help="the server's --torch-threads (default 1)")
     p.add_argument("--sample-s", type=float, default=5.0, help="seconds between RSS samples (default 5)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/load"), help="OUT.md, OUT.csv, OUT.png")
+    p.add_argument("--out", type=Path, default=Path("studies/results/load"), help="OUT.md, OUT.csv, OUT.png")
     p.add_argument(
         "--scenario", choices=["steady", "fairness", "idle", "fleet"], default="steady", help="(default steady)"
     )

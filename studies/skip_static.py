@@ -1,7 +1,7 @@
 """``--skip-static``: bytes saved and the fidelity of reused detections, at a few thresholds.
 
     python -m studies.skip_static [--frames 240] [--static-ratio 0.5] [--thresholds 0,0.03,0.04,0.06,0.1] \\
-        [--out benchmarks/results/skip_static]
+        [--out studies/results/skip_static]
 
 An edge server runs in this process (the bundled demo checkpoint unless ``--ckpt``) and ``mobile-client`` itself
 (:func:`splitdet.mobile_client.cli.main`: its command line, pipeline and report) streams the synthetic video with static
@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-static-max", type=int, default=30, help="--skip-static-max (default: %(default)s)")
     p.add_argument("--window", type=int, default=4, help="client --window (default: %(default)s)")
     p.add_argument(
-        "--out", default="benchmarks/results/skip_static", help="writes OUT.md and OUT.json (default: %(default)s)"
+        "--out", default="studies/results/skip_static", help="writes OUT.md and OUT.json (default: %(default)s)"
     )
     args = p.parse_args(argv)
     args.thresholds = sorted({0.0, *(float(t) for t in args.thresholds.split(","))})
