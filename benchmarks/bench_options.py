@@ -11,18 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitdet.benchmarks.shaper import RateSchedule
-from splitdet.common.options import OptionsError
+from splitdet.common.options import OptionsError, check
 from splitdet.mobile_client.settings import OFFLOAD_FORMATS, OFFLOAD_RESIZE, QUOTA_MECHANISMS, RUNTIMES
 
 BENCH_MODES = ("local", "offload", "split", "split+filter", "auto")
 EVAL_GLOB = "studies/results/*eval*.json"  #: split-eval results, relative to the working directory
 EMULATORS = ("auto", "userspace", "netem")
 DEFAULT_RATES = "0.5,1,2,5,10,50"
-
-
-def _require(ok: bool, name: str, message: str) -> None:
-    if not ok:
-        raise OptionsError(name, message)
 
 
 def _rates(text: str) -> tuple[float, ...] | None:
@@ -83,63 +78,61 @@ class BenchOptions:
         return RateSchedule.parse(self.schedule) if self.schedule else None
 
     def __post_init__(self) -> None:
-        _require(self.rtt_ms >= 0, "rtt_ms", f"must be >= 0, got {self.rtt_ms:g}")
-        _require(self.jitter_ms >= 0, "jitter_ms", f"must be >= 0, got {self.jitter_ms:g}")
-        _require(0.0 <= self.loss < 1.0, "loss", f"must be in [0, 1), got {self.loss:g}")
-        _require(self.down_mbps is None or self.down_mbps > 0, "down_mbps", f"must be positive, got {self.down_mbps}")
-        _require(self.frames >= 1, "frames", f"must be >= 1, got {self.frames}")
-        _require(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
-        _require(1 <= self.jpeg_quality <= 100, "jpeg_quality", f"must be in 1..100, got {self.jpeg_quality}")
-        _require(self.window >= 2, "window", f"must be >= 2 (window 1 is the latency run), got {self.window}")
-        _require(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
-        _require(self.server_threads >= 1, "server_threads", f"must be >= 1, got {self.server_threads}")
-        _require(self.timeout_s > 0, "timeout_s", f"must be positive, got {self.timeout_s:g}")
-        _require(0.0 <= self.empty_ratio < 1.0, "empty_ratio", f"must be in [0, 1), got {self.empty_ratio:g}")
-        _require(self.empty_runs >= 1, "empty_runs", f"must be >= 1, got {self.empty_runs}")
-        _require(
+        check(self.rtt_ms >= 0, "rtt_ms", f"must be >= 0, got {self.rtt_ms:g}")
+        check(self.jitter_ms >= 0, "jitter_ms", f"must be >= 0, got {self.jitter_ms:g}")
+        check(0.0 <= self.loss < 1.0, "loss", f"must be in [0, 1), got {self.loss:g}")
+        check(self.down_mbps is None or self.down_mbps > 0, "down_mbps", f"must be positive, got {self.down_mbps}")
+        check(self.frames >= 1, "frames", f"must be >= 1, got {self.frames}")
+        check(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
+        check(1 <= self.jpeg_quality <= 100, "jpeg_quality", f"must be in 1..100, got {self.jpeg_quality}")
+        check(self.window >= 2, "window", f"must be >= 2 (window 1 is the latency run), got {self.window}")
+        check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
+        check(self.server_threads >= 1, "server_threads", f"must be >= 1, got {self.server_threads}")
+        check(self.timeout_s > 0, "timeout_s", f"must be positive, got {self.timeout_s:g}")
+        check(0.0 <= self.empty_ratio < 1.0, "empty_ratio", f"must be in [0, 1), got {self.empty_ratio:g}")
+        check(self.empty_runs >= 1, "empty_runs", f"must be >= 1, got {self.empty_runs}")
+        check(
             math.isfinite(self.background_filter) and self.background_filter >= 0.0,
             "background_filter",
             f"must be a finite number >= 0, got {self.background_filter}",
         )
-        _require(
+        check(
             self.trace_window_s is None or self.trace_window_s > 0,
             "trace_window_s",
             f"must be positive, got {self.trace_window_s}",
         )
-        _require(not (self.schedule and self.trace), "schedule", "and trace are separate runs")
-        _require(self.server_max_batch >= 1, "server_max_batch", f"must be >= 1, got {self.server_max_batch}")
-        _require(self.runtime in RUNTIMES, "runtime", f"must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
-        _require(self.runtime != "onnx" or self.head is not None, "head", "runtime onnx needs a head file")
-        _require(self.head is None or self.runtime == "onnx", "head", "is for runtime onnx")
-        _require(
+        check(not (self.schedule and self.trace), "schedule", "and trace are separate runs")
+        check(self.server_max_batch >= 1, "server_max_batch", f"must be >= 1, got {self.server_max_batch}")
+        check(self.runtime in RUNTIMES, "runtime", f"must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        check(self.runtime != "onnx" or self.head is not None, "head", "runtime onnx needs a head file")
+        check(self.head is None or self.runtime == "onnx", "head", "is for runtime onnx")
+        check(
             self.head is None or len({Path(h).stem for h in self.head}) == len(self.head),
             "head",
             "files must have distinct names (each names its output folder)",
         )
-        _require(
+        check(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.server_device) is not None,
             "server_device",
             f"must be auto, cpu, cuda or cuda:N, got {self.server_device!r}",
         )
-        _require(
+        check(
             self.offload_format in OFFLOAD_FORMATS,
             "offload_format",
             f"must be one of {', '.join(OFFLOAD_FORMATS)}, got {self.offload_format!r}",
         )
-        _require(
+        check(
             self.offload_resize in OFFLOAD_RESIZE,
             "offload_resize",
             f"must be one of {', '.join(OFFLOAD_RESIZE)}, got {self.offload_resize!r}",
         )
-        _require(
-            self.emulator in EMULATORS, "emulator", f"must be one of {', '.join(EMULATORS)}, got {self.emulator!r}"
-        )
-        _require(
+        check(self.emulator in EMULATORS, "emulator", f"must be one of {', '.join(EMULATORS)}, got {self.emulator!r}")
+        check(
             self.device_quota in QUOTA_MECHANISMS,
             "device_quota",
             f"must be one of {', '.join(QUOTA_MECHANISMS)}, got {self.device_quota!r}",
         )
-        _require(self.images is None or self.synthetic is None, "images", "and synthetic are separate sources")
+        check(self.images is None or self.synthetic is None, "images", "and synthetic are separate sources")
         if self.schedule:
             try:
                 RateSchedule.parse(self.schedule)
@@ -147,22 +140,22 @@ class BenchOptions:
                 raise OptionsError("schedule", str(e)) from None
         else:
             rates = _rates(self.rates)
-            _require(rates is not None, "rates", f"must be a comma list of numbers, got {self.rates!r}")
-            _require(all(r > 0 for r in rates), "rates", f"must be positive, got {self.rates!r}")
-        _require(
+            check(rates is not None, "rates", f"must be a comma list of numbers, got {self.rates!r}")
+            check(all(r > 0 for r in rates), "rates", f"must be positive, got {self.rates!r}")
+        check(
             self.trace is None or 1 <= len(self.trace) <= 2,
             "trace",
             "takes an uplink trace and optionally a downlink trace",
         )
         if self.modes is not None:
             modes = [m.strip() for m in self.modes.split(",") if m.strip()]
-            _require(
+            check(
                 bool(modes) and set(modes) <= set(BENCH_MODES) and len(set(modes)) == len(modes),
                 "modes",
                 f"must list distinct modes out of {', '.join(BENCH_MODES)}, got {self.modes!r}",
             )
         only_local = self.modes is not None and {m.strip() for m in self.modes.split(",") if m.strip()} == {"local"}
-        _require(
+        check(
             bool(self.schedule) or bool(self.up_rates) or bool(self.trace) or only_local,
             "rates",
             "names no rate and there is no trace: no links to run",

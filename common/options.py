@@ -18,6 +18,12 @@ class OptionsError(ValueError):
         self.message = message
 
 
+def check(ok: bool, field: str, message: str) -> None:
+    """Raise :class:`OptionsError` (``field``, ``message``) unless ``ok``."""
+    if not ok:
+        raise OptionsError(field, message)
+
+
 def flag(field: str, flags: Mapping[str, str] | None = None) -> str:
     """The flag that sets ``field``: ``flags[field]`` where a command names it otherwise, else ``--`` + the field
     with ``-``."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from splitdet.common.codec_settings import QUANTIZATIONS, CodecSettings
 from splitdet.common.onnx_format import ONNX_QUANTIZATIONS
-from splitdet.common.options import OptionsError
+from splitdet.common.options import check
 from splitdet.mobile_client.background import DEFAULT_MAX_SKIPPED, DEFAULT_RATE
 
 OFFLOAD_FORMATS = ("jpeg", "webp")
@@ -33,41 +33,36 @@ class SetupError(RuntimeError):
     """The client cannot start; the message is one line for the user."""
 
 
-def _require(ok: bool, name: str, message: str) -> None:
-    if not ok:
-        raise OptionsError(name, message)
-
-
 def _finite_at_least(value: float, low: float) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value >= low
 
 
 def _check_pipeline_values(o: Options | RunOptions) -> None:
     """The rules :class:`Options` and :class:`RunOptions` share (the same field names in both)."""
-    _require(o.mode in CLIENT_MODES, "mode", f"must be one of {', '.join(CLIENT_MODES)}, got {o.mode!r}")
-    _require(1 <= o.jpeg_quality <= 100, "jpeg_quality", f"must be in 1..100, got {o.jpeg_quality}")
-    _require(0.0 <= o.score_threshold <= 1.0, "score_threshold", f"must be in [0, 1], got {o.score_threshold:g}")
-    _require(o.window >= 1, "window", f"must be >= 1, got {o.window}")
-    _require(
+    check(o.mode in CLIENT_MODES, "mode", f"must be one of {', '.join(CLIENT_MODES)}, got {o.mode!r}")
+    check(1 <= o.jpeg_quality <= 100, "jpeg_quality", f"must be in 1..100, got {o.jpeg_quality}")
+    check(0.0 <= o.score_threshold <= 1.0, "score_threshold", f"must be in [0, 1], got {o.score_threshold:g}")
+    check(o.window >= 1, "window", f"must be >= 1, got {o.window}")
+    check(
         o.offload_format in OFFLOAD_FORMATS,
         "offload_format",
         f"must be one of {', '.join(OFFLOAD_FORMATS)}, got {o.offload_format!r}",
     )
-    _require(_finite_at_least(o.skip_static, 0.0), "skip_static", f"must be a finite number >= 0, got {o.skip_static}")
-    _require(o.skip_static_max >= 1, "skip_static_max", f"must be >= 1, got {o.skip_static_max}")
-    _require(
+    check(_finite_at_least(o.skip_static, 0.0), "skip_static", f"must be a finite number >= 0, got {o.skip_static}")
+    check(o.skip_static_max >= 1, "skip_static_max", f"must be >= 1, got {o.skip_static_max}")
+    check(
         _finite_at_least(o.background_filter, 0.0),
         "background_filter",
         f"must be a finite number >= 0, got {o.background_filter}",
     )
-    _require(0.0 < o.background_rate <= 1.0, "background_rate", f"must be in (0, 1], got {o.background_rate:g}")
-    _require(o.background_max_skipped >= 1, "background_max_skipped", f"must be >= 1, got {o.background_max_skipped}")
-    _require(
+    check(0.0 < o.background_rate <= 1.0, "background_rate", f"must be in (0, 1], got {o.background_rate:g}")
+    check(o.background_max_skipped >= 1, "background_max_skipped", f"must be >= 1, got {o.background_max_skipped}")
+    check(
         o.skip_static == 0.0 or o.mode in ("split", "auto"),
         "skip_static",
         f"compares the bottlenecks sent to the server: needs mode split or auto, not {o.mode}",
     )
-    _require(
+    check(
         o.background_filter == 0.0 or o.mode in ("split", "auto"),
         "background_filter",
         f"learns from the server's answers to split frames: needs mode split or auto, not {o.mode}",
@@ -95,7 +90,7 @@ class Options:
 
     def __post_init__(self) -> None:
         _check_pipeline_values(self)
-        _require(
+        check(
             self.offload_size is None or (len(self.offload_size) == 2 and min(self.offload_size) >= 1),
             "offload_size",
             f"must be (min_size, max_size) of positive sizes or None, got {self.offload_size!r}",
@@ -161,79 +156,79 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         given = [name for name in ("camera", "video", "images", "synthetic") if getattr(self, name) is not None]
-        _require(len(given) == 1, "source", f"give exactly one of camera, video, images, synthetic, got {given}")
-        _require(
+        check(len(given) == 1, "source", f"give exactly one of camera, video, images, synthetic, got {given}")
+        check(
             self.mode == "local" or bool(self.server), "server", f"a HOST[:PORT] target is required in {self.mode} mode"
         )
         _check_pipeline_values(self)
-        _require(self.runtime in RUNTIMES, "runtime", f"must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
-        _require(
+        check(self.runtime in RUNTIMES, "runtime", f"must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        check(
             self.offload_resize in OFFLOAD_RESIZE,
             "offload_resize",
             f"must be one of {', '.join(OFFLOAD_RESIZE)}, got {self.offload_resize!r}",
         )
-        _require(
+        check(
             self.quantization is None or self.quantization in QUANTIZATIONS,
             "quantization",
             f"must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}",
         )
-        _require(
+        check(
             self.device_quota in QUOTA_MECHANISMS,
             "device_quota",
             f"must be one of {', '.join(QUOTA_MECHANISMS)}, got {self.device_quota!r}",
         )
-        _require(
+        check(
             self.filter_threshold is None or 0.0 <= self.filter_threshold <= 1.0,
             "filter_threshold",
             f"must be in [0, 1], got {self.filter_threshold}",
         )
-        _require(self.max_frames is None or self.max_frames >= 1, "max_frames", f"must be >= 1, got {self.max_frames}")
-        _require(0.0 <= self.static_ratio <= 1.0, "static_ratio", f"must be in [0, 1], got {self.static_ratio:g}")
-        _require(
+        check(self.max_frames is None or self.max_frames >= 1, "max_frames", f"must be >= 1, got {self.max_frames}")
+        check(0.0 <= self.static_ratio <= 1.0, "static_ratio", f"must be in [0, 1], got {self.static_ratio:g}")
+        check(
             self.static_ratio == 0.0 or self.synthetic is not None,
             "static_ratio",
             f"is for the synthetic video, not a {self.source} source",
         )
-        _require(
+        check(
             self.skip_static == 0.0 or self.images is None,
             "skip_static",
             "is for video sources (video, camera, synthetic), not images",
         )
-        _require(
+        check(
             self.background_filter == 0.0 or self.images is None,
             "background_filter",
             "is for a fixed camera's frames (video, camera, synthetic), not images",
         )
-        _require(not self.live or self.video is not None, "live", "needs a video source (a camera is always live)")
-        _require(
+        check(not self.live or self.video is not None, "live", "needs a video source (a camera is always live)")
+        check(
             _finite_at_least(self.timeout_s, 0.0) and self.timeout_s > 0,
             "timeout_s",
             f"must be positive, got {self.timeout_s:g}",
         )
-        _require(self.attempts >= 1, "attempts", f"must be >= 1, got {self.attempts}")
-        _require(self.auto_every >= 1, "auto_every", f"must be >= 1, got {self.auto_every}")
-        _require(self.threads is None or self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
-        _require(
+        check(self.attempts >= 1, "attempts", f"must be >= 1, got {self.attempts}")
+        check(self.auto_every >= 1, "auto_every", f"must be >= 1, got {self.auto_every}")
+        check(self.threads is None or self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
+        check(
             self.device_cpu is None or (_finite_at_least(self.device_cpu, 0.0) and self.device_cpu > 0),
             "device_cpu",
             f"must be a positive number of cores, got {self.device_cpu}",
         )
-        _require(
+        check(
             not (self.mode == "offload" and self.filter),
             "filter",
             "needs the head on the device, not mode offload",
         )
-        _require(
+        check(
             self.tls_key is None or self.tls_cert is not None,
             "tls_cert",
             "mutual TLS needs both tls_cert and tls_key; tls_key is given alone",
         )
-        _require(
+        check(
             self.tls_cert is None or self.tls_key is not None,
             "tls_key",
             "mutual TLS needs both tls_cert and tls_key; tls_cert is given alone",
         )
-        _require(
+        check(
             self.token_file is None
             or self.tls_ca is not None
             or self.tls_cert is not None
@@ -242,29 +237,29 @@ class RunOptions:
             "needs TLS (tls_ca): the token would travel in plaintext; allow_insecure_token allows it (loopback tests)",
         )
         if self.runtime == "onnx":
-            _require(
+            check(
                 self.head is not None or self.mode == "offload",
                 "head",
                 "runtime onnx needs a head file (from `split-model export CKPT --format onnx`)",
             )
-            _require(self.ckpt is None, "ckpt", "is for runtime torch; runtime onnx reads the head file")
-            _require(
+            check(self.ckpt is None, "ckpt", "is for runtime torch; runtime onnx reads the head file")
+            check(
                 self.mode != "local",
                 "mode",
                 "local runs the tail on the device, which needs torch: use runtime torch",
             )
-            _require(
+            check(
                 self.quantization is None or self.quantization in ONNX_QUANTIZATIONS,
                 "quantization",
                 f"runtime onnx encodes {', '.join(ONNX_QUANTIZATIONS)} bottlenecks, not {self.quantization}",
             )
-            _require(
+            check(
                 not self.save_vis or importlib.util.find_spec("torch") is not None,
                 "save_vis",
                 "draws with torchvision, which this install lacks",
             )
         else:
-            _require(self.head is None, "head", "is for runtime onnx; runtime torch reads the checkpoint (ckpt)")
+            check(self.head is None, "head", "is for runtime onnx; runtime torch reads the checkpoint (ckpt)")
 
 
 def add_offload_arguments(parser: argparse.ArgumentParser) -> None:
