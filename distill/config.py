@@ -80,7 +80,7 @@ class StudentSection:
 
 @dataclass(frozen=True)
 class InitSection:
-    ckpt: str | None = None
+    ckpt: str
     freeze: list | None = None
     layer1_steps: int | None = None
 
@@ -318,8 +318,6 @@ def parse_config(raw: Any, where: str = "config") -> TrainConfig:
         if method != "teacher":
             raise ConfigError(f"{where}: init (warm start from a teacher checkpoint) is for method teacher only")
         init = take(InitSection, init_raw, "init", where)
-        if init.ckpt is None:
-            raise ConfigError(f"{where}: init: missing key 'ckpt'")
         freeze = init.freeze or []
         if not isinstance(freeze, list) or not all(isinstance(f, str) and f for f in freeze):
             raise ConfigError(
