@@ -204,12 +204,18 @@ def test_client_accepts_the_background_filter_on_the_onnx_runtime():
     parse(argv)
 
 
-def test_an_old_format_head_is_refused_in_one_line(tmp_path, head_file):
-    model = onnx.load(head_file)
+def with_metadata(head: Path, out: Path, key: str, value: str) -> Path:
+    """A copy of the head file ``head`` at ``out`` whose metadata ``splitdet.KEY`` says ``value``."""
+    model = onnx.load(head)
     for prop in model.metadata_props:
-        if prop.key == "splitdet.version":
-            prop.value = "1"
-    onnx.save(model, tmp_path / "old.onnx")
+        if prop.key == f"splitdet.{key}":
+            prop.value = value
+    onnx.save(model, out)
+    return out
+
+
+def test_an_old_format_head_is_refused_in_one_line(tmp_path, head_file):
+    with_metadata(head_file, tmp_path / "old.onnx", "version", "1")
     with pytest.raises(SetupError, match=r"format version 1, this client reads version 2: export it again") as e:
         OnnxHead.load(tmp_path / "old.onnx")
     assert len(str(e.value).splitlines()) == 1
@@ -284,11 +290,7 @@ def test_load_refuses_bad_files_in_one_line(tmp_path, head_file):
     (tmp_path / "junk.onnx").write_bytes(b"not a graph")
     with pytest.raises(SetupError, match=r"cannot load .* as an ONNX head"):
         OnnxHead.load(tmp_path / "junk.onnx")
-    model = onnx.load(head_file)
-    for prop in model.metadata_props:
-        if prop.key == "splitdet.quantization":
-            prop.value = "entropy_bottleneck"
-    onnx.save(model, tmp_path / "entropy.onnx")
+    with_metadata(head_file, tmp_path / "entropy.onnx", "quantization", "entropy_bottleneck")
     with pytest.raises(SetupError, match=r"supports the 8-bit .* 'entropy_bottleneck'") as e:
         OnnxHead.load(tmp_path / "entropy.onnx")
     assert len(str(e.value).splitlines()) == 1
@@ -363,11 +365,7 @@ def test_entropic_head_codes_frames_that_decode_like_the_torch_head_s(tmp_path):
         ("entropy_fingerprint", "0" * 64, "not the ones its metadata names"),
         ("entropy_tables", "{}", "entropy tables lack|not readable"),
     ]:
-        model = onnx.load(out)
-        for prop in model.metadata_props:
-            if prop.key == f"splitdet.{key}":
-                prop.value = value
-        onnx.save(model, tmp_path / "bad.onnx")
+        with_metadata(out, tmp_path / "bad.onnx", key, value)
         with pytest.raises(SetupError, match=message) as e:
             OnnxHead.load(tmp_path / "bad.onnx")
         assert len(str(e.value).splitlines()) == 1
