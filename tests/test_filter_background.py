@@ -108,14 +108,10 @@ def _threshold(ckpt) -> float:
     return float(np.sqrt(noise * obj))
 
 
-@pytest.mark.parametrize("window", [1, 3])
-def test_background_frames_are_skipped_end_to_end(server, ckpt, window):
-    """Every answer is empty at --score-threshold 1: the scene is learnt from frame 0 and its noisy copies are
-    skipped; the changed scene (an object in it) is sent, answered empty too, and becomes the background (rate 1)."""
-    argv = ["--server", f"127.0.0.1:{server.port}", "--ckpt", str(ckpt), "--synthetic", "1", "--no-filter"]
-    argv += ["--score-threshold", "1", "--window", str(window), "--background-filter", str(_threshold(ckpt))]
-    argv += ["--background-rate", "1"]
-    pipeline, _, _ = runner.build_pipeline(cli.parse(argv))
+def _scene_then_changed_scene(argv: list[str]) -> list:
+    """The client of ``argv`` (+ ``--background-rate 1``) on the scene, its noisy copies, the scene with an
+    object and that one's noisy copies: the nine frames' results, none failed."""
+    pipeline, _, _ = runner.build_pipeline(cli.parse([*argv, "--background-rate", "1"]))
     changed = with_object(SCENE)
     images = [SCENE, SCENE, noisy(SCENE, 1), noisy(SCENE, 2), changed, *(noisy(changed, i) for i in range(4))]
     try:
@@ -123,6 +119,16 @@ def test_background_frames_are_skipped_end_to_end(server, ckpt, window):
     finally:
         pipeline.close()
     assert [r.error for r in results] == [None] * len(images)
+    return results
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_background_frames_are_skipped_end_to_end(server, ckpt, window):
+    """Every answer is empty at --score-threshold 1: the scene is learnt from frame 0 and its noisy copies are
+    skipped; the changed scene (an object in it) is sent, answered empty too, and becomes the background (rate 1)."""
+    argv = ["--server", f"127.0.0.1:{server.port}", "--ckpt", str(ckpt), "--synthetic", "1", "--no-filter"]
+    argv += ["--score-threshold", "1", "--window", str(window), "--background-filter", str(_threshold(ckpt))]
+    results = _scene_then_changed_scene(argv)
     sent = [r.sent_bytes > 0 for r in results]
     if window == 1:
         assert sent == [True, False, False, False, True, False, False, False, False]
@@ -140,15 +146,7 @@ def test_background_filter_on_the_onnx_head_end_to_end(server, ckpt, tmp_path):
     assert model_cli.main(["export", str(ckpt), "--out", str(head), "--format", "onnx"]) == 0
     argv = ["--server", f"127.0.0.1:{server.port}", "--runtime", "onnx", "--head", str(head), "--synthetic", "1"]
     argv += ["--no-filter", "--score-threshold", "1", "--window", "1", "--background-filter", str(_threshold(ckpt))]
-    argv += ["--background-rate", "1"]
-    pipeline, _, _ = runner.build_pipeline(cli.parse(argv))
-    changed = with_object(SCENE)
-    images = [SCENE, SCENE, noisy(SCENE, 1), noisy(SCENE, 2), changed, *(noisy(changed, i) for i in range(4))]
-    try:
-        results = list(pipeline.run(Frame(i, "cam", image) for i, image in enumerate(images)))
-    finally:
-        pipeline.close()
-    assert [r.error for r in results] == [None] * len(images)
+    results = _scene_then_changed_scene(argv)
     assert [r.sent_bytes > 0 for r in results] == [True, False, False, False, True, False, False, False, False]
 
 
